@@ -1,0 +1,113 @@
+# -*- test-case-name: tests.test_service -*-
+"""Assemble one portproxy instance from a L{Config}: engine, tree, site, listeners."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.logger import Logger
+
+from portproxy.config import Config
+from portproxy.engine import ProxyEngine
+from portproxy.health import Heartbeat
+from portproxy.publicurl import url_template
+from portproxy.root import PortProxyRoot
+from portproxy.routes import RouteKind
+from portproxy.service import ListeningService, PortProxyService
+from portproxy.site import ProxySite
+
+__all__ = ["Instance", "build_instance", "build_service"]
+
+_log = Logger()
+
+
+@dataclass
+class Instance:
+    """The parts of a running instance that tests and the service need to reach."""
+
+    config: Config
+    reactor: Any
+    engine: ProxyEngine
+    root: PortProxyRoot
+    site: ProxySite
+    heartbeat: Heartbeat
+    own_ports: set[int] = field(default_factory=set)
+
+
+def build_instance(
+    config: Config, *, environ: Mapping[str, str], reactor: Any = None
+) -> Instance:
+    """Build everything but the listeners."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    from portproxy.auth import LoginResource, LogoutResource, build_authenticator
+
+    heartbeat = Heartbeat(reactor)
+    own_ports: set[int] = set()
+    authenticator = build_authenticator(
+        config,
+        environ=environ,
+        clock=reactor,
+        log=_log,
+        proxy_patterns=config.proxy_domains,
+        threads=reactor,
+    )
+    pages = {
+        RouteKind.LOGIN: LoginResource(authenticator),
+        RouteKind.LOGOUT: LogoutResource(authenticator),
+    }
+    engine = ProxyEngine(
+        reactor,
+        upstream_timeout=config.upstream_timeout,
+        session_cookie=authenticator.cookie_name,
+        on_request=heartbeat.beat,
+    )
+    websocket = None
+    try:
+        from portproxy.websocket import AutobahnRelay
+    except ImportError:
+        pass
+    else:
+        websocket = AutobahnRelay(
+            reactor,
+            upstream_timeout=config.upstream_timeout,
+            session_cookie=authenticator.cookie_name,
+            trusted_origins=config.trusted_origins,
+        )
+    root = PortProxyRoot(
+        config,
+        engine=engine,
+        authenticator=authenticator,
+        heartbeat=heartbeat,
+        own_ports=own_ports,
+        websocket=websocket,
+        pages=pages,
+    )
+    site = ProxySite(
+        root,
+        reactor=reactor,
+        access_log=config.access_log,
+        max_body_size=config.max_body_size,
+    )
+    return Instance(config, reactor, engine, root, site, heartbeat, own_ports)
+
+
+def build_service(
+    config: Config, *, environ: Mapping[str, str], reactor: Any = None
+) -> PortProxyService:
+    """The service that C{twist portproxy}, C{twistd} and .tac files run."""
+    instance = build_instance(config, environ=environ, reactor=reactor)
+    service = PortProxyService(instance.engine.close, instance.engine.drain)
+    for description in config.listen:
+        ListeningService(
+            instance.reactor, description, instance.site, instance.own_ports.add
+        ).setServiceParent(service)
+    _log.info(
+        "apps open at {template} (Host header passes unchanged to the app)",
+        template=url_template(config),
+    )
+    return service

@@ -1,0 +1,91 @@
+# -*- test-case-name: tests.test_options -*-
+"""The validated settings of one portproxy instance.
+
+L{portproxy.tap.Options} turns the command line into a L{Config}; everything else reads
+this frozen object, so tests can build one directly without parsing arguments.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "Config",
+    "env_flag",
+    "normalize_base_path",
+    "parse_trusted_proxies",
+]
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+DEFAULT_SESSION_TTL = 7 * 24 * 3600
+DEFAULT_UPSTREAM_TIMEOUT = 60.0
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides how requests are routed, checked and forwarded."""
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    proxy_domains: tuple[str, ...] = ()
+    auth: str = "password"
+    password_file: str | None = None
+    disable_proxy: bool = False
+    skip_auth_preflight: bool = False
+    #: Normalised: empty, or one leading slash and no trailing slash (C{b"/base/app"}).
+    abs_proxy_base_path: bytes = b""
+    trusted_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    #: Largest request body accepted, in bytes; C{None} for no limit.
+    max_body_size: int | None = None
+    cert: str | None = None
+    cert_key: str | None = None
+    self_signed: bool = False
+    cert_hosts: tuple[str, ...] = ("localhost",)
+    data_dir: str = field(
+        default_factory=lambda: os.path.join(
+            os.path.expanduser("~"), ".local", "share", "portproxy"
+        )
+    )
+    cookie_suffix: str = ""
+    session_ttl: int = DEFAULT_SESSION_TTL
+    #: C{"combined"}, C{"json"} or C{"off"}.
+    access_log: str = "combined"
+
+
+def normalize_base_path(value: str) -> bytes:
+    """Give C{--abs-proxy-base-path} one leading slash and no trailing slash.
+
+    C{""} and C{"/"} mean no base path. Raises C{ValueError} for characters that cannot
+    appear in a request path.
+    """
+    parts = [p for p in value.strip().split("/") if p]
+    path = "/" + "/".join(parts) if parts else ""
+    try:
+        raw = path.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("must be ASCII; percent-encode other characters") from None
+    if any(c <= 0x20 or c >= 0x7F or c in b"?#" for c in raw):
+        raise ValueError("must not contain spaces, '?', '#' or control characters")
+    return raw
+
+
+def parse_trusted_proxies(values: list[str]) -> tuple[Network, ...]:
+    """Parse C{--trusted-proxies} CIDRs (a bare address means that one host)."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
+def env_flag(value: str | None) -> bool:
+    """Read an on/off environment variable the way code-server does (C{1} or C{true})."""
+    return (value or "").strip().lower() in ("1", "true")

@@ -1,0 +1,48 @@
+# -*- test-case-name: tests.test_cookies -*-
+"""Reading and removing one cookie from raw ``Cookie`` header values.
+
+The proxy must hide its own session cookie from the apps behind it while every other
+cookie reaches them byte for byte (code-server #7927 broke apps by re-encoding them), so
+this works on the raw bytes and never decodes or re-serialises a cookie it keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["get_cookie", "strip_cookie"]
+
+
+def _pairs(values: Iterable[bytes]) -> Iterable[bytes]:
+    # RFC 6265 separates cookie-pairs with "; ", but browsers and HTTP/2 front ends may
+    # send several Cookie fields and sloppy clients may omit the space.
+    for value in values:
+        for pair in value.split(b";"):
+            pair = pair.strip(b" \t")
+            if pair:
+                yield pair
+
+
+def _name(pair: bytes) -> bytes:
+    return pair.split(b"=", 1)[0].strip(b" \t")
+
+
+def get_cookie(values: Iterable[bytes], name: bytes) -> bytes | None:
+    """Return the value of the first cookie called C{name}, or C{None}."""
+    for pair in _pairs(values):
+        if _name(pair) == name:
+            _, _, value = pair.partition(b"=")
+            value = value.strip(b" \t")
+            if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
+                value = value[1:-1]
+            return value
+    return None
+
+
+def strip_cookie(values: Iterable[bytes], name: bytes) -> bytes | None:
+    """Join the C{Cookie} values with C{"; "}, leaving out every cookie called C{name}.
+
+    Returns C{None} when nothing is left, so that no empty C{Cookie} header is sent.
+    """
+    kept = [pair for pair in _pairs(values) if _name(pair) != name]
+    return b"; ".join(kept) if kept else None

@@ -1,0 +1,299 @@
+# -*- test-case-name: tests.test_domains -*-
+"""Proxy-domain patterns: normalising C{--proxy-domain} values and matching hosts to ports.
+
+A pattern such as C{{{port}}.dev.example.com} or C{{{port}}-{{host}}.example.com} turns a
+request host into the local port it reaches (C{5173.dev.example.com} -> C{"5173"}), and a
+port back into the public host name used in redirects and by C{portproxy url}. Everything
+here is pure string work, so the per-request cost is one compiled regular expression.
+
+Request hosts are matched after these steps, in order: surrounding blanks removed, a
+C{:port} suffix dropped (unlike code-server, see its #7194), one trailing dot dropped,
+ASCII letters lower-cased. A host that is not a plain ASCII host name then never matches:
+IPv6 literals, hosts holding characters other than letters, digits, C{.}, C{-} and C{_},
+hosts longer than 253 characters, and hosts whose last label is a number (browsers treat
+those as IPv4 addresses, so C{{{port}}.{{host}}} must not swallow C{127.0.0.1}).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+__all__ = [
+    "DomainMatcher",
+    "DomainPatternError",
+    "base_domain",
+    "host_without_port",
+    "normalize_patterns",
+    "url_template",
+]
+
+PORT = "{{port}}"
+HOST = "{{host}}"
+
+#: Longest host name DNS can carry (RFC 1035 255 octets, minus the length bytes).
+MAX_HOST_LENGTH = 253
+
+_DIGITS = frozenset("0123456789")
+_HOST_NAME = re.compile(r"[a-z0-9._-]+", re.ASCII)
+_PLACEHOLDER = re.compile(r"(\{\{port\}\}|\{\{host\}\})")
+# WHATWG URL "ends in a number": such a host is parsed as an IPv4 address by browsers.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*", re.ASCII)
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+# What {{host}} may stand for; request hosts are restricted to these characters anyway,
+# so that a {{host}} filled from a request can never smuggle '/', '@' or ':' into a URL.
+_HOST_PART = r"[a-z0-9._-]+"
+
+
+class DomainPatternError(ValueError):
+    """A C{--proxy-domain} value that cannot be a host-name pattern."""
+
+
+def _only_digits(text: str) -> bool:
+    # RFC 3986 "port = *DIGIT", so an empty port is allowed; str.isdigit() would also
+    # accept non-ASCII digits such as '\u0663'.
+    return all(c in _DIGITS for c in text)
+
+
+def host_without_port(host: str) -> str:
+    """Return C{host} lower-cased, without a C{:port} suffix and without one trailing dot.
+
+    An IPv6 literal keeps its brackets (C{"[::1]:8080"} -> C{"[::1]"}); a bare IPv6
+    address (C{"::1"}) is returned unchanged, as a colon there is not a port separator.
+    A suffix that is not a decimal port (C{"a:b"}) is kept, so such a host matches nothing.
+    Only ASCII letters are lower-cased: Unicode case mapping would turn the Kelvin sign
+    into C{k} and let a non-ASCII host pass for an ASCII one.
+    """
+    text = host.strip(" \t").translate(_ASCII_LOWER)
+    if text.startswith("["):
+        end = text.find("]")
+        rest = text[end + 1 :] if end != -1 else None
+        if rest is not None and (
+            rest == "" or (rest[:1] == ":" and _only_digits(rest[1:]))
+        ):
+            return text[: end + 1]
+        return text
+    if text.count(":") == 1:
+        name, _, port = text.partition(":")
+        if _only_digits(port):
+            text = name
+    text = text.removesuffix(".")
+    return text
+
+
+def _routable_host(host: str) -> str | None:
+    """Normalise a request host for matching, or C{None} if it can never be a proxy host."""
+    name = host_without_port(host)
+    if not name or len(name) > MAX_HOST_LENGTH or not _HOST_NAME.fullmatch(name):
+        return None
+    if _NUMERIC_LABEL.fullmatch(name.rsplit(".", 1)[-1]):
+        return None
+    return name
+
+
+def _invalid(value: str, why: str) -> DomainPatternError:
+    return DomainPatternError(f"proxy domain {value!r} {why}")
+
+
+def _normalize_one(value: str) -> str:
+    pattern = value.strip()
+    if not pattern:
+        raise _invalid(value, "is empty")
+    if not pattern.isascii():
+        raise _invalid(
+            value, "is not ASCII; give the IDNA form of the name (xn--...) instead"
+        )
+    pattern = pattern.lower()
+    if "://" in pattern:
+        raise _invalid(value, "is a URL; give only the host name, such as example.com")
+    if pattern.startswith("*."):
+        pattern = pattern[2:]
+        if not pattern:
+            raise _invalid(value, "names no domain after '*.'")
+    if "*" in pattern:
+        raise _invalid(value, "has a '*' other than one leading '*.'")
+    if pattern.count(PORT) > 1:
+        raise _invalid(value, "has more than one {{port}}")
+    if pattern.count(HOST) > 1:
+        raise _invalid(value, "has more than one {{host}}")
+    if PORT not in pattern:
+        pattern = f"{PORT}.{pattern}"
+    literal = _PLACEHOLDER.sub("x", pattern)
+    if "{" in literal or "}" in literal:
+        raise _invalid(
+            value, "has an unknown placeholder; only {{port}} and {{host}} exist"
+        )
+    for char in literal:
+        if not _HOST_NAME.fullmatch(char):
+            if char == ":":
+                raise _invalid(
+                    value, "has a ':port'; leave it out, the host's port is ignored"
+                )
+            raise _invalid(value, f"contains {char!r}, which cannot be in a host name")
+    if pattern.endswith("."):
+        raise _invalid(value, "ends with a dot")
+    if ".." in pattern:
+        raise _invalid(value, "has an empty label (a leading or doubled dot)")
+    last = pattern.rsplit(".", 1)[-1]
+    if _NUMERIC_LABEL.fullmatch(last.replace(PORT, "1").replace(HOST, "h")):
+        raise _invalid(
+            value,
+            "ends in a number; browsers read such a host as an IP address,"
+            " so it would never match",
+        )
+    return pattern
+
+
+def normalize_patterns(raw: Sequence[str]) -> tuple[str, ...]:
+    """Turn C{--proxy-domain} values into normalised patterns, in order, without duplicates.
+
+    Each value is stripped of surrounding blanks and lower-cased; one leading C{*.} is
+    dropped and C{{{port}}.} is put in front when there is no C{{{port}}}, so
+    C{*.example.com}, C{example.com} and C{{{port}}.example.com} are one pattern. The
+    result is idempotent: normalising normalised patterns changes nothing.
+
+    Non-ASCII names are refused rather than IDNA-encoded, because IDNA 2003 (Python's
+    codec) and the UTS 46 mapping browsers use disagree on some names (C{ß}), and a
+    silent mismatch would leave the domain unreachable; the message asks for the
+    C{xn--} form. C{_} is accepted, as browsers accept it in host names.
+
+    @raise DomainPatternError: for an empty value, a URL or C{:port}, a second
+        C{{{port}}} or C{{{host}}}, an unknown placeholder, a character that cannot be
+        in a host name, a trailing, leading or doubled dot, a C{*} other than one leading
+        C{*.}, or a last label that is a number (an IP address to a browser).
+    """
+    seen: dict[str, None] = {}
+    for value in raw:
+        seen.setdefault(_normalize_one(value), None)
+    return tuple(seen)
+
+
+def _regex(pattern: str, capture_host: bool) -> str:
+    parts = []
+    for piece in _PLACEHOLDER.split(pattern):
+        if piece == PORT:
+            parts.append("(?P<port>[0-9]+)" if capture_host else "([0-9]+)")
+        elif piece == HOST:
+            parts.append(f"(?P<host>{_HOST_PART})" if capture_host else f"(?:{_HOST_PART})")
+        else:
+            parts.append(re.escape(piece))
+    return "".join(parts)
+
+
+def base_domain(pattern: str) -> str | None:
+    """Return the fixed domain under a normalised pattern, or C{None} if there is none.
+
+    That is the labels after the last label holding a placeholder:
+    C{dev-{{port}}.example.com} -> C{example.com}; C{{{port}}.{{host}}} -> C{None}. Every
+    host the pattern matches lies within it, which makes it the cookie domain that signs
+    a user in on all the pattern's hosts at once.
+    """
+    labels = pattern.split(".")
+    fixed = [i for i, label in enumerate(labels) if "{{" in label]
+    rest = labels[fixed[-1] + 1 :] if fixed else labels
+    return ".".join(rest) or None
+
+
+class DomainMatcher:
+    """Map request hosts to port labels for a list of C{--proxy-domain} patterns.
+
+    The patterns are normalised and compiled once; L{match} is a single anchored
+    alternation, so the first pattern that matches wins as the SPEC requires.
+
+    @ivar patterns: the normalised patterns, in the order given.
+    """
+
+    __slots__ = ("_alternation", "_each", "patterns")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.patterns: tuple[str, ...] = normalize_patterns(patterns)
+        # One capturing group per alternative: the index of the group that took part
+        # tells which pattern matched, and its text is the port label.
+        self._alternation: re.Pattern[str] | None = (
+            re.compile("|".join(f"(?:{_regex(p, False)})" for p in self.patterns), re.ASCII)
+            if self.patterns
+            else None
+        )
+        self._each: tuple[re.Pattern[str], ...] = tuple(
+            re.compile(_regex(p, True), re.ASCII) for p in self.patterns
+        )
+
+    def __repr__(self) -> str:
+        return f"DomainMatcher({list(self.patterns)!r})"
+
+    def match(self, host: str) -> str | None:
+        """Return the port label C{host} reaches, or C{None} if it is not a proxy host.
+
+        The label is the matched digits as written (C{"99999"}, C{"0"}, C{"007"}): it is
+        not validated here, so that the caller can answer 400 after authentication.
+        """
+        if self._alternation is None:
+            return None
+        name = _routable_host(host)
+        if name is None:
+            return None
+        found = self._alternation.fullmatch(name)
+        if found is None:
+            return None
+        return found.group(found.lastindex or 0)
+
+    def is_proxy_host(self, host: str) -> bool:
+        """Tell whether C{host} is the host of some port under one of the patterns."""
+        return self.match(host) is not None
+
+    def public_host(self, port: int, request_host: str | None = None) -> str | None:
+        """Return the host name that reaches C{port}, or C{None} if there is none.
+
+        When C{request_host} is itself a proxy host, the pattern it matched is used (its
+        C{{{host}}} part filled in again), so a redirect stays under the domain the user
+        is signed in on; otherwise the first pattern is used, which gives C{None} if that
+        pattern holds C{{{host}}}. A C{port} outside 1-65535 gives C{None}, as it is
+        usually read from an upstream's C{Location} and must not raise.
+        """
+        if type(port) is not int or not 1 <= port <= 65535:
+            return None
+        if request_host is not None:
+            name = _routable_host(request_host)
+            if name is not None:
+                for pattern, regex in zip(self.patterns, self._each):
+                    found = regex.fullmatch(name)
+                    if found is not None:
+                        filled = pattern.replace(PORT, str(port))
+                        if HOST in pattern:
+                            filled = filled.replace(HOST, found.group("host"))
+                        return filled
+        if not self.patterns or HOST in self.patterns[0]:
+            return None
+        return self.patterns[0].replace(PORT, str(port))
+
+    def cookie_domain(self, host: str) -> str | None:
+        """Return the proxy domain that C{host} lies within, for a widened cookie C{Domain}.
+
+        That is the L{base_domain} of the first pattern such that C{host} (port ignored)
+        equals it or is below it. C{None} when there is none, when C{host} is not a host
+        name (IP addresses), or when the domain is a single label such as C{localhost},
+        which browsers do not accept as a cookie C{Domain}.
+        """
+        name = _routable_host(host)
+        if name is None:
+            return None
+        for pattern in self.patterns:
+            domain = base_domain(pattern)
+            if domain is None or "." not in domain:
+                continue
+            if name == domain or name.endswith("." + domain):
+                return domain
+        return None
+
+
+def url_template(patterns: Sequence[str], scheme: str = "https") -> str | None:
+    """Return the URL template of the first pattern, C{https://{{port}}.example.com/}.
+
+    This is what code-server exports as C{VSCODE_PROXY_URI}; C{None} without patterns.
+
+    @raise DomainPatternError: if a pattern is malformed.
+    """
+    normalized = normalize_patterns(patterns)
+    if not normalized:
+        return None
+    return f"{scheme}://{normalized[0]}/"

@@ -1,0 +1,401 @@
+# -*- test-case-name: tests.test_headers -*-
+"""Which request and response headers cross the proxy, and what portproxy adds.
+
+Everything here is a pure function over Twisted's raw header pairs
+(C{(name, [values])} from C{Headers.getAllRawHeaders()}), so the policy is tested
+without a reactor. Hop-by-hop headers stay on their hop (RFC 9110 7.6.1), portproxy's
+own session cookie never reaches an app, and X-Forwarded-* are only believed from a
+configured trusted proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from portproxy.cookies import strip_cookie
+
+__all__ = [
+    "HOP_BY_HOP",
+    "ClientView",
+    "RawHeaders",
+    "client_view",
+    "forward_request_headers",
+    "forward_websocket_headers",
+    "is_hop_by_hop",
+    "is_trusted",
+    "response_headers",
+]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+RawHeaders = Iterable[tuple[bytes, Sequence[bytes]]]
+
+#: RFC 9110 7.6.1 hop-by-hop fields (lower-case); every C{Proxy-*} name is dropped too.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# The engine computes the body length itself and has already answered 100-continue.
+_REQUEST_ONLY_DROP = frozenset({b"content-length", b"expect"})
+_WEBSOCKET_DROP = frozenset({b"host", b"origin"})
+# A Connection option may never remove Host: the upstream request needs exactly one.
+_NEVER_CONNECTION_OPTION = frozenset({b"host"})
+
+_XFF = b"X-Forwarded-For"
+_XFP = b"X-Forwarded-Proto"
+_XFH = b"X-Forwarded-Host"
+_XFPREFIX = b"X-Forwarded-Prefix"
+
+_HOST_RE = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def is_hop_by_hop(lower_name: bytes) -> bool:
+    """Whether a lower-cased header name belongs to one hop only.
+
+    C{Proxy} itself is included: no app should read it (the "httpoxy" CGI flaw).
+    """
+    return (
+        lower_name in HOP_BY_HOP
+        or lower_name.startswith(b"proxy-")
+        or lower_name == b"proxy"
+    )
+
+
+def is_trusted(address: str, networks: Sequence[Network]) -> bool:
+    """Whether the direct peer C{address} lies in one of the trusted C{networks}.
+
+    An IPv4-mapped IPv6 address (C{::ffff:10.0.0.1}, what a dual-stack listener reports)
+    matches the IPv4 network; a non-IP peer (a UNIX socket) is never trusted.
+    """
+    if not networks or not address:
+        return False
+    if address[:1] == "[" and address[-1:] == "]":
+        address = address[1:-1]
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        candidates.append(ip.ipv4_mapped)
+    return any(c in net for net in networks for c in candidates)
+
+
+@dataclass(frozen=True)
+class ClientView:
+    """What portproxy believes about the client.
+
+    Taken from the direct peer, or from X-Forwarded-*/Forwarded when the peer is a
+    trusted proxy.
+
+    @ivar peer: the direct peer address.
+    @ivar trusted: whether C{peer} is within C{--trusted-proxies}.
+    @ivar scheme: C{"http"} or C{"https"}, as the browser used it.
+    @ivar host: the host (with C{:port} if any) as the browser used it, for routing and
+        public URLs; C{None} when no well-formed host is known.
+    """
+
+    peer: str
+    trusted: bool
+    scheme: str
+    host: str | None
+
+
+def _valid_host(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip(b" \t")
+    if _HOST_RE.fullmatch(value) is None:
+        return None
+    return value.decode("ascii")
+
+
+def _valid_proto(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    proto = value.strip(b" \t").lower()
+    if proto in (b"http", b"https"):
+        return proto.decode("ascii")
+    return None
+
+
+def _first_entry(values: Sequence[bytes]) -> bytes | None:
+    for value in values:
+        return value.split(b",", 1)[0]
+    return None
+
+
+def _forwarded_params(values: Iterable[bytes]) -> Iterable[tuple[bytes, bytes]]:
+    """Yield C{(lower-name, value)} for every parameter of RFC 7239 C{Forwarded} values.
+
+    Separators inside quoted strings do not split; quotes are removed (a value with a
+    backslash escape keeps it and later fails validation).
+    """
+    for value in values:
+        buf = bytearray()
+        quoted = escaped = False
+        params: list[bytes] = []
+        for c in value:
+            if quoted:
+                buf.append(c)
+                if escaped:
+                    escaped = False
+                elif c == 0x5C:  # backslash
+                    escaped = True
+                elif c == 0x22:  # closing quote
+                    quoted = False
+            elif c == 0x22:
+                quoted = True
+                buf.append(c)
+            elif c in (0x3B, 0x2C):  # ';' between pairs, ',' between elements
+                params.append(bytes(buf))
+                buf.clear()
+            else:
+                buf.append(c)
+        params.append(bytes(buf))
+        for param in params:
+            name, eq, val = param.partition(b"=")
+            if not eq:
+                continue
+            val = val.strip(b" \t")
+            if len(val) >= 2 and val[:1] == b'"' and val[-1:] == b'"':
+                val = val[1:-1]
+            yield name.strip(b" \t").lower(), val
+
+
+def client_view(
+    headers: RawHeaders,
+    *,
+    peer: str,
+    secure: bool,
+    trusted_networks: Sequence[Network],
+) -> ClientView:
+    """Work out the client's scheme and host, believing forwarding headers only from a
+    trusted proxy.
+
+    From a trusted peer the host is the first C{host=} of C{Forwarded}, else the first
+    C{X-Forwarded-Host} entry, else C{Host}; the scheme is C{proto=}, else the first
+    C{X-Forwarded-Proto} entry, else the connection's own. Malformed values are ignored
+    and the next source is used.
+
+    @param secure: whether the connection to portproxy itself is TLS.
+    """
+    trusted = is_trusted(peer, trusted_networks)
+    host_header: bytes | None = None
+    forwarded: list[bytes] = []
+    xf_host: bytes | None = None
+    xf_proto: bytes | None = None
+    for name, values in headers:
+        lower = name.lower()
+        if lower == b"host":
+            if host_header is None and values:
+                host_header = values[0]
+        elif not trusted:
+            continue
+        elif lower == b"forwarded":
+            forwarded.extend(values)
+        elif lower == b"x-forwarded-host" and xf_host is None:
+            xf_host = _first_entry(values)
+        elif lower == b"x-forwarded-proto" and xf_proto is None:
+            xf_proto = _first_entry(values)
+
+    scheme = "https" if secure else "http"
+    host = None
+    if trusted:
+        fwd_host: bytes | None = None
+        fwd_proto: bytes | None = None
+        for key, val in _forwarded_params(forwarded):
+            if key == b"host" and fwd_host is None:
+                fwd_host = val
+            elif key == b"proto" and fwd_proto is None:
+                fwd_proto = val
+        host = _valid_host(fwd_host) or _valid_host(xf_host)
+        scheme = _valid_proto(fwd_proto) or _valid_proto(xf_proto) or scheme
+    if host is None:
+        host = _valid_host(host_header)
+    return ClientView(peer=peer, trusted=trusted, scheme=scheme, host=host)
+
+
+def _connection_options(
+    items: Sequence[tuple[bytes, bytes, Sequence[bytes]]],
+) -> set[bytes]:
+    # Every Connection field counts, each a comma list (RFC 9110 7.6.1); Twisted's own
+    # persistence check reads only the first field.
+    options: set[bytes] = set()
+    for _, lower, values in items:
+        if lower == b"connection":
+            for value in values:
+                for token in value.split(b","):
+                    token = token.strip(b" \t").lower()
+                    if token:
+                        options.add(token)
+    return options
+
+
+def _inbound_prefix(values: list[bytes]) -> bytes | None:
+    if not values:
+        return None
+    value = values[0].strip(b" \t")
+    if value[:1] != b"/" or any(c <= 0x20 or c >= 0x7F for c in value):
+        return None
+    return value.rstrip(b"/")
+
+
+def _ipv4_unmapped(peer: str) -> str:
+    # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; apps expect a.b.c.d.
+    if peer[:7].lower() == "::ffff:" and "." in peer:
+        return peer[7:]
+    return peer
+
+
+def _forward(
+    headers: RawHeaders,
+    view: ClientView,
+    session_cookie: bytes | None,
+    prefix: bytes | None,
+    extra_drop: frozenset[bytes],
+    websocket: bool,
+) -> list[tuple[bytes, list[bytes]]]:
+    items = [(name, name.lower(), values) for name, values in headers if values]
+    options = _connection_options(items) - _NEVER_CONNECTION_OPTION
+    trusted = view.trusted
+
+    out: list[tuple[bytes, list[bytes]] | None] = []
+    cookie_at = xff_at = prefix_at = -1
+    cookie_name = b"Cookie"
+    cookies: list[bytes] = []
+    xff: list[bytes] = []
+    prefixes: list[bytes] = []
+    have_proto = have_host = host_seen = False
+
+    for name, lower, values in items:
+        if (
+            is_hop_by_hop(lower)
+            or lower in _REQUEST_ONLY_DROP
+            or lower in options
+            or lower in extra_drop
+            or (websocket and lower.startswith(b"sec-websocket-"))
+        ):
+            continue
+        if lower == b"cookie":
+            if cookie_at < 0:
+                cookie_at = len(out)
+                cookie_name = name
+                out.append(None)
+            cookies.extend(values)
+        elif lower == b"host":
+            if not host_seen:
+                host_seen = True
+                out.append((name, [values[0]]))
+        elif lower == b"forwarded" or lower.startswith(b"x-forwarded-"):
+            if not trusted:
+                continue
+            if lower == b"x-forwarded-for":
+                if xff_at < 0:
+                    xff_at = len(out)
+                    out.append(None)
+                xff.extend(values)
+            elif lower == b"x-forwarded-prefix" and prefix is not None:
+                if prefix_at < 0:
+                    prefix_at = len(out)
+                    out.append(None)
+                prefixes.extend(values)
+            else:
+                have_proto = have_proto or lower == b"x-forwarded-proto"
+                have_host = have_host or lower == b"x-forwarded-host"
+                out.append((name, list(values)))
+        else:
+            out.append((name, list(values)))
+
+    if cookies:
+        if session_cookie is None:
+            joined: bytes | None = b"; ".join(v for v in cookies if v.strip(b" \t;"))
+        else:
+            joined = strip_cookie(cookies, session_cookie)
+        if joined:
+            out[cookie_at] = (cookie_name, [joined])
+
+    peer = _ipv4_unmapped(view.peer).encode("ascii", "replace")
+    chain = b", ".join(e for e in (v.strip(b" \t") for v in xff) if e)
+    if peer:
+        chain = chain + b", " + peer if chain else peer
+    if chain:
+        if xff_at >= 0:
+            out[xff_at] = (_XFF, [chain])
+        else:
+            out.append((_XFF, [chain]))
+    if not have_proto:
+        out.append((_XFP, [view.scheme.encode("ascii")]))
+    if not have_host and view.host is not None:
+        out.append((_XFH, [view.host.encode("ascii")]))
+
+    # A trusted front proxy that mounted us under its own prefix said so; ours follows.
+    if prefix is not None:
+        inbound = _inbound_prefix(prefixes)
+        combined = inbound + prefix if inbound is not None else prefix
+        if prefix_at >= 0:
+            out[prefix_at] = (_XFPREFIX, [combined])
+        else:
+            out.append((_XFPREFIX, [combined]))
+
+    return [entry for entry in out if entry is not None]
+
+
+def forward_request_headers(
+    headers: RawHeaders,
+    *,
+    view: ClientView,
+    session_cookie: bytes | None,
+    prefix: bytes | None,
+) -> list[tuple[bytes, list[bytes]]]:
+    """The headers to send upstream for an HTTP request, in their original order.
+
+    Drops hop-by-hop fields, whatever any C{Connection} field names, C{Content-Length}
+    and C{Expect}; joins the C{Cookie} fields into one without our C{session_cookie}
+    (and sends none if nothing is left); keeps the first C{Host}; sets X-Forwarded-For,
+    -Proto, -Host and (with C{prefix}, the C{/proxy/<port>} prefix as typed) -Prefix.
+    From an untrusted peer inbound C{Forwarded} and C{X-Forwarded-*} are replaced; from
+    a trusted one X-Forwarded-For is appended to and the others are kept.
+
+    @param session_cookie: portproxy's cookie name, or C{None} when there is none.
+    """
+    return _forward(headers, view, session_cookie, prefix, frozenset(), False)
+
+
+def forward_websocket_headers(
+    headers: RawHeaders,
+    *,
+    view: ClientView,
+    session_cookie: bytes | None,
+    prefix: bytes | None,
+) -> list[tuple[bytes, list[bytes]]]:
+    """The application headers to send with a WebSocket upgrade, same policy as HTTP.
+
+    C{Host}, C{Origin}, C{Upgrade}, C{Connection} and C{Sec-WebSocket-*} are left out:
+    the WebSocket client sets them (Host and Origin from the client's, by the caller).
+    """
+    return _forward(headers, view, session_cookie, prefix, _WEBSOCKET_DROP, True)
+
+
+def response_headers(headers: RawHeaders) -> list[tuple[bytes, list[bytes]]]:
+    """The upstream's response headers to pass to the client, order and repeats kept.
+
+    Hop-by-hop fields and the names in the upstream's C{Connection} are dropped.
+    """
+    items = [(name, name.lower(), values) for name, values in headers if values]
+    options = _connection_options(items)
+    return [
+        (name, list(values))
+        for name, lower, values in items
+        if lower not in options and not is_hop_by_hop(lower)
+    ]

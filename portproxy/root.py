@@ -1,0 +1,254 @@
+# -*- test-case-name: tests.test_proxy_http -*-
+"""The resource tree: dispatch on Host, then on the path, then guard and proxy.
+
+The root is a single step of traversal: it reads the raw request target and the client's
+host once, and returns a leaf. Proxy hosts (C{5173.example.com}) and the path routes
+(C{/proxy/5173/}, C{/absproxy/5173/}) share one guard (disabled, sign-in, port, own port)
+and one engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Protocol
+
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
+
+from portproxy.config import Config
+from portproxy.domains import DomainMatcher
+from portproxy.engine import PortProxyResource, ProxyEngine, PublicURL
+from portproxy.errors import write_error
+from portproxy.headers import ClientView, client_view
+from portproxy.health import HealthResource, Heartbeat
+from portproxy.routes import RouteKind, absproxy_upstream_path, parse_port, parse_route
+
+__all__ = ["Authenticator", "PortProxyRoot", "WebSocketRelay"]
+
+
+class Authenticator(Protocol):
+    """What the tree needs from the sign-in layer (see L{portproxy.auth})."""
+
+    def is_signed_in(self, request: Request) -> bool: ...
+
+    def allows_preflight(self, request: Request) -> bool: ...
+
+    def deny(self, request: Request, *, original_url: bytes) -> bytes: ...
+
+    def deny_websocket(self, request: Request) -> bytes: ...
+
+
+class WebSocketRelay(Protocol):
+    """What the tree needs from the WebSocket relay (see L{portproxy.websocket})."""
+
+    def is_upgrade(self, request: Request) -> bool: ...
+
+    def origin_allowed(self, request: Request, view: ClientView) -> bool: ...
+
+    def render(
+        self,
+        request: Request,
+        *,
+        port: int,
+        path: bytes,
+        view: ClientView,
+        prefix: bytes | None,
+    ) -> bytes | int: ...
+
+
+class PortProxyRoot(Resource):
+    """The root of portproxy's tree: one dispatch per request, then a leaf."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: ProxyEngine,
+        authenticator: Authenticator,
+        heartbeat: Heartbeat,
+        own_ports: Collection[int],
+        websocket: WebSocketRelay | None = None,
+        pages: Mapping[RouteKind, IResource] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.engine = engine
+        self.auth = authenticator
+        self.heartbeat = heartbeat
+        self.own_ports = own_ports
+        self.websocket = websocket
+        self.domains = DomainMatcher(config.proxy_domains)
+        self._has_domains = bool(config.proxy_domains)
+        self.pages: dict[RouteKind, IResource] = {
+            RouteKind.HEALTHZ: HealthResource(heartbeat)
+        }
+        if pages:
+            self.pages.update(pages)
+
+    def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
+        # Traversal stops here: every decision is made from the raw target and host.
+        request.postpath = []
+        view = client_view(
+            request.requestHeaders.getAllRawHeaders(),
+            peer=_peer(request),
+            secure=request.isSecure(),
+            trusted_networks=self.config.trusted_proxies,
+        )
+        if self._has_domains and view.host:
+            label = self.domains.match(view.host)
+            if label is not None:
+                return _ProxyGate(self, view, label, None, request.uri, False, "domain")
+        route = parse_route(request.uri)
+        if route.kind is RouteKind.PROXY:
+            return _ProxyGate(
+                self,
+                view,
+                route.port_label,
+                route.prefix,
+                route.rest,
+                route.needs_slash,
+                "proxy",
+            )
+        if route.kind is RouteKind.ABSPROXY:
+            path = absproxy_upstream_path(route.rest, self.config.abs_proxy_base_path)
+            return _ProxyGate(
+                self, view, route.port_label, route.prefix, path, False, "absproxy"
+            )
+        page = self.pages.get(route.kind)
+        if page is not None:
+            return page
+        return _ErrorLeaf(404, "Not found")
+
+    def render(self, request: Request) -> bytes:
+        return write_error(request, 404, "Not found")
+
+
+def _peer(request: Request) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", "") or ""
+
+
+class _ErrorLeaf(Resource):
+    isLeaf = True
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__()
+        self.status = status
+        self.message = message
+
+    def render(self, request: Request) -> bytes:
+        return write_error(request, self.status, self.message)
+
+
+class _ProxyGate(Resource):
+    """Checks a proxied request in order, then hands it to the engine or the relay.
+
+    Order: proxy disabled (403), WebSocket Origin (403), sign-in (302/401; preflights
+    may pass), port syntax (400, after sign-in as in code-server), own port (403), the
+    missing slash of C{/proxy/<port>} (302).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        root: PortProxyRoot,
+        view: ClientView,
+        label: bytes | str,
+        prefix: bytes | None,
+        path: bytes,
+        needs_slash: bool,
+        kind: str,
+    ) -> None:
+        self.root = root
+        self.view = view
+        self.label = label
+        self.prefix = prefix
+        self.path = path
+        self.needs_slash = needs_slash
+        self.kind = kind
+
+    def render(self, request: Request) -> bytes | int:
+        root = self.root
+        if root.config.disable_proxy:
+            return write_error(request, 403, "The port proxy is disabled")
+        websocket = root.websocket
+        upgrade = websocket is not None and websocket.is_upgrade(request)
+        if upgrade and not websocket.origin_allowed(request, self.view):  # type: ignore[union-attr]
+            return write_error(request, 403, "Origin not allowed")
+        auth = root.auth
+        if not auth.is_signed_in(request):
+            if upgrade:
+                return auth.deny_websocket(request)
+            if not auth.allows_preflight(request):
+                return auth.deny(request, original_url=self._original_url(request))
+        port = parse_port(self.label)
+        if port is None:
+            return write_error(request, 400, "Invalid port")
+        if port in root.own_ports:
+            return write_error(request, 403, "portproxy does not proxy to itself")
+        if self.needs_slash:
+            request.setResponseCode(302)
+            request.setHeader(b"location", self.prefix + b"/" + self.path)  # type: ignore[operator]
+            return b""
+        strip_prefix = self.prefix if self.kind == "proxy" else None
+        if upgrade:
+            return websocket.render(  # type: ignore[union-attr]
+                request, port=port, path=self.path, view=self.view, prefix=strip_prefix
+            )
+        return PortProxyResource(
+            root.engine,
+            port,
+            self.path,
+            view=self.view,
+            prefix=strip_prefix,
+            public_url=self._public_url(port),
+        ).render(request)
+
+    def _original_url(self, request: Request) -> bytes:
+        """The URL the browser asked for, for the round trip through sign-in."""
+        if self.kind == "domain":
+            host = (self.view.host or "").encode("ascii", "replace")
+            return self.view.scheme.encode() + b"://" + host + request.uri
+        return request.uri
+
+    def _public_url(self, port: int) -> PublicURL:
+        kind = self.kind
+        if kind == "proxy":
+            here = self.prefix
+
+            def proxy_url(p: int, rest: bytes) -> bytes | None:
+                base = here if p == port else b"/proxy/%d" % p
+                return base + (rest if rest.startswith(b"/") else b"/" + rest)  # type: ignore[operator]
+
+            return proxy_url
+        if kind == "absproxy":
+            base_path = self.root.config.abs_proxy_base_path
+
+            def absproxy_url(p: int, rest: bytes) -> bytes | None:
+                if p == port:
+                    return rest or b"/"
+                return base_path + b"/absproxy/%d" % p + (rest or b"/")
+
+            return absproxy_url
+        view = self.view
+        domains = self.root.domains
+
+        def domain_url(p: int, rest: bytes) -> bytes | None:
+            host = domains.public_host(p, view.host)
+            if host is None:
+                return None
+            suffix = _port_suffix(view.host or "")
+            return ("%s://%s%s" % (view.scheme, host, suffix)).encode("ascii") + (
+                rest or b"/"
+            )
+
+        return domain_url
+
+
+def _port_suffix(host: str) -> str:
+    """The C{:port} part of a host header, if any (IPv6 literals handled)."""
+    if host.endswith("]"):
+        return ""
+    head, sep, port = host.rpartition(":")
+    return sep + port if sep and port.isdigit() and "]" not in port else ""

@@ -1,0 +1,123 @@
+# -*- test-case-name: tests.test_routes -*-
+"""Parse the raw request target into a route, without touching the network.
+
+Routing works on the request line's bytes exactly as the client sent them: the upstream
+must see the same path (no re-quoting, no C{//} collapsing, C{%2F} kept), which
+twisted.web's decoded C{postpath} cannot give back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "Route",
+    "RouteKind",
+    "absproxy_upstream_path",
+    "parse_port",
+    "parse_route",
+    "split_target",
+]
+
+
+class RouteKind(enum.Enum):
+    """What the main host does with a request."""
+
+    PROXY = "proxy"  # /proxy/<port>/...: prefix stripped
+    ABSPROXY = "absproxy"  # /absproxy/<port>/...: full path kept
+    LOGIN = "login"
+    LOGOUT = "logout"
+    HEALTHZ = "healthz"
+    INDEX = "index"
+    NOT_FOUND = "not-found"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One parsed request target.
+
+    @ivar port_label: the port segment as sent (unvalidated: see L{parse_port}).
+    @ivar prefix: C{/proxy/<port>} or C{/absproxy/<port>} as typed, case kept.
+    @ivar rest: for PROXY, the path after the prefix (may be empty) plus C{?query};
+        for ABSPROXY, the whole path and query.
+    @ivar needs_slash: C{/proxy/<port>} without the slash, which redirects to add it.
+    """
+
+    kind: RouteKind
+    port_label: bytes = b""
+    prefix: bytes = b""
+    rest: bytes = b""
+    needs_slash: bool = False
+
+
+_WORDS = {
+    b"login": RouteKind.LOGIN,
+    b"logout": RouteKind.LOGOUT,
+    b"healthz": RouteKind.HEALTHZ,
+}
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """Split a request target into path and query (the query keeps its C{?}).
+
+    An absolute-form target (C{http://host/path}, RFC 9112 3.2.2) is reduced to its path.
+    """
+    if target[:1] != b"/":
+        scheme, sep, after = target.partition(b"://")
+        if sep and scheme.lower() in (b"http", b"https", b"ws", b"wss"):
+            slash = after.find(b"/")
+            mark = after.find(b"?")
+            if slash == -1 or (mark != -1 and mark < slash):
+                target = b"/" + (after[mark:] if mark != -1 else b"")
+            else:
+                target = after[slash:]
+    path, sep, query = target.partition(b"?")
+    return path, sep + query
+
+
+def parse_route(target: bytes) -> Route:
+    """Classify a raw request target for the main host."""
+    path, query = split_target(target)
+    # path starts with "/", so parts[0] is empty; route words ignore case as in code-server.
+    parts = path.split(b"/", 3)
+    word = parts[1].lower() if len(parts) > 1 else b""
+    if word in (b"proxy", b"absproxy"):
+        if len(parts) < 3 or not parts[2]:
+            return Route(RouteKind.NOT_FOUND)
+        label = parts[2]
+        prefix = b"/".join(parts[:3])
+        if word == b"absproxy":
+            return Route(RouteKind.ABSPROXY, label, prefix, path + query)
+        if len(parts) == 3:
+            return Route(RouteKind.PROXY, label, prefix, query, needs_slash=True)
+        return Route(RouteKind.PROXY, label, prefix, b"/" + parts[3] + query)
+    if len(parts) == 2:
+        if not word:
+            return Route(RouteKind.INDEX)
+        kind = _WORDS.get(word)
+        if kind is not None:
+            return Route(kind, rest=query)
+    return Route(RouteKind.NOT_FOUND)
+
+
+def parse_port(label: bytes | str) -> int | None:
+    """Return the port for a canonical decimal label C{1}-C{65535}, else C{None}.
+
+    Only ASCII digits without a leading zero count: C{"08080"}, C{"+80"}, C{"８０"} and
+    C{"%38080"} are refused, so one port has exactly one spelling.
+    """
+    if isinstance(label, str):
+        try:
+            label = label.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+    if not label or len(label) > 5 or not label.isdigit() or label[:1] == b"0":
+        return None
+    port = int(label)
+    return port if port <= 65535 else None
+
+
+def absproxy_upstream_path(rest: bytes, base_path: bytes) -> bytes:
+    """The upstream target of an C{/absproxy} request: the base path, then the full path."""
+    return base_path + rest

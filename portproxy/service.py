@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_service -*-
+"""Services that bind the listening endpoints and close the upstream pool at shutdown."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["ListeningService", "PortProxyService", "StartupError"]
+
+_log = Logger()
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is one line meant for the user."""
+
+
+class ListeningService(Service):
+    """Listen on one endpoint string; record the TCP port so it is never proxied to.
+
+    Binding happens in C{privilegedStartService} and fails synchronously (as
+    C{strports.service} does), so a port in use stops start-up instead of being logged.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        factory: Any,
+        on_port: Callable[[int], None],
+    ) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.on_port = on_port
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.port is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        try:
+            endpoint = serverFromString(self.reactor, self.description)
+        except Exception as e:
+            raise StartupError(f"--listen {self.description}: {e}") from None
+        outcome: list[Any] = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            # An endpoint that binds asynchronously (rare): log failures later.
+            return
+        result = outcome[0]
+        if isinstance(result, Failure):
+            raise StartupError(f"--listen {self.description}: {result.getErrorMessage()}")
+        self.port = result
+        host = result.getHost()
+        port = getattr(host, "port", None)
+        if isinstance(port, int):
+            self.on_port(port)
+        _log.info("portproxy listening on {address}", address=_describe(host))
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+
+
+def _describe(host: Any) -> str:
+    if hasattr(host, "port"):
+        return f"{host.host}:{host.port}"
+    return str(getattr(host, "name", host))
+
+
+class PortProxyService(MultiService):
+    """The whole instance: listeners first, then a clean shutdown of the pool.
+
+    A L{StartupError} while starting is printed as one line and ends the process with
+    status 1, instead of a traceback.
+    """
+
+    def __init__(
+        self,
+        close: Callable[[], Deferred[None]],
+        drain: Callable[[float], Deferred[None]] | None = None,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self._close = close
+        self._drain = drain
+        self._drain_timeout = drain_timeout
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            _fail(e)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except StartupError as e:
+            _fail(e)
+
+    def stopService(self) -> Deferred[None]:
+        # Stop accepting first, then let in-flight requests finish (bounded), then
+        # close the idle upstream connections.
+        d: Deferred[Any] = maybeDeferred(super().stopService)
+        if self._drain is not None:
+            drain = self._drain
+            d.addBoth(lambda _: drain(self._drain_timeout))
+        d.addBoth(lambda _: self._close())
+        return d
+
+
+def _fail(error: StartupError) -> None:
+    sys.stderr.write(f"portproxy: error: {error}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)

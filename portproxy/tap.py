@@ -1,0 +1,298 @@
+# -*- test-case-name: tests.test_options -*-
+"""The command line of C{twist portproxy} and the service it builds.
+
+L{makeService} is shared by the plugin, .tac files and the tests, so that all three run
+exactly the same instance.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from portproxy import __version__
+from portproxy.config import (
+    DEFAULT_LISTEN,
+    DEFAULT_SESSION_TTL,
+    DEFAULT_UPSTREAM_TIMEOUT,
+    Config,
+    env_flag,
+    normalize_base_path,
+    parse_trusted_proxies,
+)
+
+__all__ = ["Options", "build_config", "makeService"]
+
+EX_USAGE = 64
+
+
+def _positive_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise usage.UsageError(f"{name}: {value!r} is not a number") from None
+    if not number > 0 or number != number or number == float("inf"):
+        raise usage.UsageError(f"{name}: must be a positive number of seconds")
+    return number
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise usage.UsageError(f"{name}: {value!r} is not a whole number") from None
+    if number <= 0:
+        raise usage.UsageError(f"{name}: must be greater than zero")
+    return number
+
+
+def _byte_size(name: str, value: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    text = value.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = 1
+    if text and text[-1] in units:
+        factor = units[text[-1]]
+        text = text[:-1]
+    try:
+        number = int(text) * factor
+    except ValueError:
+        raise usage.UsageError(
+            f"{name}: {value!r} is not a size (bytes, or with k, m, g)"
+        ) from None
+    if number <= 0:
+        raise usage.UsageError(f"{name}: must be greater than zero")
+    return number
+
+
+class Options(usage.Options):
+    """Options of C{twist portproxy}; see docs/options.rst."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Open web apps that listen on local ports through one signed-in address: "
+        "/proxy/<port>/, /absproxy/<port>/ or <port>.<domain>."
+    )
+
+    optFlags = [
+        [
+            "disable-proxy",
+            None,
+            "Answer 403 on every proxy route (also env PORTPROXY_DISABLE_PROXY=1|true).",
+        ],
+        [
+            "skip-auth-preflight",
+            None,
+            "Let CORS preflights (OPTIONS) reach the upstream without a session.",
+        ],
+        [
+            "print-auth-cookie",
+            None,
+            "Print portproxy-session=VALUE for the configured password and exit.",
+        ],
+        ["version", None, "Print the version and exit."],
+    ]
+    optParameters = [
+        ["auth", None, "password", "Authentication: password or none."],
+        [
+            "password-file",
+            None,
+            None,
+            "File holding the password (env PASSWORD and HASHED_PASSWORD take precedence).",
+        ],
+        [
+            "abs-proxy-base-path",
+            None,
+            "",
+            "Path put before the whole path of /absproxy requests.",
+        ],
+        [
+            "upstream-timeout",
+            None,
+            str(int(DEFAULT_UPSTREAM_TIMEOUT)),
+            "Seconds to wait for an upstream's response head or WebSocket answer.",
+        ],
+        [
+            "max-body-size",
+            None,
+            None,
+            "Largest request body accepted (e.g. 100m); larger ones get 413.",
+        ],
+        [
+            "data-dir",
+            None,
+            None,
+            "Directory for the generated password (default ~/.local/share/portproxy).",
+        ],
+        ["cookie-suffix", None, "", "Session cookie becomes portproxy-session-SUFFIX."],
+        [
+            "session-ttl",
+            None,
+            str(DEFAULT_SESSION_TTL),
+            "Lifetime of a login, seconds.",
+        ],
+        ["access-log", None, "combined", "Access log: combined, json or off."],
+        [
+            "print-url",
+            None,
+            None,
+            "Print the public URL of this port (for apps and scripts) and exit.",
+        ],
+    ]
+
+    compData = usage.Completions(
+        optActions={
+            "auth": usage.CompleteList(["password", "none"]),
+            "access-log": usage.CompleteList(["combined", "json", "off"]),
+            "password-file": usage.CompleteFiles(),
+            "data-dir": usage.CompleteDirs(),
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["proxy-domain"] = []
+        self["trusted-origins"] = []
+        self["trusted-proxies"] = []
+        self.environ: Mapping[str, str] = os.environ
+        self._refused: list[str] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to serve on, repeatable (default tcp:8080:interface=127.0.0.1)."""
+        self["listen"].append(description)
+
+    def opt_proxy_domain(self, pattern: str) -> None:
+        """Serve port P on P.<domain>, repeatable; see docs/domain-proxy.rst."""
+        self["proxy-domain"].append(pattern)
+
+    def opt_trusted_origins(self, origin: str) -> None:
+        """Extra Origin allowed to open WebSockets (*, host[:port], *.domain)."""
+        self["trusted-origins"].append(origin)
+
+    def opt_trusted_proxies(self, cidr: str) -> None:
+        """Peer (CIDR) whose X-Forwarded-*/Forwarded headers are believed, repeatable."""
+        self["trusted-proxies"].append(cidr)
+
+    def opt_password(self, value: str) -> None:
+        """Refused: a password on the command line shows in `ps`."""
+        self._refused.append(
+            "--password is refused: a command line is visible to every user; "
+            "use the PASSWORD environment variable or --password-file"
+        )
+
+    def opt_hashed_password(self, value: str) -> None:
+        """Refused: use the HASHED_PASSWORD environment variable."""
+        self._refused.append(
+            "--hashed-password is refused: use the HASHED_PASSWORD environment variable"
+        )
+
+    def opt_version(self) -> None:
+        print(f"portproxy {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        try:
+            if self._refused:
+                raise usage.UsageError(self._refused[0])
+            self.config = build_config(self, self.environ)
+        except usage.UsageError as e:
+            # One line naming the option, not the whole help text.
+            sys.stderr.write(f"portproxy: error: {e}\n")
+            raise SystemExit(EX_USAGE) from None
+        if self["print-url"] is not None:
+            self._print_url(self["print-url"])
+        if self["print-auth-cookie"]:
+            from portproxy.auth import print_auth_cookie
+
+            try:
+                line = print_auth_cookie(self.config, environ=self.environ)
+            except ValueError as e:
+                sys.stderr.write(f"portproxy: error: {e}\n")
+                raise SystemExit(1) from None
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            raise SystemExit(0)
+
+    def _print_url(self, value: str) -> None:
+        from portproxy.publicurl import public_url_for_port
+        from portproxy.routes import parse_port
+
+        port = parse_port(value)
+        if port is None:
+            sys.stderr.write(f"portproxy: error: --print-url: {value!r} is not a port\n")
+            raise SystemExit(EX_USAGE)
+        sys.stdout.write(public_url_for_port(self.config, port) + "\n")
+        raise SystemExit(0)
+
+
+def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+    """Validate parsed options into a L{Config}; raise C{UsageError} naming the option."""
+    auth = options["auth"]
+    if auth not in ("password", "none"):
+        raise usage.UsageError(f"--auth: {auth!r} is not one of: password, none")
+    access_log = options["access-log"]
+    if access_log not in ("combined", "json", "off"):
+        raise usage.UsageError(
+            f"--access-log: {access_log!r} is not one of: combined, json, off"
+        )
+    try:
+        base_path = normalize_base_path(options["abs-proxy-base-path"] or "")
+    except ValueError as e:
+        raise usage.UsageError(f"--abs-proxy-base-path: {e}") from None
+    try:
+        trusted_proxies = parse_trusted_proxies(options["trusted-proxies"])
+    except ValueError as e:
+        raise usage.UsageError(f"--trusted-proxies: {e}") from None
+    for origin in options["trusted-origins"]:
+        if not origin.strip() or any(c.isspace() for c in origin):
+            raise usage.UsageError(f"--trusted-origins: {origin!r} is not a host pattern")
+    domains = tuple(options["proxy-domain"])
+    if domains:
+        from portproxy.domains import DomainMatcher, DomainPatternError
+
+        try:
+            domains = DomainMatcher(domains).patterns
+        except DomainPatternError as e:
+            raise usage.UsageError(f"--proxy-domain: {e}") from None
+    password_file = options["password-file"]
+    if password_file is not None and not os.path.isfile(password_file):
+        raise usage.UsageError(f"--password-file: {password_file!r} is not a readable file")
+    listen = tuple(options["listen"]) or (DEFAULT_LISTEN,)
+    for description in listen:
+        if not description.strip() or (
+            ":" not in description and not description.isdigit()
+        ):
+            raise usage.UsageError(f"--listen: {description!r} is not an endpoint string")
+    max_body = options["max-body-size"]
+    fields: dict[str, Any] = dict(
+        listen=listen,
+        proxy_domains=domains,
+        auth=auth,
+        password_file=password_file,
+        disable_proxy=bool(options["disable-proxy"])
+        or env_flag(environ.get("PORTPROXY_DISABLE_PROXY")),
+        skip_auth_preflight=bool(options["skip-auth-preflight"]),
+        abs_proxy_base_path=base_path,
+        trusted_origins=tuple(o.strip().lower() for o in options["trusted-origins"]),
+        trusted_proxies=trusted_proxies,
+        upstream_timeout=_positive_float("--upstream-timeout", options["upstream-timeout"]),
+        max_body_size=None if max_body is None else _byte_size("--max-body-size", max_body),
+        cookie_suffix=options["cookie-suffix"] or "",
+        session_ttl=_positive_int("--session-ttl", options["session-ttl"]),
+        access_log=access_log,
+    )
+    if options["data-dir"]:
+        fields["data_dir"] = os.path.abspath(os.path.expanduser(options["data-dir"]))
+    return Config(**fields)
+
+
+def makeService(options: Options) -> IService:
+    """Build the portproxy service from parsed options (plugin, .tac and tests)."""
+    from portproxy.app import build_service
+
+    return build_service(options.config, environ=options.environ)

@@ -288,3 +288,63 @@ def test_sigterm_finishes_an_in_flight_request(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--print-url", "5173"], b"/proxy/5173/"),
+        (["--proxy-domain", "*.dev.example.com", "--print-url", "5173"],
+         b"http://5173.dev.example.com/"),
+        (["--proxy-domain", "dev-{{port}}.example.com", "--listen",
+          "ssl:8443:privateKey=k.pem", "--print-url", "3000"],
+         b"https://dev-3000.example.com/"),
+    ],
+)
+def test_print_url_names_the_public_address_of_a_port(
+    tmp_path: Path, args: list[str], expected: bytes
+) -> None:
+    out = subprocess.run(
+        [*_tool("twist"), "portproxy", "--auth", "none", *args],
+        cwd=tmp_path, env=_env(), capture_output=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == expected + b"\n"
+
+
+def test_print_url_refuses_a_bad_port(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [*_tool("twist"), "portproxy", "--auth", "none", "--print-url", "70000"],
+        cwd=tmp_path, env=_env(), capture_output=True, timeout=60,
+    )
+    assert out.returncode != 0
+    assert b"--print-url" in out.stderr
+
+
+def test_startup_logs_the_url_template(tmp_path: Path) -> None:
+    from portproxy.app import build_service
+    from portproxy.config import Config
+    from twisted.logger import globalLogPublisher
+
+    seen: list[str] = []
+
+    def observer(event: dict[str, object]) -> None:
+        if "template" in event:
+            seen.append(str(event["template"]))
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        build_service(
+            Config(auth="none", proxy_domains=("{{port}}.example.com",)),
+            environ={},
+            reactor=_memory_reactor(),
+        )
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert seen == ["http://{{port}}.example.com/"]
+
+
+def _memory_reactor() -> object:
+    from twisted.internet.testing import MemoryReactorClock
+
+    return MemoryReactorClock()

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from portproxy.config import Config
 from portproxy.engine import ProxyEngine
+from portproxy.headers import ClientView, client_address, client_view
 from portproxy.health import Heartbeat
 from portproxy.publicurl import url_template
 from portproxy.root import PortProxyRoot
@@ -44,22 +45,51 @@ def build_instance(
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    from portproxy.auth import LoginResource, LogoutResource, build_authenticator
+    from portproxy.auth import (
+        RESERVED_LOGIN,
+        RESERVED_LOGOUT,
+        LoginResource,
+        LogoutResource,
+        build_authenticator,
+    )
 
     heartbeat = Heartbeat(reactor)
     own_ports: set[int] = set()
+    trusted = config.trusted_proxies
+
+    def view_of(request: Any) -> ClientView:
+        view = getattr(request, "client_view", None)
+        if view is None:
+            view = client_view(
+                request.requestHeaders.getAllRawHeaders(),
+                peer=getattr(request.getClientAddress(), "host", "") or "",
+                secure=request.isSecure(),
+                trusted_networks=trusted,
+            )
+        return view
+
+    def address_of(request: Any) -> str:
+        return client_address(
+            request.requestHeaders.getAllRawHeaders(),
+            peer=getattr(request.getClientAddress(), "host", "") or "",
+            trusted_networks=trusted,
+        )
+
     authenticator = build_authenticator(
         config,
         environ=environ,
         clock=reactor,
         log=_log,
         proxy_patterns=config.proxy_domains,
+        is_https=lambda request: view_of(request).scheme == "https",
+        client_address=address_of,
+        request_host=lambda request: view_of(request).host or "",
         threads=reactor,
     )
-    pages = {
-        RouteKind.LOGIN: LoginResource(authenticator),
-        RouteKind.LOGOUT: LogoutResource(authenticator),
-    }
+    login = LoginResource(authenticator)
+    logout = LogoutResource(authenticator)
+    pages = {RouteKind.LOGIN: login, RouteKind.LOGOUT: logout}
+    reserved = {RESERVED_LOGIN: login, RESERVED_LOGOUT: logout}
     engine = ProxyEngine(
         reactor,
         upstream_timeout=config.upstream_timeout,
@@ -86,6 +116,7 @@ def build_instance(
         own_ports=own_ports,
         websocket=websocket,
         pages=pages,
+        reserved=reserved,
     )
     site = ProxySite(
         root,

@@ -399,3 +399,31 @@ def response_headers(headers: RawHeaders) -> list[tuple[bytes, list[bytes]]]:
         for name, lower, values in items
         if lower not in options and not is_hop_by_hop(lower)
     ]
+
+
+def client_address(
+    headers: RawHeaders, *, peer: str, trusted_networks: Sequence[Network]
+) -> str:
+    """The address of the client itself, for rate limiting and logs.
+
+    From an untrusted peer that is the peer. Behind trusted proxies it is the rightmost
+    C{X-Forwarded-For} entry that is not itself a trusted proxy (entries to its left are
+    whatever the client chose to send).
+    """
+    if not peer or not is_trusted(peer, trusted_networks):
+        return _ipv4_unmapped(peer)
+    chain: list[str] = []
+    for name, values in headers:
+        if name.lower() == b"x-forwarded-for":
+            for value in values:
+                chain.extend(part.strip().decode("latin-1") for part in value.split(b","))
+    for entry in reversed(chain):
+        if not entry:
+            continue
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            return _ipv4_unmapped(peer)
+        if not is_trusted(entry, trusted_networks):
+            return _ipv4_unmapped(entry)
+    return _ipv4_unmapped(peer)

@@ -15,13 +15,20 @@ from typing import Protocol
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from portproxy.auth.guard import is_reserved_path
 from portproxy.config import Config
 from portproxy.domains import DomainMatcher
 from portproxy.engine import PortProxyResource, ProxyEngine, PublicURL
 from portproxy.errors import write_error
 from portproxy.headers import ClientView, client_view
 from portproxy.health import HealthResource, Heartbeat
-from portproxy.routes import RouteKind, absproxy_upstream_path, parse_port, parse_route
+from portproxy.routes import (
+    RouteKind,
+    absproxy_upstream_path,
+    parse_port,
+    parse_route,
+    split_target,
+)
 
 __all__ = ["Authenticator", "PortProxyRoot", "WebSocketRelay"]
 
@@ -69,6 +76,7 @@ class PortProxyRoot(Resource):
         own_ports: Collection[int],
         websocket: WebSocketRelay | None = None,
         pages: Mapping[RouteKind, IResource] | None = None,
+        reserved: Mapping[bytes, IResource] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -84,6 +92,7 @@ class PortProxyRoot(Resource):
         }
         if pages:
             self.pages.update(pages)
+        self.reserved: Mapping[bytes, IResource] = reserved or {}
 
     def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
         # Traversal stops here: every decision is made from the raw target and host.
@@ -94,6 +103,13 @@ class PortProxyRoot(Resource):
             secure=request.isSecure(),
             trusted_networks=self.config.trusted_proxies,
         )
+        request.client_view = view  # type: ignore[attr-defined]
+        uri = request.uri
+        if uri[:2] == b"/." and is_reserved_path(split_target(uri)[0]):
+            # portproxy's own pages on every host (sign-in for proxy hosts).
+            return self.reserved.get(
+                split_target(uri)[0].lower(), _ErrorLeaf(404, "Not found")
+            )
         if self._has_domains and view.host:
             label = self.domains.match(view.host)
             if label is not None:

@@ -19,6 +19,8 @@ from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from portproxy.headers import ClientView
+
 __all__ = ["SPOOL_MEMORY_LIMIT", "ProxyRequest", "ProxySite"]
 
 #: Request bodies up to this size stay in memory; larger ones go to a temporary file.
@@ -28,6 +30,8 @@ SPOOL_MEMORY_LIMIT = 1024 * 1024
 class ProxyRequest(Request):
     """A request whose body is bounded and never form-parsed."""
 
+    #: What portproxy believes about the client; set by the root before rendering.
+    client_view: ClientView | None = None
     #: Set when the body limit was exceeded and a 413 already went out.
     _refused = False
     _received = 0

@@ -1,0 +1,381 @@
+# -*- test-case-name: tests.test_auth_guard -*-
+"""Sign-in for the resource tree: the session check, the denial, and the factory.
+
+The tree asks an L{Authenticator} whether a request is signed in (one HMAC), and on a
+miss lets it answer: a browser navigation is sent to the login page carrying the exact
+URL it asked for, everything else gets C{401 {"error": "Unauthorized"}}.
+
+Where the login page lives: C{/login} and C{/logout} on the main host, and the
+reserved paths C{/.portproxy/login} and C{/.portproxy/logout} on every host, proxy
+hosts included. A proxy host sends signed-out browsers to C{/.portproxy/login} on that
+same host, which works for C{{{host}}} patterns where there may be no main host under
+the same domain, and never shadows an app's own C{/login}. Requests under
+L{RESERVED_PREFIX} always reach portproxy, signed in or not: apps cannot use that
+prefix through the proxy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from portproxy.auth.cookiepolicy import (
+    clear_cookie_value,
+    cookie_domain,
+    session_cookie_name,
+    set_cookie_value,
+)
+from portproxy.auth.passwords import (
+    Credential,
+    StartupError,
+    resolve_credential,
+    session_key_material,
+)
+from portproxy.auth.ratelimit import Clock, LoginRateLimiter
+from portproxy.auth.redirects import safe_redirect_target
+from portproxy.auth.sessions import SessionSigner
+from portproxy.config import Config
+from portproxy.domains import DomainMatcher
+from portproxy.errors import accepts_html
+
+__all__ = [
+    "RESERVED_LOGIN",
+    "RESERVED_LOGOUT",
+    "RESERVED_PREFIX",
+    "Authenticator",
+    "OpenAccess",
+    "PasswordAuthenticator",
+    "build_authenticator",
+    "is_reserved_path",
+    "print_auth_cookie",
+    "redirect",
+]
+
+#: Path prefix served by portproxy itself on every host, proxy hosts included.
+RESERVED_PREFIX = b"/.portproxy/"
+RESERVED_LOGIN = RESERVED_PREFIX + b"login"
+RESERVED_LOGOUT = RESERVED_PREFIX + b"logout"
+MAIN_LOGIN = b"/login"
+
+# A browser may send a stale cookie of the same name next to the fresh one (say a
+# host-only one next to one for the proxy domain); look at a few, not at all.
+_MAX_COOKIES_CHECKED = 4
+
+_UNAUTHORIZED = b'{"error": "Unauthorized"}'
+
+
+def _peer_host(request: Request) -> str:
+    return str(getattr(request.getClientAddress(), "host", "") or "")
+
+
+def _host_header(request: Request) -> str:
+    host = request.getHeader(b"host") or b""
+    return host.decode("ascii", "replace")
+
+
+def _secure(request: Request) -> bool:
+    return bool(request.isSecure())
+
+
+def is_reserved_path(path: bytes) -> bool:
+    """Tell whether a path belongs to portproxy on every host (case-insensitive)."""
+    return path[: len(RESERVED_PREFIX)].lower() == RESERVED_PREFIX
+
+
+def _is_navigation(request: Request) -> bool:
+    return request.method in (b"GET", b"HEAD") and accepts_html(
+        request.getHeader(b"accept")
+    )
+
+
+def redirect(request: Request, location: bytes | str) -> bytes:
+    """Answer C{request} with an uncached 302 to C{location}; return the empty body."""
+    if isinstance(location, str):
+        location = location.encode("ascii")
+    request.setResponseCode(302)
+    request.setHeader(b"location", location)
+    request.setHeader(b"cache-control", b"no-store")
+    return b""
+
+
+class Authenticator:
+    """What the resource tree asks of the sign-in layer (a base; see the subclasses).
+
+    @ivar cookie_name: the session cookie's name, which the proxy strips from requests.
+    @ivar enabled: false when everything is open (C{--auth none}).
+    """
+
+    cookie_name: bytes = session_cookie_name("").encode("ascii")
+    enabled: bool = True
+
+    def is_signed_in(self, request: Request) -> bool:
+        """Tell whether C{request} carries a valid session (cheap: one HMAC)."""
+        raise NotImplementedError
+
+    def allows_preflight(self, request: Request) -> bool:
+        """Tell whether an unauthenticated CORS preflight may reach the upstream."""
+        raise NotImplementedError
+
+    def deny(self, request: Request, *, original_url: bytes) -> bytes:
+        """Answer a signed-out request; return the body.
+
+        A browser navigation (GET or HEAD whose C{Accept} lists C{text/html}) is sent
+        to the login page with C{to} set to C{original_url}: absolute for a proxy host,
+        whose login page is the reserved one on that host, root-relative for the main
+        host.
+        Everything else gets C{401} JSON.
+        """
+        if not _is_navigation(request):
+            return self.deny_websocket(request)
+        login = MAIN_LOGIN if original_url.startswith(b"/") else RESERVED_LOGIN
+        target = quote(original_url, safe="/:").encode("ascii")
+        return redirect(request, login + b"?to=" + target)
+
+    def deny_websocket(self, request: Request) -> bytes:
+        """Answer a signed-out request with C{401} JSON, never a redirect."""
+        request.setResponseCode(401)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return _UNAUTHORIZED
+
+
+class OpenAccess(Authenticator):
+    """C{--auth none}: every request is signed in."""
+
+    enabled = False
+
+    def is_signed_in(self, request: Request) -> bool:
+        return True
+
+    def allows_preflight(self, request: Request) -> bool:
+        return True
+
+
+class PasswordAuthenticator(Authenticator):
+    """C{--auth password}: a signed session cookie, obtained on the login page.
+
+    @param verify: checks a password, returning a C{Deferred} (to run argon2 off the
+        reactor thread); by default C{credential.check} runs inline.
+    """
+
+    def __init__(
+        self,
+        *,
+        credential: Credential,
+        signer: SessionSigner,
+        limiter: LoginRateLimiter,
+        clock: Clock,
+        log: Logger,
+        cookie_name: str,
+        proxy_patterns: Sequence[str] = (),
+        skip_auth_preflight: bool = False,
+        is_https: Callable[[Request], bool] = _secure,
+        client_address: Callable[[Request], str] = _peer_host,
+        request_host: Callable[[Request], str] = _host_header,
+        allowed_redirect_host: Callable[[str], bool] | None = None,
+        verify: Callable[[str], Deferred[bool]] | None = None,
+    ) -> None:
+        self.credential = credential
+        self.signer = signer
+        self.limiter = limiter
+        self.clock = clock
+        self.log = log
+        self.cookie_name = cookie_name.encode("ascii")
+        self.proxy_patterns = tuple(proxy_patterns)
+        self.skip_auth_preflight = skip_auth_preflight
+        self.is_https = is_https
+        self.client_address = client_address
+        self.request_host = request_host
+        if allowed_redirect_host is None:
+            allowed_redirect_host = DomainMatcher(self.proxy_patterns).is_proxy_host
+        self.allowed_redirect_host = allowed_redirect_host
+        self._verify = verify
+
+    def is_signed_in(self, request: Request) -> bool:
+        values = request.requestHeaders.getRawHeaders(b"cookie") or []
+        now = self.clock.seconds()
+        for value in _cookie_values(values, self.cookie_name, _MAX_COOKIES_CHECKED):
+            if self.signer.verify(value, now):
+                return True
+        return False
+
+    def allows_preflight(self, request: Request) -> bool:
+        return (
+            self.skip_auth_preflight
+            and request.method == b"OPTIONS"
+            and request.getHeader(b"origin") is not None
+            and request.getHeader(b"access-control-request-method") is not None
+        )
+
+    def check_password(self, password: str) -> Deferred[bool]:
+        """Check C{password}; the result may come later (argon2 in a thread)."""
+        if self._verify is not None:
+            return self._verify(password)
+        return maybeDeferred(self.credential.check, password)
+
+    def safe_target(self, to: str, request: Request) -> str:
+        """C{to} if it is on this server or a proxy host, else C{/}.
+
+        An absolute C{to} passes when its authority is C{request}'s own host (exactly,
+        port included) or when L{allowed_redirect_host} accepts it.
+        """
+        here = self.request_host(request).lower()
+
+        def allowed(authority: str) -> bool:
+            return authority == here or self.allowed_redirect_host(authority)
+
+        return safe_redirect_target(to, allowed_host=allowed)
+
+    def _domain(self, request: Request) -> str | None:
+        return cookie_domain(self.request_host(request), self.proxy_patterns)
+
+    def session_cookie(self, request: Request) -> bytes:
+        """A C{Set-Cookie} value holding a fresh session for C{request}'s host."""
+        return set_cookie_value(
+            self.cookie_name.decode("ascii"),
+            self.signer.issue(self.clock.seconds()),
+            max_age=self.signer.ttl,
+            secure=self.is_https(request),
+            domain=self._domain(request),
+        )
+
+    def clearing_cookies(self, request: Request) -> list[bytes]:
+        """C{Set-Cookie} values deleting the session cookie as login set it.
+
+        A host-only deletion goes along with a Domain one, for a cookie set before the
+        proxy domains changed.
+        """
+        name = self.cookie_name.decode("ascii")
+        secure = self.is_https(request)
+        domain = self._domain(request)
+        values = [clear_cookie_value(name, secure=secure, domain=domain)]
+        if domain is not None:
+            values.append(clear_cookie_value(name, secure=secure, domain=None))
+        return values
+
+
+def _cookie_values(values: Iterable[bytes], name: bytes, limit: int) -> list[bytes]:
+    found = []
+    for value in values:
+        for pair in value.split(b";"):
+            key, sep, cookie = pair.partition(b"=")
+            if sep and key.strip(b" \t") == name:
+                found.append(cookie.strip(b" \t").strip(b'"'))
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def _threaded_verify(
+    threads: Any, credential: Credential
+) -> Callable[[str], Deferred[bool]]:
+    """Check argon2 passwords one at a time in the reactor's thread pool.
+
+    One at a time bounds memory (each check takes the hash's memory cost, often 64 MiB)
+    and CPU, while the reactor keeps serving other requests.
+    """
+    from twisted.internet.threads import deferToThreadPool
+
+    lock = DeferredSemaphore(1)
+
+    def verify(password: str) -> Deferred[bool]:
+        return lock.run(
+            deferToThreadPool,
+            threads,
+            threads.getThreadPool(),
+            credential.check,
+            password,
+        )
+
+    return verify
+
+
+def build_authenticator(
+    config: Config,
+    *,
+    environ: Mapping[str, str],
+    clock: Clock,
+    log: Logger,
+    proxy_patterns: Sequence[str] | None = None,
+    is_https: Callable[[Request], bool] = _secure,
+    client_address: Callable[[Request], str] = _peer_host,
+    request_host: Callable[[Request], str] = _host_header,
+    allowed_redirect_host: Callable[[str], bool] | None = None,
+    threads: Any = None,
+) -> Authenticator:
+    """Make the authenticator that C{config} asks for.
+
+    @param environ: the process environment (C{HASHED_PASSWORD}, C{PASSWORD}).
+    @param proxy_patterns: normalised C{--proxy-domain} patterns, for the cookie Domain
+        (default: C{config.proxy_domains}).
+    @param allowed_redirect_host: accepts the authority of an absolute C{to} (besides
+        the request's own host); default: any host of a proxy pattern.
+    @param threads: a reactor providing C{IReactorThreads}; when given, argon2 hashes
+        are verified in its thread pool instead of blocking the reactor.
+    @raise StartupError: for a bad C{--auth}, C{--session-ttl} or password source.
+    """
+    if config.auth == "none":
+        return OpenAccess()
+    credential = _credential(config, environ)
+    if credential.generated_path is not None:
+        log.info(
+            "No password configured: using the generated one in {path}",
+            path=credential.generated_path,
+        )
+    else:
+        log.info("Using the password from {source}", source=credential.source)
+    verify = None
+    if threads is not None and credential.kind == "argon2":
+        verify = _threaded_verify(threads, credential)
+    return PasswordAuthenticator(
+        credential=credential,
+        signer=SessionSigner(session_key_material(credential), config.session_ttl),
+        limiter=LoginRateLimiter(clock),
+        clock=clock,
+        log=log,
+        cookie_name=session_cookie_name(config.cookie_suffix),
+        proxy_patterns=(config.proxy_domains if proxy_patterns is None else proxy_patterns),
+        skip_auth_preflight=config.skip_auth_preflight,
+        is_https=is_https,
+        client_address=client_address,
+        request_host=request_host,
+        allowed_redirect_host=allowed_redirect_host,
+        verify=verify,
+    )
+
+
+def _credential(config: Config, environ: Mapping[str, str]) -> Credential:
+    if config.auth != "password":
+        raise StartupError(f"--auth must be 'password' or 'none', not {config.auth!r}")
+    if config.session_ttl <= 0:
+        raise StartupError("--session-ttl must be a positive number of seconds")
+    return resolve_credential(
+        environ=environ, password_file=config.password_file, data_dir=config.data_dir
+    )
+
+
+class _WallClock:
+    def seconds(self) -> float:
+        return time.time()
+
+
+def print_auth_cookie(
+    config: Config, environ: Mapping[str, str], clock: Clock | None = None
+) -> str:
+    """The C{Cookie} header value (C{portproxy-session[-suffix]=VALUE}) for C{curl -H}.
+
+    Like a start-up, this generates and stores a password when none is configured.
+    """
+    clock = clock or _WallClock()
+    if config.auth == "none":
+        raise StartupError("--print-auth-cookie needs --auth password")
+    credential = _credential(config, environ)
+    signer = SessionSigner(session_key_material(credential), config.session_ttl)
+    name = session_cookie_name(config.cookie_suffix)
+    return f"{name}={signer.issue(clock.seconds())}"

@@ -565,3 +565,31 @@ def test_response_headers_keep_everything_not_per_hop(headers: Raw) -> None:
         if not is_hop_by_hop(n.lower()) and n.lower() not in dropped
     ]
     assert out == expected
+
+
+# --- client_address: who the client is, for rate limiting -------------------------
+
+import ipaddress as _ipaddress  # noqa: E402
+
+from portproxy.headers import client_address  # noqa: E402
+
+_LOCAL = (_ipaddress.ip_network("127.0.0.0/8"), _ipaddress.ip_network("10.0.0.0/8"))
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "expected"),
+    [
+        ("203.0.113.5", [b"1.2.3.4"], "203.0.113.5"),  # untrusted peer: XFF ignored
+        ("127.0.0.1", [b"1.2.3.4"], "1.2.3.4"),
+        ("127.0.0.1", [b"6.6.6.6, 1.2.3.4"], "1.2.3.4"),  # rightmost untrusted wins
+        ("127.0.0.1", [b"1.2.3.4, 10.0.0.7"], "1.2.3.4"),  # skip trusted hops
+        ("127.0.0.1", [], "127.0.0.1"),
+        ("127.0.0.1", [b"not-an-ip"], "127.0.0.1"),
+        ("::ffff:127.0.0.1", [b"1.2.3.4"], "1.2.3.4"),
+    ],
+)
+def test_client_address_believes_only_trusted_proxies(
+    peer: str, xff: list[bytes], expected: str
+) -> None:
+    headers = [(b"X-Forwarded-For", xff)] if xff else []
+    assert client_address(headers, peer=peer, trusted_networks=_LOCAL) == expected

@@ -132,7 +132,11 @@ def build_service(
 ) -> PortProxyService:
     """The service that C{twist portproxy}, C{twistd} and .tac files run."""
     instance = build_instance(config, environ=environ, reactor=reactor)
-    service = PortProxyService(instance.engine.close, instance.engine.drain)
+    service = PortProxyService(
+        instance.engine.close,
+        instance.engine.drain,
+        close_clients=instance.site.close_connections,
+    )
     for description in config.listen:
         ListeningService(
             instance.reactor, description, instance.site, instance.own_ports.add

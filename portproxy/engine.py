@@ -1,12 +1,13 @@
-# -*- test-case-name: tests.test_engine -*-
+# -*- test-case-name: tests.test_proxy_http -*-
 """The HTTP proxy engine: one request in, one upstream exchange out, streamed both ways.
 
 L{PortProxyResource} keeps the shape of Twisted's C{ReverseProxyResource} (a resource
 that names an upstream host, port and path) but replaces its engine, which speaks
 HTTP/1.0, opens a connection per request, buffers without limit and keeps running after
-the client left (see docs/design.rst). Requests go through an C{Agent} over a persistent
-connection pool; the upstream socket is registered as the response's push producer, so a
-slow client pauses the upstream and a client that leaves closes it.
+the client left (see docs/design.rst). Requests go over persistent HTTP/1.1 connections
+from L{portproxy.upstream.UpstreamPool}; the upstream socket is registered as the
+response's push producer, so a slow client pauses the upstream and a client that leaves
+closes it.
 """
 
 from __future__ import annotations
@@ -15,31 +16,18 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import (
-    ConnectError,
-    ConnectionRefusedError,
-    TimeoutError,
-)
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    FileBodyProducer,
-    HTTPConnectionPool,
-    ResponseDone,
-    _HTTP11ClientFactory,
-)
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
 from twisted.web.server import NOT_DONE_YET, Request
 
 from portproxy.errors import write_error
 from portproxy.headers import ClientView, forward_request_headers, response_headers
+from portproxy.http11 import ProtocolError, ResponseHead, build_request_head, group_headers
 from portproxy.rewrite import rewrite_location, rewrite_set_cookie
-from portproxy.upstream import LoopbackEndpointFactory
+from portproxy.upstream import UpstreamConnection, UpstreamPool
 
 with warnings.catch_warnings():
     # twisted.web.proxy imports the deprecated HTTPClient; we only use the resource base.
@@ -53,33 +41,11 @@ PublicURL = Callable[[int, bytes], "bytes | None"]
 
 _log = Logger()
 
-#: Idle upstream connections are dropped sooner than Node's 5 s keep-alive timeout, so a
-#: request is never sent on a connection the upstream is closing.
-CACHED_CONNECTION_TIMEOUT = 4
-MAX_IDLE_PER_PORT = 16
-
 _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 
 
-def _safe_uri_bytes(target: bytes) -> bytes:
-    # Agent refuses request targets outside printable ASCII. Browsers never send raw
-    # bytes there; curl may. Percent-encode just those bytes.
-    if all(0x21 <= b <= 0x7E for b in target):
-        return target
-    return b"".join(bytes((b,)) if 0x21 <= b <= 0x7E else b"%%%02X" % b for b in target)
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # One "Starting factory" log line per upstream connection is noise.
-    noisy = False
-
-
-class _Pool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
-
-
 class ProxyEngine:
-    """Shared state of all proxied requests: the agent, its pool and the settings."""
+    """Shared state of all proxied requests: the connection pool and the settings."""
 
     def __init__(
         self,
@@ -93,14 +59,7 @@ class ProxyEngine:
         self.upstream_timeout = upstream_timeout
         self.session_cookie = session_cookie
         self.on_request = on_request
-        self.pool = _Pool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = MAX_IDLE_PER_PORT
-        self.pool.cachedConnectionTimeout = CACHED_CONNECTION_TIMEOUT
-        self.pool.retryAutomatically = True
-        self.agent = Agent.usingEndpointFactory(
-            reactor, LoopbackEndpointFactory(reactor), pool=self.pool
-        )
-
+        self.pool = UpstreamPool(reactor)
         self.in_flight = 0
         self._drained: list[Deferred[None]] = []
 
@@ -138,7 +97,7 @@ class ProxyEngine:
 
     def close(self) -> Deferred[None]:
         """Close idle upstream connections (at shutdown)."""
-        return self.pool.closeCachedConnections()
+        return self.pool.close()
 
 
 class PortProxyResource(ReverseProxyResource):
@@ -160,7 +119,11 @@ class PortProxyResource(ReverseProxyResource):
         prefix: bytes | None,
         public_url: PublicURL,
     ) -> None:
-        super().__init__("127.0.0.1", port, path, engine.reactor)
+        # ReverseProxyResource.__init__ only stores these (and builds a children dict).
+        self.host = "127.0.0.1"
+        self.port = port
+        self.path = path
+        self.reactor = engine.reactor
         self.engine = engine
         self.view = view
         self.prefix = prefix
@@ -170,80 +133,126 @@ class PortProxyResource(ReverseProxyResource):
         engine = self.engine
         if engine.on_request is not None:
             engine.on_request()
-        headers = Headers()
-        for name, values in forward_request_headers(
-            request.requestHeaders.getAllRawHeaders(),
-            view=self.view,
-            session_cookie=engine.session_cookie,
-            prefix=self.prefix,
-        ):
-            headers.setRawHeaders(name, values)
-        body = _body_producer(request)
-        uri = b"http://127.0.0.1:%d%s" % (self.port, _safe_uri_bytes(self.path))
+        body, length = _request_body(request)
         try:
-            d = engine.agent.request(request.method, uri, headers, body)
-        except ValueError:
-            return write_error(request, 400, "Malformed request")
+            head = build_request_head(
+                request.method,
+                self.path,
+                forward_request_headers(
+                    request.requestHeaders.getAllRawHeaders(),
+                    view=self.view,
+                    session_cookie=engine.session_cookie,
+                    prefix=self.prefix,
+                ),
+                body_length=length,
+                default_host=b"127.0.0.1:%d" % self.port,
+            )
+        except ProtocolError:
+            return write_error(request, 400, "Malformed request header")
         # No default Content-Type for upstream responses that have none.
         request.defaultContentType = None
-        exchange = _Exchange(self, request, d)
-        d.addTimeout(
-            engine.upstream_timeout, engine.reactor, onTimeoutCancel=exchange.timed_out
-        )
-        d.addCallbacks(exchange.got_response, exchange.upstream_failed)
-        d.addErrback(exchange.internal_error)
+        exchange = _Exchange(self, request, head, body, length or 0)
         engine._started()
         finished = request.notifyFinish()
         finished.addErrback(exchange.client_gone)
         finished.addBoth(engine._ended)
+        exchange.start()
         return NOT_DONE_YET
 
 
-def _body_producer(request: Request) -> FileBodyProducer | None:
+def _request_body(request: Request) -> tuple[Any, int | None]:
+    """The buffered body and the Content-Length to send (C{None}: send no framing)."""
     content = request.content
-    if content is None:
-        return None
-    content.seek(0, 2)
-    size = content.tell()
-    if size == 0 and request.method not in _BODY_METHODS:
-        has_body_header = request.requestHeaders.hasHeader(
-            b"content-length"
-        ) or request.requestHeaders.hasHeader(b"transfer-encoding")
-        if not has_body_header:
-            return None
-    content.seek(0)
-    return FileBodyProducer(content)
+    size = 0
+    if content is not None:
+        content.seek(0, 2)
+        size = content.tell()
+    if size:
+        return content, size
+    headers = request.requestHeaders
+    if (
+        request.method in _BODY_METHODS
+        or headers.hasHeader(b"content-length")
+        or headers.hasHeader(b"transfer-encoding")
+    ):
+        return None, 0
+    return None, None
 
 
 class _Exchange:
-    """One request's journey: waiting for the upstream, then streaming its body."""
+    """One request's journey: connect, wait for the head, stream the body."""
+
+    __slots__ = (
+        "body",
+        "connecting",
+        "connection",
+        "gone",
+        "head",
+        "length",
+        "request",
+        "resource",
+        "retried",
+        "streaming",
+        "timer",
+    )
 
     def __init__(
-        self, resource: PortProxyResource, request: Request, d: Deferred[IResponse]
+        self,
+        resource: PortProxyResource,
+        request: Request,
+        head: bytes,
+        body: Any,
+        length: int,
     ) -> None:
         self.resource = resource
         self.request = request
-        self.d = d
+        self.head = head
+        self.body = body
+        self.length = length
         self.gone = False
-        self.pump: _BodyPump | None = None
+        self.retried = False
+        self.streaming = False
+        self.connection: UpstreamConnection | None = None
+        self.connecting: Deferred[UpstreamConnection] | None = None
+        self.timer: Any = None
 
-    def timed_out(self, result: object, timeout: float) -> Failure:
-        # Agent reports its own cancellation as ResponseNeverReceived, which
-        # addTimeout does not turn into TimeoutError; say what happened here.
-        return Failure(TimeoutError(f"no response head within {timeout} s"))
+    def start(self) -> None:
+        engine = self.resource.engine
+        self.timer = engine.reactor.callLater(engine.upstream_timeout, self.timed_out)
+        connection = engine.pool.take(self.resource.port)
+        if connection is not None:
+            self.send(connection)
+        else:
+            self.open()
 
-    def got_response(self, response: IResponse) -> None:
-        request = self.request
+    def open(self) -> None:
+        d = self.resource.engine.pool.connect(self.resource.port)
+        self.connecting = d
+        d.addCallbacks(self.connected, self.connect_failed)
+
+    def connected(self, connection: UpstreamConnection) -> None:
+        self.connecting = None
         if self.gone:
-            response.deliverBody(_Discard())
+            connection.abort()
             return
-        request.setResponseCode(response.code, response.phrase)
+        self.send(connection)
+
+    def send(self, connection: UpstreamConnection) -> None:
+        self.connection = connection
+        connection.send(self, self.request.method, self.head, self.body, self.length)
+
+    # -- ResponseSink -----------------------------------------------------------------
+
+    def response_head(self, head: ResponseHead, connection: UpstreamConnection) -> None:
+        self._stop_timer()
+        request = self.request
+        request.setResponseCode(head.code, head.reason)
         out = request.responseHeaders
         # twisted.web set its own Server and Date: the upstream's (or none) win.
         out.removeHeader(b"server")
         out.removeHeader(b"date")
         prefix = self.resource.prefix
-        for name, values in response_headers(response.headers.getAllRawHeaders()):
+        for name, values in response_headers(group_headers(head.headers)):
             lower = name.lower()
             if lower == b"location":
                 values = [
@@ -255,15 +264,96 @@ class _Exchange:
                 if not values:
                     continue
             out.setRawHeaders(name, values)
-        length = response.length
-        if (
-            isinstance(length, int)
-            and request.method != b"HEAD"
-            and response.code not in (204, 304)
-        ):
-            out.setRawHeaders(b"content-length", [b"%d" % length])
-        self.pump = _BodyPump(self)
-        response.deliverBody(self.pump)
+        self.streaming = True
+        # A slow client pauses the upstream socket (and a vanished one stops it).
+        request.registerProducer(connection.transport, True)
+
+    def response_body(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def response_done(self) -> None:
+        request = self.request
+        if self.gone:
+            return
+        request.unregisterProducer()
+        request.finish()
+
+    def response_failed(self, reason: Failure, *, retryable: bool) -> None:
+        if self.gone:
+            return
+        request = self.request
+        if self.streaming:
+            request.unregisterProducer()
+            if request.startedWriting:
+                # The upstream broke off mid-body: make the client see a broken
+                # response, never a clean but truncated one.
+                self.gone = True
+                request.loseConnection()
+                return
+            # Nothing sent yet: the client can still get a proper 502.
+            request.responseHeaders = Headers()
+            retryable = False
+        if retryable and not self.retried:
+            self.retried = True
+            self.connection = None
+            self.open()
+            return
+        _log.info(
+            "port {port} failed: {error}",
+            port=self.resource.port,
+            error=reason.getErrorMessage(),
+        )
+        self._answer(502, f"Port {self.resource.port} sent no valid response")
+
+    # -- failures -----------------------------------------------------------------------
+
+    def connect_failed(self, failure: Failure) -> None:
+        self.connecting = None
+        if self.gone:
+            return
+        port = self.resource.port
+        if failure.check(ConnectionRefusedError):
+            self._answer(502, f"Nothing is listening on port {port}")
+        elif failure.check(ConnectError):
+            self._answer(502, f"Could not connect to port {port}")
+        else:
+            self._answer(502, f"Could not connect to port {port}")
+
+    def timed_out(self) -> None:
+        self.timer = None
+        if self.gone or self.streaming:
+            return
+        self._drop_upstream()
+        self._answer(504, f"Port {self.resource.port} did not answer in time")
+
+    def client_gone(self, failure: Failure) -> None:
+        self.gone = True
+        self._stop_timer()
+        self._drop_upstream()
+
+    def _drop_upstream(self) -> None:
+        if self.connecting is not None:
+            connecting, self.connecting = self.connecting, None
+            connecting.addErrback(lambda _: None)
+            connecting.cancel()
+        if self.connection is not None:
+            connection, self.connection = self.connection, None
+            if connection.sink is self:
+                connection.abort()
+
+    def _answer(self, status: int, message: str) -> None:
+        self._stop_timer()
+        self.gone = True
+        request = self.request
+        body = write_error(request, status, message)
+        request.write(body)
+        request.finish()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
 
     def _cookies(self, values: list[bytes], prefix: bytes | None) -> list[bytes]:
         # An app must not plant or shadow portproxy's own session cookie.
@@ -273,78 +363,3 @@ class _Exchange:
         if prefix is not None:
             values = [rewrite_set_cookie(v, prefix) for v in values]
         return values
-
-    def upstream_failed(self, failure: Failure) -> None:
-        if self.gone:
-            return
-        request = self.request
-        port = self.resource.port
-        if failure.check(TimeoutError, CancelledError):
-            body = write_error(request, 504, f"Port {port} did not answer in time")
-        elif failure.check(ConnectionRefusedError):
-            body = write_error(request, 502, f"Nothing is listening on port {port}")
-        elif failure.check(ConnectError):
-            body = write_error(request, 502, f"Could not connect to port {port}")
-        else:
-            _log.info(
-                "upstream port {port} failed: {error}",
-                port=port,
-                error=failure.getErrorMessage(),
-            )
-            body = write_error(
-                request, 502, f"Port {port} closed the connection without an answer"
-            )
-        request.write(body)
-        request.finish()
-
-    def internal_error(self, failure: Failure) -> None:
-        _log.failure("proxying failed", failure)
-        if not self.gone and self.request.channel is not None:
-            self.request.loseConnection()
-
-    def client_gone(self, failure: Failure) -> None:
-        self.gone = True
-        if self.pump is None:
-            self.d.cancel()
-        else:
-            self.pump.stop()
-
-
-class _BodyPump(Protocol):
-    """Receives the upstream body and writes it to the client, with backpressure."""
-
-    def __init__(self, exchange: _Exchange) -> None:
-        self.exchange = exchange
-
-    def connectionMade(self) -> None:
-        # The transport is Agent's TransportProxyProducer around the upstream socket:
-        # registered as a push producer, the client's slowness pauses the upstream.
-        self.exchange.request.registerProducer(self.transport, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.exchange.request.write(data)
-
-    def stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        exchange = self.exchange
-        if exchange.gone:
-            return
-        request = exchange.request
-        request.unregisterProducer()
-        if reason.check(ResponseDone, PotentialDataLoss):
-            request.finish()
-        else:
-            # The upstream broke off mid-body: make the client see a broken response,
-            # never a clean but truncated one.
-            exchange.gone = True
-            request.loseConnection()
-
-
-class _Discard(Protocol):
-    """Swallows (and stops) the body of a response nobody waits for any more."""
-
-    def connectionMade(self) -> None:
-        self.transport.stopProducing()  # type: ignore[union-attr]

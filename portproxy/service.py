@@ -98,11 +98,13 @@ class PortProxyService(MultiService):
         close: Callable[[], Deferred[None]],
         drain: Callable[[float], Deferred[None]] | None = None,
         drain_timeout: float = 10.0,
+        close_clients: Callable[[float], Deferred[None]] | None = None,
     ) -> None:
         super().__init__()
         self._close = close
         self._drain = drain
         self._drain_timeout = drain_timeout
+        self._close_clients = close_clients
 
     def privilegedStartService(self) -> None:
         try:
@@ -123,6 +125,9 @@ class PortProxyService(MultiService):
         if self._drain is not None:
             drain = self._drain
             d.addBoth(lambda _: drain(self._drain_timeout))
+        if self._close_clients is not None:
+            close_clients = self._close_clients
+            d.addBoth(lambda _: close_clients(2.0))
         d.addBoth(lambda _: self._close())
         return d
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import tempfile
+import weakref
 from typing import IO, Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import IResource
@@ -108,8 +110,40 @@ class ProxySite(Site):
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body_size = max_body_size
         self.access_log = access_log
+        #: Client connections, for a graceful shutdown.
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
         if access_log == "json":
             self._logFormatter = _json_log_formatter
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        self.connections.add(protocol)
+        return protocol
+
+    def close_connections(self, timeout: float) -> Deferred[None]:
+        """Close client connections after their writes are flushed (at shutdown).
+
+        The reactor's own shutdown drops connections without flushing, which would
+        lose a response finished in the last moment.
+        """
+        for protocol in list(self.connections):
+            transport = _transport(protocol)
+            if transport is not None and transport.connected:
+                transport.loseConnection()
+        d: Deferred[None] = Deferred()
+        deadline = self.reactor.seconds() + timeout
+
+        def check() -> None:
+            alive = [
+                p for p in self.connections if getattr(_transport(p), "connected", False)
+            ]
+            if not alive or self.reactor.seconds() >= deadline:
+                d.callback(None)
+            else:
+                self.reactor.callLater(0.02, check)
+
+        check()
+        return d
 
     def getContentFile(self, length: int | None) -> IO[bytes]:
         # Stock Twisted sends every chunked or >100 kB body to disk; this keeps
@@ -120,6 +154,11 @@ class ProxySite(Site):
         if self.access_log == "off":
             return
         self._access_log.info("{line}", line=self._logFormatter(self._logDateTime, request))
+
+
+def _transport(protocol: Any) -> Any:
+    # Site builds a wrapper that picks HTTP/1.1 or HTTP/2; the channel has the transport.
+    return getattr(getattr(protocol, "_channel", protocol), "transport", None)
 
 
 def _json_log_formatter(timestamp: str, request: http.Request) -> str:

@@ -79,8 +79,9 @@ def upstream() -> Iterator[Callable[..., Any]]:
     # Close keep-alive connections the proxy's pool left open on the upstreams.
     for site in sites:
         for protocol in site.tracked:
-            if getattr(protocol, "transport", None) is not None:
-                protocol.transport.abortConnection()
+            transport = getattr(getattr(protocol, "_channel", protocol), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
     _settle(0.01)
 
 
@@ -105,8 +106,9 @@ class RunningProxy:
     def stop(self) -> None:
         pytest_twisted.blockon(self.port_obj.stopListening())
         for protocol in self.instance.site.tracked:
-            if getattr(protocol, "transport", None) is not None:
-                protocol.transport.abortConnection()
+            transport = getattr(getattr(protocol, "_channel", protocol), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
         _settle(0.01)
         pytest_twisted.blockon(self.instance.engine.close())
 

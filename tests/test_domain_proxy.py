@@ -173,4 +173,5 @@ async def test_domain_route_uses_the_same_engine(upstream, make_proxy) -> None:
     await raw_request(proxy.port, get(b"/", host=_host("{p}.example.test", up.port)))
     await raw_request(proxy.port, get(b"/proxy/%d/" % up.port))
     pool = proxy.instance.engine.pool
-    assert sum(len(v) for v in pool._connections.values()) == 1
+    assert pool.opened == 1
+    assert pool.idle_count() == 1

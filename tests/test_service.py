@@ -294,11 +294,21 @@ def test_sigterm_finishes_an_in_flight_request(tmp_path: Path) -> None:
     ("args", "expected"),
     [
         (["--print-url", "5173"], b"/proxy/5173/"),
-        (["--proxy-domain", "*.dev.example.com", "--print-url", "5173"],
-         b"http://5173.dev.example.com/"),
-        (["--proxy-domain", "dev-{{port}}.example.com", "--listen",
-          "ssl:8443:privateKey=k.pem", "--print-url", "3000"],
-         b"https://dev-3000.example.com/"),
+        (
+            ["--proxy-domain", "*.dev.example.com", "--print-url", "5173"],
+            b"http://5173.dev.example.com/",
+        ),
+        (
+            [
+                "--proxy-domain",
+                "dev-{{port}}.example.com",
+                "--listen",
+                "ssl:8443:privateKey=k.pem",
+                "--print-url",
+                "3000",
+            ],
+            b"https://dev-3000.example.com/",
+        ),
     ],
 )
 def test_print_url_names_the_public_address_of_a_port(
@@ -306,7 +316,10 @@ def test_print_url_names_the_public_address_of_a_port(
 ) -> None:
     out = subprocess.run(
         [*_tool("twist"), "portproxy", "--auth", "none", *args],
-        cwd=tmp_path, env=_env(), capture_output=True, timeout=60,
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == expected + b"\n"
@@ -315,16 +328,20 @@ def test_print_url_names_the_public_address_of_a_port(
 def test_print_url_refuses_a_bad_port(tmp_path: Path) -> None:
     out = subprocess.run(
         [*_tool("twist"), "portproxy", "--auth", "none", "--print-url", "70000"],
-        cwd=tmp_path, env=_env(), capture_output=True, timeout=60,
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        timeout=60,
     )
     assert out.returncode != 0
     assert b"--print-url" in out.stderr
 
 
 def test_startup_logs_the_url_template(tmp_path: Path) -> None:
+    from twisted.logger import globalLogPublisher
+
     from portproxy.app import build_service
     from portproxy.config import Config
-    from twisted.logger import globalLogPublisher
 
     seen: list[str] = []
 

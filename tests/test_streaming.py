@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -136,6 +137,7 @@ async def test_keep_alive_requests_reuse_upstream_connections(upstream, proxy) -
     finally:
         await pool.closeCachedConnections()
     assert up.connections <= 2
+    assert proxy.instance.engine.pool.opened <= 2
     assert (
         len(
             proxy.instance.site._channels
@@ -279,3 +281,79 @@ async def test_streamed_chunks_arrive_before_the_response_ends(upstream, proxy) 
     reader.transport.loseConnection()
     await reader.closed
     del reactor
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_delimited_body_from_an_http10_upstream_is_complete(proxy) -> None:
+    port = _raw_upstream(b"HTTP/1.0 200 OK\r\nX-Old: 1\r\n\r\nall of it")
+    try:
+        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
+    finally:
+        await port.stopListening()
+    status, headers, body = parse_response(raw)
+    assert (status, body) == (200, b"all of it")
+    assert headers[b"x-old"] == [b"1"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_invalid_upstream_response_gives_502_or_an_aborted_body(
+    proxy, answer: bytes
+) -> None:
+    port = _raw_upstream(answer)
+    try:
+        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
+    finally:
+        await port.stopListening()
+    if raw.startswith(b"HTTP/1.1 200"):
+        # The head was fine and already sent: the body must be visibly broken.
+        assert not raw.endswith(b"0\r\n\r\n")
+    else:
+        assert parse_response(raw)[0] == 502
+
+
+class _OneShotKeepAlive(Protocol):
+    """Answers keep-alive, then closes the idle connection right after (a stale pool)."""
+
+    served = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        _OneShotKeepAlive.served += 1
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_on_a_connection_the_app_just_closed_is_retried(proxy) -> None:
+    """The app closes idle keep-alive connections; the next request must not fail."""
+    _OneShotKeepAlive.served = 0
+    port = listen(Factory.forProtocol(_OneShotKeepAlive))
+    try:
+        for _ in range(3):
+            raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
+            assert parse_response(raw)[0] == 200
+    finally:
+        await port.stopListening()
+    assert _OneShotKeepAlive.served == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_connection_close_is_not_reused(upstream, proxy) -> None:
+    def close_after(request: Any) -> bytes:
+        request.setHeader(b"connection", b"close")
+        return b"bye"
+
+    up = upstream(site=CountingSite(Recorder(close_after)))
+    for _ in range(3):
+        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % up.port))
+        status, headers, body = parse_response(raw)
+        assert (status, body) == (200, b"bye")
+        assert b"connection" not in headers or headers[b"connection"] == [b"close"]
+    assert up.connections == 3

@@ -1,0 +1,245 @@
+# -*- test-case-name: tests.test_http11 -*-
+"""HTTP/1.1 message framing for the upstream side, without I/O.
+
+The proxy talks to apps on loopback over persistent HTTP/1.1 connections. These pure
+pieces build the request head and parse the response (status line, headers, body
+framing, chunked decoding); L{portproxy.upstream} wires them to sockets. Parsing is
+strict where laxness would let one message bleed into the next (RFC 9112 6.3, 11.2).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_HEAD_SIZE",
+    "BodyKind",
+    "ChunkedDecoder",
+    "ProtocolError",
+    "ResponseHead",
+    "body_framing",
+    "build_request_head",
+    "group_headers",
+    "parse_response_head",
+]
+
+#: Largest response head accepted from an upstream.
+MAX_HEAD_SIZE = 64 * 1024
+
+
+class ProtocolError(ValueError):
+    """The upstream sent something that is not HTTP/1.1; the connection is unusable."""
+
+
+class BodyKind(enum.Enum):
+    NONE = "none"  # HEAD, 1xx, 204, 304
+    LENGTH = "length"  # Content-Length
+    CHUNKED = "chunked"
+    CLOSE = "close"  # delimited by the end of the connection
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    version: bytes
+    code: int
+    reason: bytes
+    #: Header fields in arrival order, names as sent.
+    headers: list[tuple[bytes, bytes]]
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+def parse_response_head(block: bytes) -> ResponseHead:
+    """Parse a status line and header fields (C{block} ends before the blank line)."""
+    lines = block.split(b"\r\n")
+    status = lines[0]
+    parts = status.split(b" ", 2)
+    if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise ProtocolError(f"bad status line {status[:80]!r}")
+    code_text = parts[1]
+    if len(code_text) != 3 or not code_text.isdigit():
+        raise ProtocolError(f"bad status code {code_text[:10]!r}")
+    reason = parts[2] if len(parts) == 3 else b""
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            # Obsolete line folding (RFC 9112 5.2): a proxy replaces it with a space.
+            if not headers:
+                raise ProtocolError("continuation line before any header")
+            name, value = headers[-1]
+            headers[-1] = (name, value + b" " + line.strip(b" \t"))
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon or _TOKEN.match(name) is None:
+            raise ProtocolError(f"bad header line {line[:80]!r}")
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            raise ProtocolError("control character in a header value")
+        headers.append((name, value.strip(b" \t")))
+    return ResponseHead(parts[0], int(code_text), reason, headers)
+
+
+def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool]:
+    """How the response body is delimited: C{(kind, length, keep_alive)}.
+
+    Raises L{ProtocolError} for an unusable Content-Length (RFC 9112 6.3: conflicting or
+    malformed lengths must not be guessed at).
+    """
+    keep_alive = head.version == b"HTTP/1.1"
+    chunked = False
+    lengths: set[bytes] = set()
+    for name, value in head.headers:
+        lower = name.lower()
+        if lower == b"connection":
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            if b"close" in tokens:
+                keep_alive = False
+            elif b"keep-alive" in tokens and head.version == b"HTTP/1.0":
+                keep_alive = True
+        elif lower == b"transfer-encoding":
+            codings = [t.strip().lower() for t in value.split(b",") if t.strip()]
+            if codings and codings[-1] == b"chunked":
+                chunked = True
+            else:
+                # Not chunked last: the body runs to the end of the connection.
+                chunked = False
+                keep_alive = False
+                lengths.add(b"close")
+        elif lower == b"content-length":
+            for item in value.split(b","):
+                lengths.add(item.strip())
+    code = head.code
+    if method == b"HEAD" or code < 200 or code in (204, 304):
+        return BodyKind.NONE, 0, keep_alive
+    if chunked:
+        # Transfer-Encoding overrides Content-Length; such a message is suspect, so
+        # the connection is not reused.
+        return BodyKind.CHUNKED, 0, keep_alive and not lengths
+    if b"close" in lengths:
+        return BodyKind.CLOSE, 0, False
+    if lengths:
+        if len(lengths) != 1:
+            raise ProtocolError("conflicting Content-Length values")
+        (text,) = lengths
+        if not text.isdigit() or len(text) > 18:
+            raise ProtocolError(f"bad Content-Length {text[:20]!r}")
+        length = int(text)
+        return BodyKind.LENGTH, length, keep_alive
+    return BodyKind.CLOSE, 0, False
+
+
+class ChunkedDecoder:
+    """Decode a chunked body incrementally; C{feed} returns the data chunks found."""
+
+    __slots__ = ("_buffer", "_remaining", "_state", "done", "extra")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self._state = self._SIZE
+        self._remaining = 0
+        self._buffer = b""
+        self.done = False
+        #: Bytes received after the end of the body (a pipelining upstream's bug).
+        self.extra = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        if self.done:
+            self.extra += data
+            return out
+        data = self._buffer + data
+        self._buffer = b""
+        pos = 0
+        end = len(data)
+        while pos < end:
+            state = self._state
+            if state == self._DATA:
+                take = min(self._remaining, end - pos)
+                out.append(data[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = self._DATA_END
+                continue
+            eol = data.find(b"\r\n", pos)
+            if eol < 0:
+                rest = data[pos:]
+                if len(rest) > 4096:
+                    raise ProtocolError("chunk line too long")
+                self._buffer = rest
+                break
+            line = data[pos:eol]
+            pos = eol + 2
+            if state == self._SIZE:
+                size_text = line.split(b";", 1)[0].strip(b" \t")
+                if (
+                    not size_text
+                    or len(size_text) > 15
+                    or any(c not in b"0123456789abcdefABCDEF" for c in size_text)
+                ):
+                    raise ProtocolError(f"bad chunk size {line[:20]!r}")
+                size = int(size_text, 16)
+                if size:
+                    self._remaining = size
+                    self._state = self._DATA
+                else:
+                    self._state = self._TRAILER
+            elif state == self._DATA_END:
+                if line:
+                    raise ProtocolError("missing CRLF after chunk data")
+                self._state = self._SIZE
+            elif not line:  # the blank line that ends the trailer section
+                self.done = True
+                self.extra = data[pos:]
+                break
+            # Trailer fields are dropped: twisted.web cannot send them on.
+        return out
+
+
+def group_headers(
+    pairs: Iterable[tuple[bytes, bytes]],
+) -> list[tuple[bytes, list[bytes]]]:
+    """Group header fields by name (case-insensitively), keeping first-seen order."""
+    grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
+    for name, value in pairs:
+        lower = name.lower()
+        entry = grouped.get(lower)
+        if entry is None:
+            grouped[lower] = (name, [value])
+        else:
+            entry[1].append(value)
+    return list(grouped.values())
+
+
+def build_request_head(
+    method: bytes,
+    target: bytes,
+    headers: Sequence[tuple[bytes, Sequence[bytes]]],
+    *,
+    body_length: int | None,
+    default_host: bytes,
+) -> bytes:
+    """Serialise a request head; C{body_length} C{None} means no body framing at all.
+
+    Raises L{ProtocolError} when a value could split the message (CR, LF or NUL), which
+    twisted.web's own parser lets through in some positions.
+    """
+    out = [method, b" ", target, b" HTTP/1.1\r\n"]
+    has_host = False
+    for name, values in headers:
+        if not has_host and name.lower() == b"host":
+            has_host = True
+        for value in values:
+            if b"\r" in value or b"\n" in value or b"\x00" in value:
+                raise ProtocolError("control character in a request header")
+            out += (name, b": ", value, b"\r\n")
+    if not has_host:
+        out += (b"Host: ", default_host, b"\r\n")
+    if body_length is not None:
+        out += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)

@@ -1,0 +1,188 @@
+"""HTTP/1.1 framing for the upstream side: parsing, chunked decoding, request heads."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from portproxy.http11 import (
+    BodyKind,
+    ChunkedDecoder,
+    ProtocolError,
+    ResponseHead,
+    body_framing,
+    build_request_head,
+    group_headers,
+    parse_response_head,
+)
+
+
+def test_parse_status_line_and_headers_in_order() -> None:
+    head = parse_response_head(
+        b"HTTP/1.1 404 Not Found\r\nSet-Cookie: a=1\r\nX-A:  v  \r\nSet-Cookie: b=2"
+    )
+    assert (head.version, head.code, head.reason) == (b"HTTP/1.1", 404, b"Not Found")
+    assert head.headers == [
+        (b"Set-Cookie", b"a=1"),
+        (b"X-A", b"v"),
+        (b"Set-Cookie", b"b=2"),
+    ]
+
+
+def test_reason_phrase_may_be_empty_or_have_spaces() -> None:
+    assert parse_response_head(b"HTTP/1.1 200").reason == b""
+    assert parse_response_head(b"HTTP/1.1 200 All Good Here").reason == b"All Good Here"
+
+
+def test_obsolete_line_folding_becomes_a_space() -> None:
+    head = parse_response_head(b"HTTP/1.1 200 OK\r\nX-Long: a\r\n  b")
+    assert head.headers == [(b"X-Long", b"a b")]
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"HTTP/2 200 OK",
+        b"ICY 200 OK",
+        b"HTTP/1.1 20 OK",
+        b"HTTP/1.1 abc OK",
+        b"HTTP/1.1 200 OK\r\nNo colon here",
+        b"HTTP/1.1 200 OK\r\nBad Name: x",
+        b"HTTP/1.1 200 OK\r\n: empty name",
+        b"HTTP/1.1 200 OK\r\n continuation first",
+        b"HTTP/1.1 200 OK\r\nX: a\x00b",
+    ],
+)
+def test_malformed_heads_are_refused(block: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_response_head(block)
+
+
+def _head(
+    code: int, *headers: tuple[bytes, bytes], version: bytes = b"HTTP/1.1"
+) -> ResponseHead:
+    return ResponseHead(version, code, b"", list(headers))
+
+
+@pytest.mark.parametrize(
+    ("method", "head", "expected"),
+    [
+        (b"GET", _head(200, (b"Content-Length", b"5")), (BodyKind.LENGTH, 5, True)),
+        (b"GET", _head(200, (b"Content-Length", b"5, 5")), (BodyKind.LENGTH, 5, True)),
+        (b"HEAD", _head(200, (b"Content-Length", b"5")), (BodyKind.NONE, 0, True)),
+        (b"GET", _head(204), (BodyKind.NONE, 0, True)),
+        (b"GET", _head(304, (b"Content-Length", b"9")), (BodyKind.NONE, 0, True)),
+        (
+            b"GET",
+            _head(200, (b"Transfer-Encoding", b"chunked")),
+            (BodyKind.CHUNKED, 0, True),
+        ),
+        (
+            b"GET",
+            _head(200, (b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"3")),
+            (BodyKind.CHUNKED, 0, False),
+        ),
+        (b"GET", _head(200, (b"Transfer-Encoding", b"gzip")), (BodyKind.CLOSE, 0, False)),
+        (b"GET", _head(200), (BodyKind.CLOSE, 0, False)),
+        (
+            b"GET",
+            _head(200, (b"Connection", b"close"), (b"Content-Length", b"1")),
+            (BodyKind.LENGTH, 1, False),
+        ),
+        (
+            b"GET",
+            _head(200, (b"Content-Length", b"1"), version=b"HTTP/1.0"),
+            (BodyKind.LENGTH, 1, False),
+        ),
+        (
+            b"GET",
+            _head(
+                200,
+                (b"Content-Length", b"1"),
+                (b"Connection", b"keep-alive"),
+                version=b"HTTP/1.0",
+            ),
+            (BodyKind.LENGTH, 1, True),
+        ),
+    ],
+)
+def test_body_framing(
+    method: bytes, head: ResponseHead, expected: tuple[BodyKind, int, bool]
+) -> None:
+    assert body_framing(method, head) == expected
+
+
+@pytest.mark.parametrize("value", [b"5, 6", b"-1", b"abc", b"1e3", b"9" * 30])
+def test_unusable_content_length_is_refused(value: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        body_framing(b"GET", _head(200, (b"Content-Length", value)))
+
+
+def test_chunked_decoder_handles_extensions_and_trailers() -> None:
+    decoder = ChunkedDecoder()
+    out = decoder.feed(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    assert b"".join(out) == b"hello world"
+    assert decoder.done and decoder.extra == b""
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"zz\r\n", b"5\r\nhelloXX\r\n", b"\r\n", b"1" * 20 + b"\r\n", b"5" + b" " * 5000],
+)
+def test_chunked_decoder_refuses_garbage(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ChunkedDecoder().feed(data)
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=20),
+)
+def test_chunked_decoding_is_independent_of_packet_boundaries(
+    chunks: list[bytes], cuts: list[int]
+) -> None:
+    wire = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\nNEXT"
+    decoder = ChunkedDecoder()
+    out: list[bytes] = []
+    pos = 0
+    i = 0
+    while pos < len(wire):
+        step = cuts[i % len(cuts)]
+        out += decoder.feed(wire[pos : pos + step])
+        pos += step
+        i += 1
+    assert b"".join(out) == b"".join(chunks)
+    assert decoder.done
+    assert decoder.extra == b"NEXT"
+
+
+def test_group_headers_keeps_order_and_duplicates() -> None:
+    pairs = [(b"A", b"1"), (b"b", b"2"), (b"a", b"3")]
+    assert group_headers(pairs) == [(b"A", [b"1", b"3"]), (b"b", [b"2"])]
+
+
+def test_request_head_frames_the_body_and_adds_a_missing_host() -> None:
+    head = build_request_head(
+        b"POST",
+        b"/x?y",
+        [(b"X-A", [b"1", b"2"])],
+        body_length=3,
+        default_host=b"127.0.0.1:80",
+    )
+    assert head == (
+        b"POST /x?y HTTP/1.1\r\nX-A: 1\r\nX-A: 2\r\nHost: 127.0.0.1:80\r\n"
+        b"Content-Length: 3\r\n\r\n"
+    )
+    head = build_request_head(
+        b"GET", b"/", [(b"Host", [b"h"])], body_length=None, default_host=b"x"
+    )
+    assert head == b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+@pytest.mark.parametrize("value", [b"a\r\nInjected: 1", b"a\nb", b"a\x00"])
+def test_request_head_refuses_values_that_split_the_message(value: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        build_request_head(
+            b"GET", b"/", [(b"X", [value])], body_length=None, default_host=b"h"
+        )

@@ -209,6 +209,7 @@ class _ProxyGate(Resource):
             return b""
         strip_prefix = self.prefix if self.kind == "proxy" else None
         if upgrade:
+            root.heartbeat.beat()
             return websocket.render(  # type: ignore[union-attr]
                 request, port=port, path=self.path, view=self.view, prefix=strip_prefix
             )

@@ -248,9 +248,15 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
         trusted_proxies = parse_trusted_proxies(options["trusted-proxies"])
     except ValueError as e:
         raise usage.UsageError(f"--trusted-proxies: {e}") from None
-    for origin in options["trusted-origins"]:
-        if not origin.strip() or any(c.isspace() for c in origin):
-            raise usage.UsageError(f"--trusted-origins: {origin!r} is not a host pattern")
+    from portproxy.websocket.origin import parse_trusted_origins
+
+    try:
+        parse_trusted_origins(options["trusted-origins"])
+    except ValueError as e:
+        message = str(e)
+        if not message.startswith("--trusted-origins"):
+            message = f"--trusted-origins: {message}"
+        raise usage.UsageError(message) from None
     domains = tuple(options["proxy-domain"])
     if domains:
         from portproxy.domains import DomainMatcher, DomainPatternError

@@ -24,8 +24,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
 from portproxy.errors import write_error
-from portproxy.headers import ClientView, forward_request_headers, response_headers
-from portproxy.http11 import ProtocolError, ResponseHead, build_request_head, group_headers
+from portproxy.headers import ClientView, forward_request_headers, response_header_pairs
+from portproxy.http11 import ProtocolError, ResponseHead, build_request_head
 from portproxy.rewrite import rewrite_location, rewrite_set_cookie
 from portproxy.upstream import UpstreamConnection, UpstreamPool
 
@@ -252,7 +252,7 @@ class _Exchange:
         out.removeHeader(b"server")
         out.removeHeader(b"date")
         prefix = self.resource.prefix
-        for name, values in response_headers(group_headers(head.headers)):
+        for name, values in response_header_pairs(head.headers):
             lower = name.lower()
             if lower == b"location":
                 values = [

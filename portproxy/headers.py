@@ -26,6 +26,7 @@ __all__ = [
     "forward_websocket_headers",
     "is_hop_by_hop",
     "is_trusted",
+    "response_header_pairs",
     "response_headers",
 ]
 
@@ -190,6 +191,14 @@ def client_view(
 
     @param secure: whether the connection to portproxy itself is TLS.
     """
+    if not trusted_networks:
+        # Nothing is believed from forwarding headers: only Host matters.
+        for name, values in headers:
+            if values and name.lower() == b"host":
+                return ClientView(
+                    peer, False, "https" if secure else "http", _valid_host(values[0])
+                )
+        return ClientView(peer, False, "https" if secure else "http", None)
     trusted = is_trusted(peer, trusted_networks)
     host_header: bytes | None = None
     forwarded: list[bytes] = []
@@ -385,6 +394,35 @@ def forward_websocket_headers(
     the WebSocket client sets them (Host and Origin from the client's, by the caller).
     """
     return _forward(headers, view, session_cookie, prefix, _WEBSOCKET_DROP, True)
+
+
+def response_header_pairs(
+    pairs: Sequence[tuple[bytes, bytes]],
+) -> list[tuple[bytes, list[bytes]]]:
+    """Like L{response_headers}, from header fields as parsed off the wire.
+
+    Groups repeated names (case-insensitively, first spelling and position kept) in the
+    same pass; this runs once per proxied response.
+    """
+    options: set[bytes] | None = None
+    grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
+    for name, value in pairs:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower[:6] == b"proxy-" or lower == b"proxy":
+            if lower == b"connection":
+                if options is None:
+                    options = set()
+                for token in value.split(b","):
+                    options.add(token.strip(b" \t").lower())
+            continue
+        entry = grouped.get(lower)
+        if entry is None:
+            grouped[lower] = (name, [value])
+        else:
+            entry[1].append(value)
+    if options:
+        return [entry for lower, entry in grouped.items() if lower not in options]
+    return list(grouped.values())
 
 
 def response_headers(headers: RawHeaders) -> list[tuple[bytes, list[bytes]]]:

@@ -51,6 +51,13 @@ class ResponseHead:
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_SRC = (
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\r\n\x00]*[^\r\n\x00 \t])?)[ \t]*\r\n"
+)
+_FIELD = re.compile(_FIELD_SRC)
+_FIELDS = re.compile(
+    rb"(?:" + _FIELD_SRC.replace(b"(", b"(?:").replace(b"(?:?:", b"(?:") + rb")*"
+)
 
 
 def parse_response_head(block: bytes) -> ResponseHead:
@@ -64,6 +71,14 @@ def parse_response_head(block: bytes) -> ResponseHead:
     if len(code_text) != 3 or not code_text.isdigit():
         raise ProtocolError(f"bad status code {code_text[:10]!r}")
     reason = parts[2] if len(parts) == 3 else b""
+    rest = block[len(status) + 2 :]
+    if not rest and len(lines) == 1:
+        return ResponseHead(parts[0], int(code_text), reason, [])
+    if _FIELDS.fullmatch(rest + b"\r\n") is not None:
+        # The common case, checked and split in C: well-formed, unfolded fields.
+        return ResponseHead(
+            parts[0], int(code_text), reason, _FIELD.findall(rest + b"\r\n")
+        )
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
         if line[:1] in (b" ", b"\t"):

@@ -18,7 +18,7 @@ from twisted.web.server import Request
 from portproxy.auth.guard import is_reserved_path
 from portproxy.config import Config
 from portproxy.domains import DomainMatcher
-from portproxy.engine import PortProxyResource, ProxyEngine, PublicURL
+from portproxy.engine import PortProxyResource, ProxyEngine
 from portproxy.errors import write_error
 from portproxy.headers import ClientView, client_view
 from portproxy.health import HealthResource, Heartbeat
@@ -97,6 +97,10 @@ class PortProxyRoot(Resource):
     def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
         # Traversal stops here: every decision is made from the raw target and host.
         request.postpath = []
+        return self.dispatch(request)
+
+    def dispatch(self, request: Request) -> IResource:
+        """Pick the leaf for C{request} from its Host and raw request target."""
         view = client_view(
             request.requestHeaders.getAllRawHeaders(),
             peer=_peer(request),
@@ -165,6 +169,8 @@ class _ProxyGate(Resource):
     """
 
     isLeaf = True
+    #: Tells the request not to add its own Date: the app's response has one.
+    proxied = True
 
     def __init__(
         self,
@@ -219,7 +225,7 @@ class _ProxyGate(Resource):
             self.path,
             view=self.view,
             prefix=strip_prefix,
-            public_url=self._public_url(port),
+            public_url=self.public_url,
         ).render(request)
 
     def _original_url(self, request: Request) -> bytes:
@@ -229,38 +235,26 @@ class _ProxyGate(Resource):
             return self.view.scheme.encode() + b"://" + host + request.uri
         return request.uri
 
-    def _public_url(self, port: int) -> PublicURL:
-        kind = self.kind
-        if kind == "proxy":
-            here = self.prefix
+    def public_url(self, p: int, rest: bytes) -> bytes | None:
+        """The public URL of C{rest} on port C{p}, on the same kind of route as this one.
 
-            def proxy_url(p: int, rest: bytes) -> bytes | None:
-                base = here if p == port else b"/proxy/%d" % p
-                return base + (rest if rest.startswith(b"/") else b"/" + rest)  # type: ignore[operator]
-
-            return proxy_url
-        if kind == "absproxy":
-            base_path = self.root.config.abs_proxy_base_path
-
-            def absproxy_url(p: int, rest: bytes) -> bytes | None:
-                if p == port:
-                    return rest or b"/"
-                return base_path + b"/absproxy/%d" % p + (rest or b"/")
-
-            return absproxy_url
+        Used to rewrite an app's redirect to C{http://localhost:p/rest}; only called when
+        such a Location comes back, so nothing is built per request.
+        """
+        rest = rest if rest.startswith(b"/") else b"/" + rest
+        if self.kind == "proxy":
+            here = self.prefix if parse_port(self.label) == p else None
+            return (here or b"/proxy/%d" % p) + rest
+        if self.kind == "absproxy":
+            if parse_port(self.label) == p:
+                return rest
+            return self.root.config.abs_proxy_base_path + b"/absproxy/%d" % p + rest
         view = self.view
-        domains = self.root.domains
-
-        def domain_url(p: int, rest: bytes) -> bytes | None:
-            host = domains.public_host(p, view.host)
-            if host is None:
-                return None
-            suffix = _port_suffix(view.host or "")
-            return ("%s://%s%s" % (view.scheme, host, suffix)).encode("ascii") + (
-                rest or b"/"
-            )
-
-        return domain_url
+        host = self.root.domains.public_host(p, view.host)
+        if host is None:
+            return None
+        suffix = _port_suffix(view.host or "")
+        return f"{view.scheme}://{host}{suffix}".encode("ascii") + rest
 
 
 def _port_suffix(host: str) -> str:

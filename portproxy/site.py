@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -37,6 +38,39 @@ class ProxyRequest(Request):
     #: Set when the body limit was exceeded and a 413 already went out.
     _refused = False
     _received = 0
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        # http.Request asks the channel for its local address on every request: a
+        # getsockname() system call each time, for an address that never changes.
+        if "getHost" not in vars(channel) and getattr(channel, "transport", None):
+            local = channel.getHost()
+            channel.getHost = lambda: local
+        super().__init__(channel, *args, **kwargs)
+
+    def process(self) -> None:
+        """Hand the request to the root's one-step dispatch.
+
+        twisted.web would decode every path segment (C{postpath}) and walk the tree one
+        segment at a time; portproxy routes on the raw request target instead, so the
+        root is asked once and the walk is skipped.
+        """
+        site = self.channel.site  # type: ignore[attr-defined]
+        dispatch = getattr(site.resource, "dispatch", None)
+        if dispatch is None or self.path == b"*":
+            super().process()
+            return
+        self.site = site
+        self.prepath = []
+        self.postpath = []
+        self.sitepath = []
+        try:
+            resource = dispatch(self)
+            if not getattr(resource, "proxied", False):
+                # portproxy's own answers carry a Date (proxied ones keep the app's).
+                self.setHeader(b"date", http.datetimeToString())
+            self.render(resource)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def gotLength(self, length: int | None) -> None:
         limit = self.channel.site.max_body_size  # type: ignore[attr-defined]

@@ -286,7 +286,7 @@ class UpstreamPool:
     """
 
     def __init__(
-        self, reactor: Any, *, idle_timeout: float = 4.0, max_idle: int = 16
+        self, reactor: Any, *, idle_timeout: float = 4.0, max_idle: int = 128
     ) -> None:
         self.reactor = reactor
         self.idle_timeout = idle_timeout

@@ -62,7 +62,7 @@ class ProxyRequest(Request):
         self.site = site
         self.prepath = []
         self.postpath = []
-        self.sitepath = []
+        self.sitepath: list[bytes] = []
         try:
             resource = dispatch(self)
             if not getattr(resource, "proxied", False):

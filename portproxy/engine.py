@@ -27,6 +27,7 @@ from portproxy.errors import write_error
 from portproxy.headers import ClientView, forward_request_headers, response_header_pairs
 from portproxy.http11 import ProtocolError, ResponseHead, build_request_head
 from portproxy.rewrite import rewrite_location, rewrite_set_cookie
+from portproxy.uploads import StreamingUpload
 from portproxy.upstream import UpstreamConnection, UpstreamPool
 
 with warnings.catch_warnings():
@@ -130,12 +131,43 @@ class PortProxyResource(ReverseProxyResource):
         self.public_url = public_url
 
     def render(self, request: Request) -> bytes | int:
-        engine = self.engine
-        if engine.on_request is not None:
-            engine.on_request()
+        exchange: _Exchange | None = getattr(request, "upload_exchange", None)
+        if exchange is not None:
+            # The upload already streams to the app (see start_upload).
+            exchange.attach()
+            return NOT_DONE_YET
         body, length = _request_body(request)
+        head = self._head(request, body_length=length)
+        if head is None:
+            return write_error(request, 400, "Malformed request header")
+        exchange = _Exchange(self, request, head, body, length or 0)
+        exchange.begin()
+        exchange.attach()
+        return NOT_DONE_YET
+
+    def start_upload(
+        self, request: Request, upload: StreamingUpload, length: int | None
+    ) -> bool:
+        """Start the exchange as soon as the request head is in, streaming the body.
+
+        Called by the request before its body is read; L{render} later attaches the
+        response side. Returns C{False} (nothing started) for a malformed head.
+        """
+        head = self._head(request, body_length=length, chunked=length is None)
+        if head is None:
+            return False
+        exchange = _Exchange(self, request, head, upload, 0)
+        exchange.attached = False
+        request.upload_exchange = exchange  # type: ignore[attr-defined]
+        exchange.begin()
+        return True
+
+    def _head(
+        self, request: Request, *, body_length: int | None, chunked: bool = False
+    ) -> bytes | None:
+        engine = self.engine
         try:
-            head = build_request_head(
+            return build_request_head(
                 request.method,
                 self.path,
                 forward_request_headers(
@@ -144,20 +176,12 @@ class PortProxyResource(ReverseProxyResource):
                     session_cookie=engine.session_cookie,
                     prefix=self.prefix,
                 ),
-                body_length=length,
+                body_length=body_length,
                 default_host=b"127.0.0.1:%d" % self.port,
+                chunked=chunked,
             )
         except ProtocolError:
-            return write_error(request, 400, "Malformed request header")
-        # No default Content-Type for upstream responses that have none.
-        request.defaultContentType = None
-        exchange = _Exchange(self, request, head, body, length or 0)
-        engine._started()
-        finished = request.notifyFinish()
-        finished.addErrback(exchange.client_gone)
-        finished.addBoth(engine._ended)
-        exchange.start()
-        return NOT_DONE_YET
+            return None
 
 
 def _request_body(request: Request) -> tuple[Any, int | None]:
@@ -183,12 +207,15 @@ class _Exchange:
     """One request's journey: connect, wait for the head, stream the body."""
 
     __slots__ = (
+        "attached",
         "body",
         "connecting",
         "connection",
         "gone",
         "head",
+        "held",
         "length",
+        "queued",
         "request",
         "resource",
         "retried",
@@ -215,10 +242,47 @@ class _Exchange:
         self.connection: UpstreamConnection | None = None
         self.connecting: Deferred[UpstreamConnection] | None = None
         self.timer: Any = None
+        #: Whether the response may be written (the request has been rendered).
+        self.attached = True
+        #: Response events that came before the request finished arriving.
+        self.queued: list[Callable[[], None]] = []
+        self.held = False
+
+    def begin(self) -> None:
+        """Count the request as in flight and start talking to the app."""
+        engine = self.resource.engine
+        if engine.on_request is not None:
+            engine.on_request()
+        engine._started()
+        self.start()
+
+    def attach(self) -> None:
+        """The request is rendered: responses may be written; play what waited."""
+        request = self.request
+        # No default Content-Type for upstream responses that have none.
+        request.defaultContentType = None
+        finished = request.notifyFinish()
+        finished.addErrback(self.client_gone)
+        finished.addBoth(self.resource.engine._ended)
+        self.attached = True
+        if not self.queued and not self.gone and self.timer is None:
+            engine = self.resource.engine
+            self.timer = engine.reactor.callLater(engine.upstream_timeout, self.timed_out)
+        queued, self.queued = self.queued, []
+        for event in queued:
+            if self.gone:
+                break
+            event()
+        connection = self.connection
+        if self.held and connection is not None and connection.transport is not None:
+            self.held = False
+            connection.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def start(self) -> None:
         engine = self.resource.engine
-        self.timer = engine.reactor.callLater(engine.upstream_timeout, self.timed_out)
+        if self.attached:
+            # An upload's wait for the answer starts when its last byte is in (attach).
+            self.timer = engine.reactor.callLater(engine.upstream_timeout, self.timed_out)
         connection = engine.pool.take(self.resource.port)
         if connection is not None:
             self.send(connection)
@@ -245,6 +309,14 @@ class _Exchange:
 
     def response_head(self, head: ResponseHead, connection: UpstreamConnection) -> None:
         self._stop_timer()
+        if not self.attached:
+            # The app answered before the upload ended (an early 401 or 413, say).
+            # twisted.web cannot respond yet; hold the response (and pause reading it).
+            self.queued.append(lambda: self.response_head(head, connection))
+            if connection.transport is not None:
+                self.held = True
+                connection.transport.pauseProducing()  # type: ignore[attr-defined]
+            return
         request = self.request
         request.setResponseCode(head.code, head.reason)
         out = request.responseHeaders
@@ -269,9 +341,15 @@ class _Exchange:
         request.registerProducer(connection.transport, True)
 
     def response_body(self, data: bytes) -> None:
+        if not self.attached:
+            self.queued.append(lambda: self.response_body(data))
+            return
         self.request.write(data)
 
     def response_done(self) -> None:
+        if not self.attached:
+            self.queued.append(self.response_done)
+            return
         request = self.request
         if self.gone:
             return
@@ -279,6 +357,13 @@ class _Exchange:
         request.finish()
 
     def response_failed(self, reason: Failure, *, retryable: bool) -> None:
+        if isinstance(self.body, StreamingUpload):
+            # The rest of the upload has nowhere to go; it cannot be replayed either.
+            self.body.abandon()
+            retryable = False
+        if not self.attached:
+            self.queued.append(lambda: self.response_failed(reason, retryable=False))
+            return
         if self.gone:
             return
         request = self.request
@@ -309,6 +394,11 @@ class _Exchange:
 
     def connect_failed(self, failure: Failure) -> None:
         self.connecting = None
+        if isinstance(self.body, StreamingUpload):
+            self.body.abandon()
+        if not self.attached:
+            self.queued.append(lambda: self.connect_failed(failure))
+            return
         if self.gone:
             return
         port = self.resource.port
@@ -321,12 +411,17 @@ class _Exchange:
 
     def timed_out(self) -> None:
         self.timer = None
+        if not self.attached:
+            self.queued.append(self.timed_out)
+            return
         if self.gone or self.streaming:
             return
         self._drop_upstream()
         self._answer(504, f"Port {self.resource.port} did not answer in time")
 
-    def client_gone(self, failure: Failure) -> None:
+    def client_gone(self, failure: Failure | None = None) -> None:
+        if isinstance(self.body, StreamingUpload):
+            self.body.abandon()
         self.gone = True
         self._stop_timer()
         self._drop_upstream()

@@ -237,6 +237,7 @@ def build_request_head(
     *,
     body_length: int | None,
     default_host: bytes,
+    chunked: bool = False,
 ) -> bytes:
     """Serialise a request head; C{body_length} C{None} means no body framing at all.
 
@@ -254,7 +255,9 @@ def build_request_head(
             out += (name, b": ", value, b"\r\n")
     if not has_host:
         out += (b"Host: ", default_host, b"\r\n")
-    if body_length is not None:
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    elif body_length is not None:
         out += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)

@@ -190,6 +190,35 @@ class _ProxyGate(Resource):
         self.needs_slash = needs_slash
         self.kind = kind
 
+    def proxy_target(self, request: Request) -> PortProxyResource | None:
+        """The engine resource this request goes to, if every check passes.
+
+        Has no side effects: used before the body arrives to decide whether the body
+        can stream to the app (a request that will be refused just has its body read
+        and dropped, then gets its answer from L{render}).
+        """
+        root = self.root
+        if root.config.disable_proxy or self.needs_slash:
+            return None
+        if root.websocket is not None and root.websocket.is_upgrade(request):
+            return None
+        if not root.auth.is_signed_in(request) and not root.auth.allows_preflight(request):
+            return None
+        port = parse_port(self.label)
+        if port is None or port in root.own_ports:
+            return None
+        return self._engine_resource(port)
+
+    def _engine_resource(self, port: int) -> PortProxyResource:
+        return PortProxyResource(
+            self.root.engine,
+            port,
+            self.path,
+            view=self.view,
+            prefix=self.prefix if self.kind == "proxy" else None,
+            public_url=self.public_url,
+        )
+
     def render(self, request: Request) -> bytes | int:
         root = self.root
         if root.config.disable_proxy:
@@ -219,14 +248,7 @@ class _ProxyGate(Resource):
             return websocket.render(  # type: ignore[union-attr]
                 request, port=port, path=self.path, view=self.view, prefix=strip_prefix
             )
-        return PortProxyResource(
-            root.engine,
-            port,
-            self.path,
-            view=self.view,
-            prefix=strip_prefix,
-            public_url=self.public_url,
-        ).render(request)
+        return self._engine_resource(port).render(request)
 
     def _original_url(self, request: Request) -> bytes:
         """The URL the browser asked for, for the round trip through sign-in."""

@@ -23,11 +23,15 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from portproxy.headers import ClientView
+from portproxy.uploads import StreamingUpload
 
 __all__ = ["SPOOL_MEMORY_LIMIT", "ProxyRequest", "ProxySite"]
 
 #: Request bodies up to this size stay in memory; larger ones go to a temporary file.
 SPOOL_MEMORY_LIMIT = 1024 * 1024
+#: Bodies larger than this (or of unknown length) stream to the app as they arrive;
+#: smaller ones are buffered, which lets a request be retried on a fresh connection.
+STREAM_THRESHOLD = 64 * 1024
 
 
 class ProxyRequest(Request):
@@ -38,6 +42,9 @@ class ProxyRequest(Request):
     #: Set when the body limit was exceeded and a 413 already went out.
     _refused = False
     _received = 0
+    #: The body on its way to the app, when it streams (see L{_stream_body}).
+    _upload: StreamingUpload | None = None
+    _upload_target: Any = None
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         # http.Request asks the channel for its local address on every request: a
@@ -64,7 +71,7 @@ class ProxyRequest(Request):
         self.postpath = []
         self.sitepath: list[bytes] = []
         try:
-            resource = dispatch(self)
+            resource = self._upload_target or dispatch(self)
             if not getattr(resource, "proxied", False):
                 # portproxy's own answers carry a Date (proxied ones keep the app's).
                 self.setHeader(b"date", http.datetimeToString())
@@ -79,7 +86,44 @@ class ProxyRequest(Request):
             # Twisted still wants somewhere to put the (ignored) bytes.
             self.content = _NullFile()
             return
+        if (length is None or length > STREAM_THRESHOLD) and self._stream_body(length):
+            return
         super().gotLength(length)
+
+    def _stream_body(self, length: int | None) -> bool:
+        """Start proxying now, before the body arrives, when the request may proceed.
+
+        The request line is only handed to the request after the body (in
+        C{requestReceived}); here it is read from the channel's private state, so a
+        Twisted that changes it just loses streaming (tests/test_uploads.py pins it).
+        """
+        channel = self.channel
+        command = getattr(channel, "_command", None)
+        path = getattr(channel, "_path", None)
+        version = getattr(channel, "_version", None)
+        transport = getattr(channel, "transport", None)
+        site = getattr(channel, "site", None)
+        dispatch = getattr(getattr(site, "resource", None), "dispatch", None)
+        if not (command and path and version and transport and dispatch):
+            return False
+        if length is None and version != b"HTTP/1.1":
+            return False
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path = path.split(b"?", 1)[0]
+        gate = dispatch(self)
+        target_of = getattr(gate, "proxy_target", None)
+        if target_of is None:
+            return False
+        # Nothing is buffered from here on: streamed, or read and dropped.
+        self.content = _NullFile()
+        target = target_of(self)
+        if target is None:
+            return True  # refused: render() gives the answer once the body is read
+        upload = StreamingUpload(transport, chunked=length is None)
+        if target.start_upload(self, upload, length):
+            self._upload = upload
+            self._upload_target = target
+        return True
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -90,17 +134,36 @@ class ProxyRequest(Request):
             if self._received > limit:
                 self._refuse_body()
                 return
+        if self._upload is not None:
+            self._upload.write(data)
+            return
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
             return
+        if self._upload is not None:
+            self._upload.finish()
         super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        exchange = getattr(self, "upload_exchange", None)
+        if exchange is not None and not exchange.attached:
+            # Gone mid-upload: nothing will render this request; close the app's side.
+            exchange.client_gone()
+            exchange.resource.engine._ended()
+            self.upload_exchange = None
+        super().connectionLost(reason)
 
     def _refuse_body(self) -> None:
         # There is no API for answering before the body is read, so write a minimal
         # response and close, as HTTPChannel does for its own 400.
         self._refused = True
+        exchange = getattr(self, "upload_exchange", None)
+        if exchange is not None and not exchange.attached:
+            exchange.client_gone()
+            exchange.resource.engine._ended()
+            self.upload_exchange = None
         transport = self.channel.transport
         if transport is not None:
             transport.write(
@@ -122,6 +185,9 @@ class _NullFile:
 
     def read(self, *args: object) -> bytes:
         return b""
+
+    def tell(self) -> int:
+        return 0
 
     def close(self) -> None:
         pass

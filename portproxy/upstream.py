@@ -35,6 +35,7 @@ from portproxy.http11 import (
     body_framing,
     parse_response_head,
 )
+from portproxy.uploads import StreamingUpload
 
 __all__ = [
     "LoopbackEndpoint",
@@ -119,7 +120,7 @@ class UpstreamConnection(Protocol):
         sink: ResponseSink,
         method: bytes,
         head: bytes,
-        body: IO[bytes] | None,
+        body: IO[bytes] | StreamingUpload | None,
         body_length: int,
     ) -> None:
         """Write a request (head already serialised) and wait for its response."""
@@ -130,7 +131,10 @@ class UpstreamConnection(Protocol):
         self._got_bytes = False
         transport = self.transport
         assert transport is not None
-        if body is None or body_length == 0:
+        if isinstance(body, StreamingUpload):
+            transport.write(head)
+            body.connect(transport)
+        elif body is None or body_length == 0:
             transport.write(head)
         elif body_length <= INLINE_BODY:
             body.seek(0)

@@ -113,6 +113,12 @@ class UpstreamConnection(Protocol):
         #: Fired by connectionLost when the pool closes this connection at shutdown.
         self.closed: Deferred[None] | None = None
 
+    def connectionMade(self) -> None:
+        # Request heads and streamed uploads must not wait for Nagle's algorithm.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+
     # -- sending --------------------------------------------------------------------
 
     def send(

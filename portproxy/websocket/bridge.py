@@ -24,6 +24,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
+from portproxy.splice import eager_writer
 from portproxy.upstream import LoopbackEndpoint
 from portproxy.websocket.handshake import refusal_status
 from portproxy.websocket.legs import UpstreamLegFactory
@@ -211,8 +212,17 @@ class Bridge:
         self.channel = None
         self.client.data = b""
         self.early = []
-        self.client.splice_to = upstream_socket
-        upstream.splice_to = client_socket
+        self.client.splice_to = eager_writer(upstream_socket)
+        upstream.splice_to = eager_writer(client_socket)
+        # Small frames must not wait for Nagle's algorithm (a 40 ms delayed-ACK stall
+        # per message); Autobahn's client leg leaves the option off.
+        for sock in (client_socket, upstream_socket):
+            set_no_delay = getattr(sock, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                try:
+                    set_no_delay(True)
+                except OSError:
+                    pass
         client_socket.registerProducer(upstream_socket, True)
         upstream_socket.registerProducer(client_socket, True)
         # HTTPChannel pauses reading when a client pipelines more than 16 KiB.

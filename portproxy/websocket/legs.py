@@ -32,13 +32,13 @@ class ClientLeg(WebSocketServerProtocol):
     """Autobahn's server protocol on the browser's connection."""
 
     bridge: Bridge
-    #: Set once spliced: the upstream socket every received byte is copied to.
+    #: Set once spliced: writes every received byte to the upstream socket.
     splice_to: Any = None
 
     def dataReceived(self, data: bytes) -> None:
         splice_to = self.splice_to
         if splice_to is not None:
-            splice_to.write(data)
+            splice_to(data)
         elif self.bridge.waiting:
             self.bridge.early_data(data)
         else:
@@ -87,7 +87,7 @@ class UpstreamLeg(WebSocketClientProtocol):
     def dataReceived(self, data: bytes) -> None:
         splice_to = self.splice_to
         if splice_to is not None:
-            splice_to.write(data)
+            splice_to(data)
         else:
             super().dataReceived(data)
 

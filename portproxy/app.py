@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +13,11 @@ from portproxy.config import Config
 from portproxy.engine import ProxyEngine
 from portproxy.headers import ClientView, client_address, client_view
 from portproxy.health import Heartbeat
-from portproxy.publicurl import url_template
+from portproxy.ports import IndexResource
+from portproxy.publicurl import public_url_for_port, url_template
 from portproxy.root import PortProxyRoot
 from portproxy.routes import RouteKind
-from portproxy.service import ListeningService, PortProxyService
+from portproxy.service import ListeningService, PortProxyService, StartupError
 from portproxy.site import ProxySite
 
 __all__ = ["Instance", "build_instance", "build_service"]
@@ -88,7 +89,13 @@ def build_instance(
     )
     login = LoginResource(authenticator)
     logout = LogoutResource(authenticator)
-    pages = {RouteKind.LOGIN: login, RouteKind.LOGOUT: logout}
+    index = IndexResource(
+        is_signed_in=authenticator.is_signed_in,
+        deny=lambda request: authenticator.deny(request, original_url=request.uri),
+        own_ports=own_ports,
+        url_for=lambda port: public_url_for_port(config, port),
+    )
+    pages = {RouteKind.LOGIN: login, RouteKind.LOGOUT: logout, RouteKind.INDEX: index}
     reserved = {RESERVED_LOGIN: login, RESERVED_LOGOUT: logout}
     engine = ProxyEngine(
         reactor,
@@ -128,21 +135,78 @@ def build_instance(
 
 
 def build_service(
-    config: Config, *, environ: Mapping[str, str], reactor: Any = None
+    config: Config,
+    *,
+    environ: Mapping[str, str],
+    reactor: Any = None,
+    listener: Callable[..., Any] = ListeningService,
 ) -> PortProxyService:
-    """The service that C{twist portproxy}, C{twistd} and .tac files run."""
+    """The service that C{twist portproxy}, C{twistd} and .tac files run.
+
+    @param listener: makes the service of one C{--listen}, with L{ListeningService}'s
+        arguments; a C{--workers} worker passes one that adopts an inherited socket.
+    """
     instance = build_instance(config, environ=environ, reactor=reactor)
     service = PortProxyService(
         instance.engine.close,
         instance.engine.drain,
         close_clients=instance.site.close_connections,
     )
+    wrapper = _tls_wrapper(config, instance.reactor)
     for description in config.listen:
-        ListeningService(
-            instance.reactor, description, instance.site, instance.own_ports.add
+        listener(
+            instance.reactor,
+            description,
+            instance.site,
+            instance.own_ports.add,
+            wrap=wrapper(description),
         ).setServiceParent(service)
     _log.info(
         "apps open at {template} (Host header passes unchanged to the app)",
         template=url_template(config),
     )
     return service
+
+
+Wrap = Callable[[Any], Any]
+
+
+def _tls_wrapper(config: Config, reactor: Any) -> Callable[[str], Wrap | None]:
+    """For each C{--listen} description, what puts TLS on it, or C{None} (plain).
+
+    TLS goes on C{tcp:} and C{tcp6:} listeners only (see docs/tls.rst); nothing of
+    TLS is imported or built for a plain configuration.
+    """
+    if config.cert is None and not config.self_signed:
+        return lambda description: None
+    from portproxy.tls import TLSError, wants_tls
+    from portproxy.tlslistener import RedirectToHTTPS, ServerTLS
+
+    if not any(wants_tls(d) for d in config.listen):
+        _log.warn("--cert/--self-signed: no tcp: --listen to serve TLS on")
+    # Plain HTTP on a TLS port gets a redirect; its body is not needed, only bounded.
+    redirect = ProxySite(
+        RedirectToHTTPS(),
+        reactor=reactor,
+        access_log=config.access_log,
+        max_body_size=1024 * 1024,
+    )
+    redirect.noisy = False
+    tls = ServerTLS(
+        cert=config.cert,
+        cert_key=config.cert_key,
+        self_signed=config.self_signed,
+        cert_hosts=config.cert_hosts,
+        data_dir=config.data_dir,
+        reactor=reactor,
+        redirect=redirect,
+        log=_log,
+    )
+
+    def wrap(factory: Any) -> Any:
+        try:
+            return tls.wrap(factory)
+        except TLSError as e:
+            raise StartupError(str(e)) from None
+
+    return lambda description: wrap if wants_tls(description) else None

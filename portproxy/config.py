@@ -56,6 +56,8 @@ class Config:
     session_ttl: int = DEFAULT_SESSION_TTL
     #: C{"combined"}, C{"json"} or C{"off"}.
     access_log: str = "combined"
+    #: Processes serving the listeners; above 1, a supervisor runs them (docs/workers.rst).
+    workers: int = 1
 
 
 def normalize_base_path(value: str) -> bytes:

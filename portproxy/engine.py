@@ -371,9 +371,14 @@ class _Exchange:
             request.unregisterProducer()
             if request.startedWriting:
                 # The upstream broke off mid-body: make the client see a broken
-                # response, never a clean but truncated one.
+                # response, never a clean but truncated one. An HTTP/2 stream must be
+                # reset (closing it would end it cleanly); HTTP/1.1 closes the socket.
                 self.gone = True
-                request.loseConnection()
+                abort = getattr(request.channel, "abortConnection", None)
+                if abort is not None:
+                    abort()
+                else:
+                    request.loseConnection()
                 return
             # Nothing sent yet: the client can still get a proper 502.
             request.responseHeaders = Headers()

@@ -11,7 +11,7 @@ import html
 import json
 from typing import Protocol
 
-__all__ = ["ErrorBody", "accepts_html", "error_body", "write_error"]
+__all__ = ["ErrorBody", "accepts_html", "error_body", "reason_phrase", "write_error"]
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -54,6 +54,12 @@ class ErrorBody:
         self.body = body
 
 
+def reason_phrase(status: int) -> bytes | None:
+    """The reason phrase for C{status} (twisted.web lacks some, such as 429)."""
+    title = _TITLES.get(status)
+    return title.encode("ascii") if title else None
+
+
 def accepts_html(accept: bytes | None) -> bool:
     """True when an C{Accept} header lists C{text/html} (a browser navigation).
 
@@ -84,7 +90,7 @@ def error_body(status: int, message: str, *, html_page: bool) -> ErrorBody:
 def write_error(request: _Request, status: int, message: str) -> bytes:
     """Set the status and content type on C{request}; return the body to render."""
     body = error_body(status, message, html_page=accepts_html(request.getHeader(b"accept")))
-    request.setResponseCode(status)
+    request.setResponseCode(status, reason_phrase(status))
     request.setHeader(b"content-type", body.content_type)
     request.setHeader(b"cache-control", b"no-store")
     return body.body

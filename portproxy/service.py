@@ -26,8 +26,10 @@ class StartupError(Exception):
 class ListeningService(Service):
     """Listen on one endpoint string; record the TCP port so it is never proxied to.
 
-    Binding happens in C{privilegedStartService} and fails synchronously (as
-    C{strports.service} does), so a port in use stops start-up instead of being logged.
+    C{wrap}, if given, turns the factory into the one that listens (TLS on a C{tcp:}
+    listener); it may raise L{StartupError}. Binding happens in
+    C{privilegedStartService} and fails synchronously (as C{strports.service} does), so
+    a port in use stops start-up instead of being logged.
     """
 
     def __init__(
@@ -36,11 +38,13 @@ class ListeningService(Service):
         description: str,
         factory: Any,
         on_port: Callable[[int], None],
+        wrap: Callable[[Any], Any] | None = None,
     ) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.on_port = on_port
+        self.wrap = wrap
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -57,8 +61,9 @@ class ListeningService(Service):
             endpoint = serverFromString(self.reactor, self.description)
         except Exception as e:
             raise StartupError(f"--listen {self.description}: {e}") from None
+        factory = self.factory if self.wrap is None else self.wrap(self.factory)
         outcome: list[Any] = []
-        endpoint.listen(self.factory).addBoth(outcome.append)
+        endpoint.listen(factory).addBoth(outcome.append)
         if not outcome:
             # An endpoint that binds asynchronously (rare): log failures later.
             return
@@ -70,7 +75,11 @@ class ListeningService(Service):
         port = getattr(host, "port", None)
         if isinstance(port, int):
             self.on_port(port)
-        _log.info("portproxy listening on {address}", address=_describe(host))
+        _log.info(
+            "portproxy listening on {address}{tls}",
+            address=_describe(host),
+            tls=" (TLS)" if self.wrap is not None else "",
+        )
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -83,7 +92,8 @@ class ListeningService(Service):
 def _describe(host: Any) -> str:
     if hasattr(host, "port"):
         return f"{host.host}:{host.port}"
-    return str(getattr(host, "name", host))
+    name = getattr(host, "name", host)
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
 class PortProxyService(MultiService):

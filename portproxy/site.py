@@ -22,6 +22,7 @@ from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from portproxy.errors import write_error
 from portproxy.headers import ClientView
 from portproxy.uploads import StreamingUpload
 
@@ -42,6 +43,8 @@ class ProxyRequest(Request):
     #: Set when the body limit was exceeded and a 413 already went out.
     _refused = False
     _received = 0
+    #: Over the body limit on HTTP/2: answered with 413 once the body has ended.
+    _too_large = False
     #: The body on its way to the app, when it streams (see L{_stream_body}).
     _upload: StreamingUpload | None = None
     _upload_target: Any = None
@@ -70,6 +73,10 @@ class ProxyRequest(Request):
         self.prepath = []
         self.postpath = []
         self.sitepath: list[bytes] = []
+        if self._too_large:
+            self.write(write_error(self, 413, "Request body too large"))
+            self.finish()
+            return
         try:
             resource = self._upload_target or dispatch(self)
             if not getattr(resource, "proxied", False):
@@ -126,7 +133,7 @@ class ProxyRequest(Request):
         return True
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._too_large:
             return
         limit = self.channel.site.max_body_size  # type: ignore[attr-defined]
         if limit is not None:
@@ -164,7 +171,14 @@ class ProxyRequest(Request):
             exchange.client_gone()
             exchange.resource.engine._ended()
             self.upload_exchange = None
-        transport = self.channel.transport
+        transport = getattr(self.channel, "transport", None)
+        if transport is None:
+            # An HTTP/2 stream has no socket of its own to write a 413 on: drop the
+            # rest of the body and answer 413 when the stream's body has ended.
+            self._refused = False
+            self._too_large = True
+            self.content = _NullFile()
+            return
         if transport is not None:
             transport.write(
                 b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"

@@ -95,6 +95,11 @@ class Options(usage.Options):
             "Print portproxy-session=VALUE for the configured password and exit.",
         ],
         ["version", None, "Print the version and exit."],
+        [
+            "self-signed",
+            None,
+            "TLS on tcp: listeners with a self-signed certificate kept in --data-dir.",
+        ],
     ]
     optParameters = [
         ["auth", None, "password", "Authentication: password or none."],
@@ -137,10 +142,29 @@ class Options(usage.Options):
         ],
         ["access-log", None, "combined", "Access log: combined, json or off."],
         [
+            "cert",
+            None,
+            None,
+            "TLS on every tcp: listener with this PEM certificate (and chain).",
+        ],
+        [
+            "cert-key",
+            None,
+            None,
+            "PEM private key of --cert (unencrypted; may be in the --cert file).",
+        ],
+        [
             "print-url",
             None,
             None,
             "Print the public URL of this port (for apps and scripts) and exit.",
+        ],
+        [
+            "workers",
+            None,
+            "1",
+            "Processes serving the listeners: a number, or auto for one per CPU "
+            "(see docs/workers.rst).",
         ],
     ]
 
@@ -150,6 +174,8 @@ class Options(usage.Options):
             "access-log": usage.CompleteList(["combined", "json", "off"]),
             "password-file": usage.CompleteFiles(),
             "data-dir": usage.CompleteDirs(),
+            "cert": usage.CompleteFiles(),
+            "cert-key": usage.CompleteFiles(),
         }
     )
 
@@ -159,6 +185,7 @@ class Options(usage.Options):
         self["proxy-domain"] = []
         self["trusted-origins"] = []
         self["trusted-proxies"] = []
+        self["cert-host"] = []
         self.environ: Mapping[str, str] = os.environ
         self._refused: list[str] = []
 
@@ -178,6 +205,10 @@ class Options(usage.Options):
         """Peer (CIDR) whose X-Forwarded-*/Forwarded headers are believed, repeatable."""
         self["trusted-proxies"].append(cidr)
 
+    def opt_cert_host(self, hosts: str) -> None:
+        """Name or IP of --self-signed, repeatable, comma-separated (default localhost)."""
+        self["cert-host"].append(hosts)
+
     def opt_password(self, value: str) -> None:
         """Refused: a password on the command line shows in `ps`."""
         self._refused.append(
@@ -194,6 +225,11 @@ class Options(usage.Options):
     def opt_version(self) -> None:
         print(f"portproxy {__version__}")
         raise SystemExit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # Kept so that --workers can start workers with the same arguments.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         try:
@@ -274,6 +310,8 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
             ":" not in description and not description.isdigit()
         ):
             raise usage.UsageError(f"--listen: {description!r} is not an endpoint string")
+    tls_fields = _tls_fields(options)
+    workers = _workers(options.get("workers") or "1", listen)
     max_body = options["max-body-size"]
     fields: dict[str, Any] = dict(
         listen=listen,
@@ -291,14 +329,77 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
         cookie_suffix=options["cookie-suffix"] or "",
         session_ttl=_positive_int("--session-ttl", options["session-ttl"]),
         access_log=access_log,
+        workers=workers,
+        **tls_fields,
     )
     if options["data-dir"]:
         fields["data_dir"] = os.path.abspath(os.path.expanduser(options["data-dir"]))
     return Config(**fields)
 
 
+def _tls_fields(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the certificate options (reading --cert and --cert-key) for L{Config}."""
+    from portproxy.tls import TLSError, load_key_pair, parse_cert_hosts
+
+    cert = options.get("cert")
+    cert_key = options.get("cert-key")
+    self_signed = bool(options.get("self-signed"))
+    hosts = list(options.get("cert-host") or ())
+    if cert_key is not None and cert is None:
+        raise usage.UsageError("--cert-key: needs --cert")
+    if cert is not None and self_signed:
+        raise usage.UsageError("--self-signed: cannot be combined with --cert")
+    if hosts and not self_signed:
+        raise usage.UsageError("--cert-host: only used with --self-signed")
+    fields: dict[str, Any] = {}
+    if cert is not None:
+        try:
+            load_key_pair(cert, cert_key)
+        except TLSError as e:
+            raise usage.UsageError(str(e)) from None
+        fields.update(
+            cert=os.path.abspath(cert), cert_key=cert_key and os.path.abspath(cert_key)
+        )
+    if self_signed:
+        try:
+            fields["cert_hosts"] = parse_cert_hosts(hosts or ["localhost"])
+        except ValueError as e:
+            raise usage.UsageError(f"--cert-host: {e}") from None
+        fields["self_signed"] = True
+    return fields
+
+
+def _workers(value: str, listen: tuple[str, ...]) -> int:
+    """Check C{--workers}, and that workers can share every C{--listen}."""
+    from portproxy.workers import parse_workers, unshareable
+
+    try:
+        workers = parse_workers(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--workers: {e}") from None
+    for description in listen if workers > 1 else ():
+        reason = unshareable(description)
+        if reason is not None:
+            raise usage.UsageError(f"--workers: {reason}")
+    return workers
+
+
 def makeService(options: Options) -> IService:
     """Build the portproxy service from parsed options (plugin, .tac and tests)."""
     from portproxy.app import build_service
+    from portproxy.auth import StartupError as AuthStartupError
+    from portproxy.service import StartupError
+    from portproxy.workers import service_for
 
-    return build_service(options.config, environ=options.environ)
+    try:
+        workers = service_for(
+            options.config, argv=getattr(options, "argv", []), environ=options.environ
+        )
+        if workers is not None:
+            return workers  # type: ignore[no-any-return]
+        return build_service(options.config, environ=options.environ)
+    except (AuthStartupError, StartupError) as e:
+        # A bad password source or certificate found while building: one line, no
+        # traceback, nothing started.
+        sys.stderr.write(f"portproxy: error: {e}\n")
+        raise SystemExit(1) from None

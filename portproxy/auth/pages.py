@@ -27,7 +27,7 @@ from portproxy.auth.guard import (
     redirect,
 )
 from portproxy.auth.loginpage import CONTENT_SECURITY_POLICY, render_login_page
-from portproxy.errors import write_error
+from portproxy.errors import reason_phrase, write_error
 from portproxy.routes import split_target
 
 __all__ = ["MAX_FORM_SIZE", "LoginResource", "LogoutResource", "login_pages"]
@@ -90,7 +90,7 @@ class LoginResource(Resource):
         self.auth = authenticator
 
     def _page(self, request: Request, to: str, error: str | None, status: int) -> bytes:
-        request.setResponseCode(status)
+        request.setResponseCode(status, reason_phrase(status))
         _page_headers(request)
         action = _login_path_for(request).decode("ascii")
         return render_login_page(to=to, error=error, action=action)

@@ -1,0 +1,187 @@
+# -*- test-case-name: tests.test_workers -*-
+"""The worker side of C{--workers}: serve on sockets inherited from the supervisor.
+
+A worker is a normal portproxy instance (L{portproxy.app.build_service}) whose listeners
+adopt the descriptors named in L{portproxy.workers.WORKER_ENV} instead of binding; it
+tells the supervisor when it serves and stops by itself if the supervisor is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from portproxy.config import Config
+from portproxy.service import StartupError
+from portproxy.workers import WORKER_ENV, WorkerSpec
+
+__all__ = ["AdoptedListener", "build_worker_service"]
+
+_log = Logger()
+
+
+class AdoptedListener(Service):
+    """In a worker: serve on a listening socket inherited from the supervisor.
+
+    Takes the place of L{portproxy.service.ListeningService} (same arguments, plus the
+    descriptor), so TLS wrapping and the own-port record work as in one process.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        factory: Any,
+        on_port: Callable[[int], None],
+        wrap: Callable[[Any], Any] | None = None,
+        *,
+        fd: int,
+        family: str,
+    ) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.on_port = on_port
+        self.wrap = wrap
+        self.fd = fd
+        self.family = family
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+        factory = self.factory if self.wrap is None else self.wrap(self.factory)
+        endpoint = AdoptedStreamServerEndpoint(
+            self.reactor, self.fd, getattr(socket, "AF_" + self.family)
+        )
+        outcome: list[Any] = []
+        endpoint.listen(factory).addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):
+            raise StartupError(
+                f"--listen {self.description}: cannot use the socket from the "
+                f"supervisor: {outcome[0].getErrorMessage()}"
+            )
+        self.port = outcome[0]
+        host = self.port.getHost()
+        self.on_port(host.port)
+        _log.debug("worker serving {address}", address=f"{host.host}:{host.port}")
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening)  # type: ignore[no-any-return]
+
+
+def _first_signal_only() -> None:
+    """Wrap the reactor's SIGTERM and SIGINT handlers so that later signals are ignored."""
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {number: signal.getsignal(number) for number in stops}
+
+    def handle(number: int, frame: Any) -> None:
+        for each in stops:
+            signal.signal(each, signal.SIG_IGN)
+        handler = previous[signal.Signals(number)]
+        if callable(handler):
+            handler(number, frame)
+
+    for number in stops:
+        if callable(previous[number]):
+            signal.signal(number, handle)
+
+
+class _WorkerDuties(Service):
+    """Say "ready" once the listeners serve; stop if the supervisor is gone.
+
+    Only the first SIGTERM or SIGINT counts: Ctrl-C and systemd reach every process
+    of the group, then the supervisor signals its workers again, and a second stop
+    request makes Twisted log a C{ReactorNotRunning} error.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        spec: WorkerSpec,
+        getppid: Callable[[], int] = os.getppid,
+        check_every: float = 1.0,
+    ) -> None:
+        from twisted.internet.task import LoopingCall
+
+        self.reactor = reactor
+        self.spec = spec
+        self.getppid = getppid
+        self.watch = LoopingCall(self._check_parent)
+        self.watch.clock = reactor
+        self.check_every = check_every
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            os.write(self.spec.ready_fd, b"ready\n")
+            os.close(self.spec.ready_fd)
+        except OSError:
+            pass  # the supervisor is gone; the watch below stops this worker
+        _log.info(
+            "worker {index} (pid {pid}) serving", index=self.spec.index, pid=os.getpid()
+        )
+        self.watch.start(self.check_every, now=True)
+        self.reactor.callWhenRunning(_first_signal_only)
+
+    def _check_parent(self) -> None:
+        if self.getppid() != self.spec.supervisor:
+            _log.warn("the supervisor is gone: worker {index} stops", index=self.spec.index)
+            self.watch.stop()
+            if self.reactor.running:
+                self.reactor.stop()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.watch.running:
+            self.watch.stop()
+
+
+def build_worker_service(
+    config: Config, *, environ: Mapping[str, str], reactor: Any = None
+) -> Any:
+    """The service a worker runs: a normal instance on the inherited listeners."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    from portproxy.app import build_service
+
+    try:
+        spec = WorkerSpec.decode(environ[WORKER_ENV])
+        if [d for d, _, _ in spec.listeners] != list(config.listen):
+            raise ValueError(f"{WORKER_ENV} does not match --listen")
+    except ValueError as e:
+        sys.stderr.write(f"portproxy: error: {e}\n")
+        raise SystemExit(1) from None
+    pending = list(spec.listeners)
+
+    def listener(
+        reactor: Any,
+        description: str,
+        factory: Any,
+        on_port: Callable[[int], None],
+        wrap: Callable[[Any], Any] | None = None,
+    ) -> AdoptedListener:
+        _, fd, family = pending.pop(0)
+        return AdoptedListener(
+            reactor, description, factory, on_port, wrap, fd=fd, family=family
+        )
+
+    service = build_service(config, environ=environ, reactor=reactor, listener=listener)
+    _WorkerDuties(reactor, spec).setServiceParent(service)
+    return service

@@ -24,6 +24,7 @@ from twisted.web.server import Request, Site
 
 from portproxy.errors import write_error
 from portproxy.headers import ClientView
+from portproxy.splice import send_eagerly
 from portproxy.uploads import StreamingUpload
 
 __all__ = ["SPOOL_MEMORY_LIMIT", "ProxyRequest", "ProxySite"]
@@ -55,6 +56,8 @@ class ProxyRequest(Request):
         if "getHost" not in vars(channel) and getattr(channel, "transport", None):
             local = channel.getHost()
             channel.getHost = lambda: local
+            # Responses leave now rather than on the next reactor turn.
+            send_eagerly(channel.transport)
         super().__init__(channel, *args, **kwargs)
 
     def process(self) -> None:

@@ -35,6 +35,7 @@ from portproxy.http11 import (
     body_framing,
     parse_response_head,
 )
+from portproxy.splice import send_eagerly
 from portproxy.uploads import StreamingUpload
 
 __all__ = [
@@ -114,10 +115,12 @@ class UpstreamConnection(Protocol):
         self.closed: Deferred[None] | None = None
 
     def connectionMade(self) -> None:
-        # Request heads and streamed uploads must not wait for Nagle's algorithm.
+        # Request heads and streamed uploads must not wait for Nagle's algorithm, nor
+        # for the next reactor turn.
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        send_eagerly(self.transport)
 
     # -- sending --------------------------------------------------------------------
 

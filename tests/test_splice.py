@@ -1,0 +1,81 @@
+"""Eager sends: bytes leave at once when nothing is queued, and never out of order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+
+from portproxy.splice import eager_writer, send_eagerly
+from tests.support import get_reactor, listen
+
+
+class Collect(Protocol):
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.data = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) >= self.expected and not self.done.called:
+            self.done.callback(bytes(self.data))
+
+
+async def _pair(expected: int) -> tuple[Any, Collect, Any]:
+    received: list[Collect] = []
+    port = listen(
+        Factory.forProtocol(lambda: received.append(Collect(expected)) or received[-1])
+    )
+    endpoint = TCP4ClientEndpoint(get_reactor(), "127.0.0.1", port.getHost().port)
+    client = await endpoint.connect(Factory.forProtocol(Protocol))
+    while not received:
+        from twisted.internet.task import deferLater
+
+        await deferLater(get_reactor(), 0.01, lambda: None)
+    return client.transport, received[0], port
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_write_leaves_without_queueing() -> None:
+    transport, peer, port = await _pair(5)
+    try:
+        send_eagerly(transport)
+        transport.write(b"hello")
+        assert transport.dataBuffer == b"" and not transport._tempDataBuffer
+        assert await peer.done == b"hello"
+    finally:
+        transport.loseConnection()
+        peer.transport.loseConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_the_kernel_does_not_take_is_queued_and_order_is_kept() -> None:
+    big = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than a socket buffer holds
+    transport, peer, port = await _pair(len(big) + 3 + 6)
+    try:
+        send_eagerly(transport)
+        transport.write(big)
+        transport.writeSequence([b"E", b"ND"])
+        assert transport.dataBuffer or transport._tempDataBuffer  # the rest waits
+        eager_writer(transport)(b"-after")
+        data = await peer.done
+        assert data == big + b"END-after"
+    finally:
+        transport.loseConnection()
+        peer.transport.loseConnection()
+        await port.stopListening()
+
+
+def test_non_tcp_transports_keep_their_own_write() -> None:
+    from twisted.internet.testing import StringTransport
+
+    transport = StringTransport()
+    assert eager_writer(transport) == transport.write
+    send_eagerly(transport)
+    transport.write(b"x")
+    assert transport.value() == b"x"

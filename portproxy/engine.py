@@ -203,6 +203,22 @@ def _request_body(request: Request) -> tuple[Any, int | None]:
     return None, None
 
 
+class _FinishWatch:
+    """Stands in the request's notification list for one exchange."""
+
+    __slots__ = ("exchange",)
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+
+    def callback(self, result: object) -> None:
+        self.exchange.resource.engine._ended()
+
+    def errback(self, reason: Failure) -> None:
+        self.exchange.client_gone(reason)
+        self.exchange.resource.engine._ended()
+
+
 class _Exchange:
     """One request's journey: connect, wait for the head, stream the body."""
 
@@ -261,9 +277,16 @@ class _Exchange:
         request = self.request
         # No default Content-Type for upstream responses that have none.
         request.defaultContentType = None
-        finished = request.notifyFinish()
-        finished.addErrback(self.client_gone)
-        finished.addBoth(self.resource.engine._ended)
+        notifications = getattr(request, "notifications", None)
+        if type(notifications) is list:
+            # What notifyFinish() does, without two Deferreds and their callback
+            # chains per request: http.Request calls callback() when the response is
+            # done and errback() when the client has gone.
+            notifications.append(_FinishWatch(self))
+        else:
+            finished = request.notifyFinish()
+            finished.addErrback(self.client_gone)
+            finished.addBoth(self.resource.engine._ended)
         self.attached = True
         if not self.queued and not self.gone and self.timer is None:
             engine = self.resource.engine

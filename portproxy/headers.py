@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from portproxy.cookies import strip_cookie
 
@@ -92,8 +92,7 @@ def is_trusted(address: str, networks: Sequence[Network]) -> bool:
     return any(c in net for net in networks for c in candidates)
 
 
-@dataclass(frozen=True)
-class ClientView:
+class ClientView(NamedTuple):
     """What portproxy believes about the client.
 
     Taken from the direct peer, or from X-Forwarded-*/Forwarded when the peer is a

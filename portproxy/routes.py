@@ -9,7 +9,7 @@ twisted.web's decoded C{postpath} cannot give back.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "Route",
@@ -33,8 +33,7 @@ class RouteKind(enum.Enum):
     NOT_FOUND = "not-found"
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     """One parsed request target.
 
     @ivar port_label: the port segment as sent (unvalidated: see L{parse_port}).

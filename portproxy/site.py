@@ -56,6 +56,8 @@ class ProxyRequest(Request):
         if "getHost" not in vars(channel) and getattr(channel, "transport", None):
             local = channel.getHost()
             channel.getHost = lambda: local
+            secure = channel.isSecure()
+            channel.isSecure = lambda: secure
             # Responses leave now rather than on the next reactor turn.
             send_eagerly(channel.transport)
         super().__init__(channel, *args, **kwargs)

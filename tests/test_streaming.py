@@ -137,6 +137,7 @@ async def test_keep_alive_requests_reuse_upstream_connections(upstream, proxy) -
     finally:
         await pool.closeCachedConnections()
     assert up.connections <= 2
+    assert proxy.instance.engine.in_flight == 0  # every finish was noticed
     assert proxy.instance.engine.pool.opened <= 2
     assert (
         len(
@@ -179,6 +180,7 @@ async def test_client_that_leaves_mid_download_closes_upstream(upstream, proxy) 
     big.lost.addTimeout(5, get_reactor())
     closed_at = await big.lost
     assert closed_at - left_at < 1.0
+    assert proxy.instance.engine.in_flight == 0
 
 
 class _RawUpstream(Protocol):

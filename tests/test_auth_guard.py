@@ -363,3 +363,21 @@ def test_an_error_while_checking_answers_500_instead_of_hanging() -> None:
     request = make_request(b"POST", b"/login", {}, b"password=pw")
     LoginResource(auth).render(request)
     assert request.finished and request.responseCode == 500
+
+
+
+def test_a_verified_session_is_remembered_until_it_expires() -> None:
+    """The HMAC is checked once per cookie value; expiry still applies afterwards."""
+    clock = Clock()
+    clock.advance(NOW)
+    auth = authenticator(clock=clock)
+    value = auth.signer.issue(NOW).encode()
+    calls: list[object] = []
+    verify = auth.signer.verify
+    auth.signer.verify = lambda *a: calls.append(a) or verify(*a)  # type: ignore[method-assign]
+    request = with_cookie(b"portproxy-session=" + value)
+    assert auth.is_signed_in(request) and auth.is_signed_in(request)
+    assert len(calls) == 1
+    assert not auth.is_signed_in(with_cookie(b"portproxy-session=" + value[:-2] + b"xx"))
+    clock.advance(3601)
+    assert not auth.is_signed_in(request)

@@ -196,12 +196,25 @@ class PasswordAuthenticator(Authenticator):
             allowed_redirect_host = DomainMatcher(self.proxy_patterns).is_proxy_host
         self.allowed_redirect_host = allowed_redirect_host
         self._verify = verify
+        #: Cookie values already verified, with their expiry: a browser sends the same
+        #: value on every request, so the HMAC is checked once per value, not per
+        #: request. Only valid values are kept, and only until they expire.
+        self._verified: dict[bytes, int] = {}
 
     def is_signed_in(self, request: Request) -> bool:
         values = request.requestHeaders.getRawHeaders(b"cookie") or []
         now = self.clock.seconds()
+        verified = self._verified
         for value in _cookie_values(values, self.cookie_name, _MAX_COOKIES_CHECKED):
+            expires = verified.get(value)
+            if expires is not None:
+                if now < expires:
+                    return True
+                del verified[value]
             if self.signer.verify(value, now):
+                if len(verified) >= _VERIFIED_CACHE_SIZE:
+                    verified.clear()
+                verified[value] = int(value.split(b".")[2])
                 return True
         return False
 
@@ -258,6 +271,10 @@ class PasswordAuthenticator(Authenticator):
         if domain is not None:
             values.append(clear_cookie_value(name, secure=secure, domain=None))
         return values
+
+
+#: Distinct valid session values remembered (one per signed-in browser, roughly).
+_VERIFIED_CACHE_SIZE = 4096
 
 
 def _cookie_values(values: Iterable[bytes], name: bytes, limit: int) -> list[bytes]:

@@ -4,10 +4,11 @@
 A Twisted transport's C{write} always queues the bytes and registers for writability;
 they leave on the next reactor turn, at the price of two C{epoll_ctl} calls and a loop
 iteration per write. For a proxy that is most of the latency of a small request and
-much of the cost of relaying small WebSocket frames, so L{eager_writer} sends at once
-when nothing is queued and falls back to C{write} (with its buffering and producer
-pausing) for whatever the kernel did not take. L{send_eagerly} installs it on a
-transport, for code (twisted.web's channel) that calls C{transport.write} itself.
+much of the cost of relaying small WebSocket frames. L{send_eagerly} gives a TCP
+transport a C{write} that sends at once when nothing is queued and falls back to
+Twisted's own (with its buffering and producer pausing) for whatever the kernel did not
+take. It changes the transport's class rather than storing functions on it, so an idle
+connection costs no more memory than before.
 """
 
 from __future__ import annotations
@@ -19,52 +20,68 @@ from twisted.internet import tcp
 
 __all__ = ["eager_writer", "send_eagerly"]
 
-_MARK = "_portproxy_eager"
 
+class _EagerWrites:
+    """C{write}/C{writeSequence} that try C{send()} first (mixed into tcp classes)."""
 
-def eager_writer(transport: Any) -> Callable[[bytes], None]:
-    """A function that writes C{data} to C{transport}, sending it now if it can."""
-    if not isinstance(transport, tcp.Connection) or getattr(transport, _MARK, False):
-        # TLS and other wrapped transports keep their own buffering; an eager
-        # transport already is one.
-        return transport.write  # type: ignore[no-any-return]
-    sock = transport.socket
-    write = transport.write
-
-    def send(data: bytes) -> None:
+    def write(self, data: bytes) -> None:
+        own: Any = self
+        producer = own.producer
         # Anything already queued must go first; a closing transport handles itself;
-        # a pull producer is driven by the buffer draining, so it keeps the buffer.
+        # a pull producer is driven by the buffer draining, so it keeps the buffer;
+        # TLS started on the connection encrypts in write().
         if (
-            (transport.producer is not None and not transport.streamingProducer)
-            or transport.dataBuffer
-            or transport._tempDataBuffer
-            or transport.disconnecting
-            or not transport.connected
+            (producer is not None and not own.streamingProducer)
+            or own.dataBuffer
+            or own._tempDataBuffer
+            or own.disconnecting
+            or not own.connected
+            or getattr(own, "TLS", False)
         ):
-            write(data)
+            super().write(data)  # type: ignore[misc]
             return
         try:
-            sent = sock.send(data)
+            sent = own.socket.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
-            write(data)  # let Twisted notice and report the broken connection
+            super().write(data)  # type: ignore[misc]  # let Twisted report it
             return
         if sent < len(data):
-            write(data[sent:])
+            super().write(data[sent:])  # type: ignore[misc]
 
-    return send
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
 
 
-def send_eagerly(transport: Any) -> None:
-    """Make C{transport.write} and C{writeSequence} send at once when they can."""
-    if not isinstance(transport, tcp.Connection) or getattr(transport, _MARK, False):
-        return
-    send = eager_writer(transport)
+class _EagerServer(_EagerWrites, tcp.Server):
+    pass
 
-    def send_sequence(data: Iterable[bytes]) -> None:
-        send(b"".join(data))
 
-    transport.write = send  # type: ignore[method-assign]
-    transport.writeSequence = send_sequence  # type: ignore[method-assign]
-    setattr(transport, _MARK, True)
+class _EagerClient(_EagerWrites, tcp.Client):
+    pass
+
+
+_EAGER = {tcp.Server: _EagerServer, tcp.Client: _EagerClient}
+
+
+def send_eagerly(transport: Any) -> bool:
+    """Make C{transport} send at once when it can; C{False} if it cannot be made to.
+
+    Only Twisted's plain TCP transports are changed: TLS and other wrapped transports
+    keep their own buffering.
+    """
+    cls = type(transport)
+    if cls in (_EagerServer, _EagerClient):
+        return True
+    eager = _EAGER.get(cls)
+    if eager is None:
+        return False
+    transport.__class__ = eager
+    return True
+
+
+def eager_writer(transport: Any) -> Callable[[bytes], None]:
+    """C{transport.write}, made eager where possible."""
+    send_eagerly(transport)
+    return transport.write  # type: ignore[no-any-return]

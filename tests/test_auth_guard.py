@@ -365,7 +365,6 @@ def test_an_error_while_checking_answers_500_instead_of_hanging() -> None:
     assert request.finished and request.responseCode == 500
 
 
-
 def test_a_verified_session_is_remembered_until_it_expires() -> None:
     """The HMAC is checked once per cookie value; expiry still applies afterwards."""
     clock = Clock()

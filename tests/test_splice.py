@@ -75,7 +75,8 @@ def test_non_tcp_transports_keep_their_own_write() -> None:
     from twisted.internet.testing import StringTransport
 
     transport = StringTransport()
+    assert send_eagerly(transport) is False
+    assert type(transport) is StringTransport
     assert eager_writer(transport) == transport.write
-    send_eagerly(transport)
     transport.write(b"x")
     assert transport.value() == b"x"

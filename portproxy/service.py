@@ -56,9 +56,13 @@ class ListeningService(Service):
         if self.port is None:
             self._listen()
 
+    def endpoint(self) -> Any:
+        """The server endpoint to listen on (a worker adopts an inherited one)."""
+        return serverFromString(self.reactor, self.description)
+
     def _listen(self) -> None:
         try:
-            endpoint = serverFromString(self.reactor, self.description)
+            endpoint = self.endpoint()
         except Exception as e:
             raise StartupError(f"--listen {self.description}: {e}") from None
         factory = self.factory if self.wrap is None else self.wrap(self.factory)

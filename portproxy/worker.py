@@ -16,12 +16,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from portproxy.config import Config
-from portproxy.service import StartupError
+from portproxy.service import ListeningService
 from portproxy.workers import WORKER_ENV, WorkerSpec
 
 __all__ = ["AdoptedListener", "build_worker_service"]
@@ -29,11 +27,12 @@ __all__ = ["AdoptedListener", "build_worker_service"]
 _log = Logger()
 
 
-class AdoptedListener(Service):
+class AdoptedListener(ListeningService):
     """In a worker: serve on a listening socket inherited from the supervisor.
 
-    Takes the place of L{portproxy.service.ListeningService} (same arguments, plus the
-    descriptor), so TLS wrapping and the own-port record work as in one process.
+    A L{ListeningService} (same arguments, plus the descriptor) whose endpoint adopts
+    the descriptor instead of binding, so TLS wrapping, the own-port record and a clean
+    start-up error work as in one process.
     """
 
     def __init__(
@@ -47,41 +46,20 @@ class AdoptedListener(Service):
         fd: int,
         family: str,
     ) -> None:
-        self.reactor = reactor
-        self.description = description
-        self.factory = factory
-        self.on_port = on_port
-        self.wrap = wrap
+        super().__init__(reactor, description, factory, on_port, wrap)
         self.fd = fd
         self.family = family
-        self.port: Any = None
 
-    def startService(self) -> None:
-        super().startService()
+    def privilegedStartService(self) -> None:
+        # Nothing to bind: the socket is adopted when the service starts.
+        Service.privilegedStartService(self)
+
+    def endpoint(self) -> Any:
         from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 
-        factory = self.factory if self.wrap is None else self.wrap(self.factory)
-        endpoint = AdoptedStreamServerEndpoint(
+        return AdoptedStreamServerEndpoint(
             self.reactor, self.fd, getattr(socket, "AF_" + self.family)
         )
-        outcome: list[Any] = []
-        endpoint.listen(factory).addBoth(outcome.append)
-        if isinstance(outcome[0], Failure):
-            raise StartupError(
-                f"--listen {self.description}: cannot use the socket from the "
-                f"supervisor: {outcome[0].getErrorMessage()}"
-            )
-        self.port = outcome[0]
-        host = self.port.getHost()
-        self.on_port(host.port)
-        _log.debug("worker serving {address}", address=f"{host.host}:{host.port}")
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        return maybeDeferred(port.stopListening)  # type: ignore[no-any-return]
 
 
 def _first_signal_only() -> None:

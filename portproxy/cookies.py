@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["get_cookie", "strip_cookie"]
+__all__ = ["cookie_values", "strip_cookie"]
 
 
 def _pairs(values: Iterable[bytes]) -> Iterable[bytes]:
@@ -27,16 +27,16 @@ def _name(pair: bytes) -> bytes:
     return pair.split(b"=", 1)[0].strip(b" \t")
 
 
-def get_cookie(values: Iterable[bytes], name: bytes) -> bytes | None:
-    """Return the value of the first cookie called C{name}, or C{None}."""
+def cookie_values(values: Iterable[bytes], name: bytes, limit: int) -> list[bytes]:
+    """The values of the first C{limit} cookies called C{name}, quotes removed."""
+    found: list[bytes] = []
     for pair in _pairs(values):
-        if _name(pair) == name:
-            _, _, value = pair.partition(b"=")
-            value = value.strip(b" \t")
-            if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
-                value = value[1:-1]
-            return value
-    return None
+        key, sep, value = pair.partition(b"=")
+        if sep and key.strip(b" \t") == name:
+            found.append(value.strip(b" \t").strip(b'"'))
+            if len(found) >= limit:
+                break
+    return found
 
 
 def strip_cookie(values: Iterable[bytes], name: bytes) -> bytes | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError, ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -342,10 +342,9 @@ class _Exchange:
             return
         request = self.request
         request.setResponseCode(head.code, head.reason)
+        # ProxyRequest.process adds no Server or Date of its own to a proxied request:
+        # the upstream's (or none) pass through.
         out = request.responseHeaders
-        # twisted.web set its own Server and Date: the upstream's (or none) win.
-        out.removeHeader(b"server")
-        out.removeHeader(b"date")
         prefix = self.resource.prefix
         for name, values in response_header_pairs(head.headers):
             lower = name.lower()
@@ -432,8 +431,6 @@ class _Exchange:
         port = self.resource.port
         if failure.check(ConnectionRefusedError):
             self._answer(502, f"Nothing is listening on port {port}")
-        elif failure.check(ConnectError):
-            self._answer(502, f"Could not connect to port {port}")
         else:
             self._answer(502, f"Could not connect to port {port}")
 

@@ -429,13 +429,7 @@ def response_headers(headers: RawHeaders) -> list[tuple[bytes, list[bytes]]]:
 
     Hop-by-hop fields and the names in the upstream's C{Connection} are dropped.
     """
-    items = [(name, name.lower(), values) for name, values in headers if values]
-    options = _connection_options(items)
-    return [
-        (name, list(values))
-        for name, lower, values in items
-        if lower not in options and not is_hop_by_hop(lower)
-    ]
+    return response_header_pairs([(name, v) for name, values in headers for v in values])
 
 
 def client_address(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "ResponseHead",
     "body_framing",
     "build_request_head",
-    "group_headers",
     "parse_response_head",
 ]
 
@@ -213,21 +212,6 @@ class ChunkedDecoder:
                 break
             # Trailer fields are dropped: twisted.web cannot send them on.
         return out
-
-
-def group_headers(
-    pairs: Iterable[tuple[bytes, bytes]],
-) -> list[tuple[bytes, list[bytes]]]:
-    """Group header fields by name (case-insensitively), keeping first-seen order."""
-    grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
-    for name, value in pairs:
-        lower = name.lower()
-        entry = grouped.get(lower)
-        if entry is None:
-            grouped[lower] = (name, [value])
-        else:
-            entry[1].append(value)
-    return list(grouped.values())
 
 
 def build_request_head(

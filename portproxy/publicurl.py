@@ -7,6 +7,8 @@ logs the same template at start-up and prints one port's URL with C{--print-url 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from portproxy.config import Config
 from portproxy.domains import DomainMatcher
 
@@ -29,10 +31,16 @@ def url_template(config: Config) -> str:
     return "/proxy/{{port}}/"
 
 
+@lru_cache(maxsize=8)
+def _matcher(patterns: tuple[str, ...]) -> DomainMatcher:
+    # Compiled once: the start page asks for one URL per listening port.
+    return DomainMatcher(patterns)
+
+
 def public_url_for_port(config: Config, port: int) -> str:
     """The URL that reaches C{port}: on its proxy host when one can be named."""
     if config.proxy_domains:
-        host = DomainMatcher(config.proxy_domains).public_host(port)
+        host = _matcher(config.proxy_domains).public_host(port)
         if host is not None:
             return f"{_scheme(config)}://{host}/"
     return f"/proxy/{port}/"

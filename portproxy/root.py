@@ -9,7 +9,7 @@ and one engine.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
 from twisted.web.resource import IResource, Resource
@@ -197,17 +197,46 @@ class _ProxyGate(Resource):
         can stream to the app (a request that will be refused just has its body read
         and dropped, then gets its answer from L{render}).
         """
-        root = self.root
-        if root.config.disable_proxy or self.needs_slash:
+        websocket = self.root.websocket
+        if websocket is not None and websocket.is_upgrade(request):
             return None
-        if root.websocket is not None and root.websocket.is_upgrade(request):
-            return None
-        if not root.auth.is_signed_in(request) and not root.auth.allows_preflight(request):
-            return None
-        port = parse_port(self.label)
-        if port is None or port in root.own_ports:
+        refusal, port = self._check(request, upgrade=False)
+        if refusal is not None or port is None:
             return None
         return self._engine_resource(port)
+
+    def _check(
+        self, request: Request, *, upgrade: bool
+    ) -> tuple[Callable[[Request], bytes] | None, int | None]:
+        """Run the checks in order: C{(None, port)}, or the answer that refuses.
+
+        The one place the order of the checks lives, for L{render} and for
+        L{proxy_target}; it writes nothing, the returned answer does.
+        """
+        root = self.root
+        if root.config.disable_proxy:
+            return _error(403, "The port proxy is disabled"), None
+        if upgrade and not root.websocket.origin_allowed(request, self.view):  # type: ignore[union-attr]
+            return _error(403, "Origin not allowed"), None
+        auth = root.auth
+        if not auth.is_signed_in(request):
+            if upgrade:
+                return auth.deny_websocket, None
+            if not auth.allows_preflight(request):
+                return (lambda r: auth.deny(r, original_url=self._original_url(r))), None
+        port = parse_port(self.label)
+        if port is None:
+            return _error(400, "Invalid port"), None
+        if port in root.own_ports:
+            return _error(403, "portproxy does not proxy to itself"), None
+        if self.needs_slash:
+            return self._add_slash, None
+        return None, port
+
+    def _add_slash(self, request: Request) -> bytes:
+        request.setResponseCode(302)
+        request.setHeader(b"location", self.prefix + b"/" + self.path)  # type: ignore[operator]
+        return b""
 
     def _engine_resource(self, port: int) -> PortProxyResource:
         return PortProxyResource(
@@ -220,31 +249,15 @@ class _ProxyGate(Resource):
         )
 
     def render(self, request: Request) -> bytes | int:
-        root = self.root
-        if root.config.disable_proxy:
-            return write_error(request, 403, "The port proxy is disabled")
-        websocket = root.websocket
+        websocket = self.root.websocket
         upgrade = websocket is not None and websocket.is_upgrade(request)
-        if upgrade and not websocket.origin_allowed(request, self.view):  # type: ignore[union-attr]
-            return write_error(request, 403, "Origin not allowed")
-        auth = root.auth
-        if not auth.is_signed_in(request):
-            if upgrade:
-                return auth.deny_websocket(request)
-            if not auth.allows_preflight(request):
-                return auth.deny(request, original_url=self._original_url(request))
-        port = parse_port(self.label)
-        if port is None:
-            return write_error(request, 400, "Invalid port")
-        if port in root.own_ports:
-            return write_error(request, 403, "portproxy does not proxy to itself")
-        if self.needs_slash:
-            request.setResponseCode(302)
-            request.setHeader(b"location", self.prefix + b"/" + self.path)  # type: ignore[operator]
-            return b""
-        strip_prefix = self.prefix if self.kind == "proxy" else None
+        refusal, port = self._check(request, upgrade=upgrade)
+        if refusal is not None:
+            return refusal(request)
+        assert port is not None
         if upgrade:
-            root.heartbeat.beat()
+            self.root.heartbeat.beat()
+            strip_prefix = self.prefix if self.kind == "proxy" else None
             return websocket.render(  # type: ignore[union-attr]
                 request, port=port, path=self.path, view=self.view, prefix=strip_prefix
             )
@@ -277,6 +290,10 @@ class _ProxyGate(Resource):
             return None
         suffix = _port_suffix(view.host or "")
         return f"{view.scheme}://{host}{suffix}".encode("ascii") + rest
+
+
+def _error(status: int, message: str) -> Callable[[Request], bytes]:
+    return lambda request: write_error(request, status, message)
 
 
 def _port_suffix(host: str) -> str:

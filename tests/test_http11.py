@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from portproxy.headers import response_header_pairs
 from portproxy.http11 import (
     BodyKind,
     ChunkedDecoder,
@@ -13,7 +14,6 @@ from portproxy.http11 import (
     ResponseHead,
     body_framing,
     build_request_head,
-    group_headers,
     parse_response_head,
 )
 
@@ -157,9 +157,9 @@ def test_chunked_decoding_is_independent_of_packet_boundaries(
     assert decoder.extra == b"NEXT"
 
 
-def test_group_headers_keeps_order_and_duplicates() -> None:
+def test_response_fields_are_grouped_keeping_order_and_duplicates() -> None:
     pairs = [(b"A", b"1"), (b"b", b"2"), (b"a", b"3")]
-    assert group_headers(pairs) == [(b"A", [b"1", b"3"]), (b"b", [b"2"])]
+    assert response_header_pairs(pairs) == [(b"A", [b"1", b"3"]), (b"b", [b"2"])]
 
 
 def test_request_head_frames_the_body_and_adds_a_missing_host() -> None:

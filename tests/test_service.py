@@ -27,6 +27,17 @@ def _tool(name: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+def _twist_portproxy(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run C{twist portproxy ARGS} to completion (for options that exit at once)."""
+    return subprocess.run(
+        [*_tool("twist"), "portproxy", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        timeout=60,
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,13 +96,7 @@ def test_help_works_from_another_directory(tmp_path: Path) -> None:
 def test_bad_option_stops_startup_with_one_line_naming_it(
     tmp_path: Path, args: list[str], named: bytes
 ) -> None:
-    out = subprocess.run(
-        [*_tool("twist"), "portproxy", "--auth", "none", *args],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        timeout=60,
-    )
+    out = _twist_portproxy(tmp_path, "--auth", "none", *args)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
@@ -314,25 +319,13 @@ def test_sigterm_finishes_an_in_flight_request(tmp_path: Path) -> None:
 def test_print_url_names_the_public_address_of_a_port(
     tmp_path: Path, args: list[str], expected: bytes
 ) -> None:
-    out = subprocess.run(
-        [*_tool("twist"), "portproxy", "--auth", "none", *args],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        timeout=60,
-    )
+    out = _twist_portproxy(tmp_path, "--auth", "none", *args)
     assert out.returncode == 0, out.stderr
     assert out.stdout == expected + b"\n"
 
 
 def test_print_url_refuses_a_bad_port(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [*_tool("twist"), "portproxy", "--auth", "none", "--print-url", "70000"],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        timeout=60,
-    )
+    out = _twist_portproxy(tmp_path, "--auth", "none", "--print-url", "70000")
     assert out.returncode != 0
     assert b"--print-url" in out.stderr
 

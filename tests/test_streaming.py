@@ -197,6 +197,17 @@ class _RawUpstream(Protocol):
                 self.transport.loseConnection()
 
 
+async def _through_raw_upstream(
+    proxy: Any, answer: bytes | None, close: bool = True
+) -> bytes:
+    """GET through the proxy from an upstream that answers C{answer} as raw bytes."""
+    port = _raw_upstream(answer, close)
+    try:
+        return await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
+    finally:
+        await port.stopListening()
+
+
 def _raw_upstream(answer: bytes | None, close: bool = True) -> Any:
     factory = Factory.forProtocol(lambda: _RawUpstream(answer, close))  # type: ignore[arg-type]
     return listen(factory)
@@ -204,11 +215,9 @@ def _raw_upstream(answer: bytes | None, close: bool = True) -> Any:
 
 @pytest_twisted.ensureDeferred
 async def test_upstream_dying_mid_body_aborts_the_client_response(proxy) -> None:
-    port = _raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-    try:
-        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
-    finally:
-        await port.stopListening()
+    raw = await _through_raw_upstream(
+        proxy, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
+    )
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert b"content-length: 100" in head.lower()
@@ -219,27 +228,20 @@ async def test_upstream_dying_mid_body_aborts_the_client_response(proxy) -> None
 async def test_upstream_dying_mid_chunked_body_leaves_chunked_stream_unterminated(
     proxy,
 ) -> None:
-    port = _raw_upstream(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    raw = await _through_raw_upstream(
+        proxy, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
     )
-    try:
-        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
-    finally:
-        await port.stopListening()
     assert b"hello" in raw
     assert not raw.endswith(b"0\r\n\r\n")
 
 
 @pytest_twisted.ensureDeferred
 async def test_early_hints_then_200_gives_200(proxy) -> None:
-    port = _raw_upstream(
+    raw = await _through_raw_upstream(
+        proxy,
         b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     )
-    try:
-        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
-    finally:
-        await port.stopListening()
     status, _, body = parse_response(raw)
     assert (status, body) == (200, b"ok")
 
@@ -247,11 +249,7 @@ async def test_early_hints_then_200_gives_200(proxy) -> None:
 @pytest_twisted.ensureDeferred
 async def test_silent_upstream_gives_504_after_the_timeout(make_proxy) -> None:
     proxy = make_proxy(upstream_timeout=0.3)
-    port = _raw_upstream(None, close=False)
-    try:
-        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
-    finally:
-        await port.stopListening()
+    raw = await _through_raw_upstream(proxy, None, close=False)
     assert parse_response(raw)[0] == 504
 
 
@@ -287,11 +285,9 @@ async def test_streamed_chunks_arrive_before_the_response_ends(upstream, proxy) 
 
 @pytest_twisted.ensureDeferred
 async def test_close_delimited_body_from_an_http10_upstream_is_complete(proxy) -> None:
-    port = _raw_upstream(b"HTTP/1.0 200 OK\r\nX-Old: 1\r\n\r\nall of it")
-    try:
-        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
-    finally:
-        await port.stopListening()
+    raw = await _through_raw_upstream(
+        proxy, b"HTTP/1.0 200 OK\r\nX-Old: 1\r\n\r\nall of it"
+    )
     status, headers, body = parse_response(raw)
     assert (status, body) == (200, b"all of it")
     assert headers[b"x-old"] == [b"1"]
@@ -309,11 +305,7 @@ async def test_close_delimited_body_from_an_http10_upstream_is_complete(proxy) -
 async def test_invalid_upstream_response_gives_502_or_an_aborted_body(
     proxy, answer: bytes
 ) -> None:
-    port = _raw_upstream(answer)
-    try:
-        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
-    finally:
-        await port.stopListening()
+    raw = await _through_raw_upstream(proxy, answer)
     if raw.startswith(b"HTTP/1.1 200"):
         # The head was fine and already sent: the body must be visibly broken.
         assert not raw.endswith(b"0\r\n\r\n")

@@ -17,7 +17,7 @@ prefix through the proxy.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -41,6 +41,7 @@ from portproxy.auth.ratelimit import Clock, LoginRateLimiter
 from portproxy.auth.redirects import safe_redirect_target
 from portproxy.auth.sessions import SessionSigner
 from portproxy.config import Config
+from portproxy.cookies import cookie_values
 from portproxy.domains import DomainMatcher
 from portproxy.errors import accepts_html
 
@@ -205,7 +206,7 @@ class PasswordAuthenticator(Authenticator):
         values = request.requestHeaders.getRawHeaders(b"cookie") or []
         now = self.clock.seconds()
         verified = self._verified
-        for value in _cookie_values(values, self.cookie_name, _MAX_COOKIES_CHECKED):
+        for value in cookie_values(values, self.cookie_name, _MAX_COOKIES_CHECKED):
             expires = verified.get(value)
             if expires is not None:
                 if now < expires:
@@ -275,18 +276,6 @@ class PasswordAuthenticator(Authenticator):
 
 #: Distinct valid session values remembered (one per signed-in browser, roughly).
 _VERIFIED_CACHE_SIZE = 4096
-
-
-def _cookie_values(values: Iterable[bytes], name: bytes, limit: int) -> list[bytes]:
-    found = []
-    for value in values:
-        for pair in value.split(b";"):
-            key, sep, cookie = pair.partition(b"=")
-            if sep and key.strip(b" \t") == name:
-                found.append(cookie.strip(b" \t").strip(b'"'))
-                if len(found) >= limit:
-                    return found
-    return found
 
 
 def _threaded_verify(

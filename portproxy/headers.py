@@ -11,14 +11,16 @@ configured trusted proxy.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from portproxy.cookies import strip_cookie
+from portproxy.hosts import parse_authority
+from portproxy.routes import absolute_form
 
 __all__ = [
     "HOP_BY_HOP",
+    "BadRequest",
     "ClientView",
     "RawHeaders",
     "client_view",
@@ -26,6 +28,7 @@ __all__ = [
     "forward_websocket_headers",
     "is_hop_by_hop",
     "is_trusted",
+    "request_authority",
     "response_header_pairs",
     "response_headers",
 ]
@@ -56,8 +59,6 @@ _XFF = b"X-Forwarded-For"
 _XFP = b"X-Forwarded-Proto"
 _XFH = b"X-Forwarded-Host"
 _XFPREFIX = b"X-Forwarded-Prefix"
-
-_HOST_RE = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 def is_hop_by_hop(lower_name: bytes) -> bool:
@@ -112,12 +113,47 @@ class ClientView(NamedTuple):
 
 
 def _valid_host(value: bytes | None) -> str | None:
-    if value is None:
+    if value is None or parse_authority(value) is None:
         return None
-    value = value.strip(b" \t")
-    if _HOST_RE.fullmatch(value) is None:
-        return None
-    return value.decode("ascii")
+    return value.strip(b" \t").decode("ascii")
+
+
+class BadRequest(ValueError):
+    """A request to answer with 400; the message says why, for the client."""
+
+
+def request_authority(
+    host_values: Sequence[bytes], target: bytes, *, version: bytes
+) -> bytes | None:
+    """The request's own host (RFC 9112 3.2): what it is routed by and forwarded with.
+
+    That is the authority of an absolute-form target (C{GET http://h:8080/x}), whatever
+    the C{Host} field says (3.2.2), else the C{Host} field. C{None} only for a request
+    without either that may lack one (HTTP/1.0, or HTTP/2 without C{:authority}).
+
+    @param host_values: every C{Host} field value of the request.
+    @param version: the request line's version (C{b"HTTP/1.1"}, C{b"HTTP/2"}...).
+    @raise BadRequest: for HTTP/1.1 without C{Host}, more than one C{Host}, a malformed
+        C{Host} (see L{portproxy.hosts.parse_authority}) or a malformed authority in
+        an absolute-form target.
+    """
+    if len(host_values) > 1 and not (
+        # An HTTP/2 client may send a Host equal to :authority (RFC 9113 8.3.1).
+        version.startswith(b"HTTP/2") and len(set(host_values)) == 1
+    ):
+        raise BadRequest("More than one Host header")
+    host = host_values[0] if host_values else None
+    if host is None:
+        if version == b"HTTP/1.1":
+            raise BadRequest("Missing Host header")
+    elif parse_authority(host) is None:
+        raise BadRequest("Malformed Host header")
+    absolute = absolute_form(target)
+    if absolute is not None:
+        if parse_authority(absolute[0]) is None:
+            raise BadRequest("Malformed host in the request target")
+        return absolute[0]
+    return None if host is None else host.strip(b" \t")
 
 
 def _valid_proto(value: bytes | None) -> str | None:

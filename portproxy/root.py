@@ -20,11 +20,13 @@ from portproxy.config import Config
 from portproxy.domains import DomainMatcher
 from portproxy.engine import PortProxyResource, ProxyEngine
 from portproxy.errors import write_error
-from portproxy.headers import ClientView, client_view
+from portproxy.headers import BadRequest, ClientView, client_view, request_authority
 from portproxy.health import HealthResource, Heartbeat
+from portproxy.hosts import parse_authority
 from portproxy.routes import (
     RouteKind,
     absproxy_upstream_path,
+    origin_form,
     parse_port,
     parse_route,
     split_target,
@@ -100,7 +102,21 @@ class PortProxyRoot(Resource):
         return self.dispatch(request)
 
     def dispatch(self, request: Request) -> IResource:
-        """Pick the leaf for C{request} from its Host and raw request target."""
+        """Pick the leaf for C{request} from its Host and raw request target.
+
+        A request without a usable host (RFC 9112 3.2: HTTP/1.1 without C{Host}, two
+        of them, a malformed one) gets 400 on every route. For an absolute-form target
+        the target's authority replaces C{Host} (3.2.2): routing, public URLs and the
+        app all see that one host.
+        """
+        headers = request.requestHeaders
+        host_values = headers.getRawHeaders(b"host") or []
+        try:
+            host = request_authority(host_values, request.uri, version=request.clientproto)
+        except BadRequest as e:
+            return _ErrorLeaf(400, str(e))
+        if host is not None and host_values != [host]:
+            headers.setRawHeaders(b"host", [host])
         view = client_view(
             request.requestHeaders.getAllRawHeaders(),
             peer=_peer(request),
@@ -108,7 +124,7 @@ class PortProxyRoot(Resource):
             trusted_networks=self.config.trusted_proxies,
         )
         request.client_view = view  # type: ignore[attr-defined]
-        uri = request.uri
+        uri = origin_form(request.uri)
         if uri[:2] == b"/." and is_reserved_path(split_target(uri)[0]):
             # portproxy's own pages on every host (sign-in for proxy hosts).
             return self.reserved.get(
@@ -117,8 +133,8 @@ class PortProxyRoot(Resource):
         if self._has_domains and view.host:
             label = self.domains.match(view.host)
             if label is not None:
-                return _ProxyGate(self, view, label, None, request.uri, False, "domain")
-        route = parse_route(request.uri)
+                return _ProxyGate(self, view, label, None, uri, False, "domain")
+        route = parse_route(uri)
         if route.kind is RouteKind.PROXY:
             return _ProxyGate(
                 self,
@@ -265,10 +281,11 @@ class _ProxyGate(Resource):
 
     def _original_url(self, request: Request) -> bytes:
         """The URL the browser asked for, for the round trip through sign-in."""
+        target = origin_form(request.uri)
         if self.kind == "domain":
             host = (self.view.host or "").encode("ascii", "replace")
-            return self.view.scheme.encode() + b"://" + host + request.uri
-        return request.uri
+            return self.view.scheme.encode() + b"://" + host + target
+        return target
 
     def public_url(self, p: int, rest: bytes) -> bytes | None:
         """The public URL of C{rest} on port C{p}, on the same kind of route as this one.
@@ -298,7 +315,5 @@ def _error(status: int, message: str) -> Callable[[Request], bytes]:
 
 def _port_suffix(host: str) -> str:
     """The C{:port} part of a host header, if any (IPv6 literals handled)."""
-    if host.endswith("]"):
-        return ""
-    head, sep, port = host.rpartition(":")
-    return sep + port if sep and port.isdigit() and "]" not in port else ""
+    authority = parse_authority(host)
+    return "" if authority is None or authority.port is None else f":{authority.port}"

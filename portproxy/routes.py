@@ -14,7 +14,9 @@ from typing import NamedTuple
 __all__ = [
     "Route",
     "RouteKind",
+    "absolute_form",
     "absproxy_upstream_path",
+    "origin_form",
     "parse_port",
     "parse_route",
     "split_target",
@@ -57,21 +59,42 @@ _WORDS = {
 }
 
 
+_ABSOLUTE_SCHEMES = (b"http", b"https", b"ws", b"wss")
+
+
+def absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
+    """Split an absolute-form target (RFC 9112 3.2.2) into its authority and path.
+
+    C{http://h:8080/x?y} -> C{(b"h:8080", b"/x?y")}; an empty path becomes C{/}. The
+    authority is not validated here (see L{portproxy.hosts.parse_authority}).
+    C{None} for an origin-form target or anything else.
+    """
+    if target[:1] == b"/":
+        return None
+    scheme, sep, after = target.partition(b"://")
+    if not sep or scheme.lower() not in _ABSOLUTE_SCHEMES:
+        return None
+    end = len(after)
+    for mark in (b"/", b"?"):
+        at = after.find(mark)
+        if at != -1 and at < end:
+            end = at
+    rest = after[end:]
+    return after[:end], rest if rest[:1] == b"/" else b"/" + rest
+
+
+def origin_form(target: bytes) -> bytes:
+    """The target as an origin server sees it: an absolute-form target's path and query."""
+    absolute = absolute_form(target)
+    return target if absolute is None else absolute[1]
+
+
 def split_target(target: bytes) -> tuple[bytes, bytes]:
     """Split a request target into path and query (the query keeps its C{?}).
 
     An absolute-form target (C{http://host/path}, RFC 9112 3.2.2) is reduced to its path.
     """
-    if target[:1] != b"/":
-        scheme, sep, after = target.partition(b"://")
-        if sep and scheme.lower() in (b"http", b"https", b"ws", b"wss"):
-            slash = after.find(b"/")
-            mark = after.find(b"?")
-            if slash == -1 or (mark != -1 and mark < slash):
-                target = b"/" + (after[mark:] if mark != -1 else b"")
-            else:
-                target = after[slash:]
-    path, sep, query = target.partition(b"?")
+    path, sep, query = origin_form(target).partition(b"?")
     return path, sep + query
 
 

@@ -1,0 +1,243 @@
+"""What a client may send and where it may be sent: Host, forwarded headers, preflights
+and sign-in redirects (SPEC 6, 8, 9). Each rule has the request that must be refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import pytest_twisted
+
+from portproxy.domains import DomainMatcher
+from portproxy.headers import (
+    BadRequest,
+    ClientView,
+    forward_request_headers,
+    forward_websocket_headers,
+    request_authority,
+)
+from portproxy.hosts import Authority, parse_authority
+from tests import test_websocket_relay as _ws
+from tests.support import Recorder, get, parse_response, raw_request
+from tests.test_websocket_relay import exchange, header_lines, upgrade
+
+# The WebSocket relay's fixtures: a raw upstream that records the handshake it gets.
+live = _ws.live
+raw_app = _ws.raw_app
+
+PASSWORD = "correct horse battery staple"
+HTML = b"Accept: text/html\r\n"
+
+# -- the host parser ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"example.com", Authority("example.com", None)),
+        (b"Example.COM:8080", Authority("Example.COM", 8080)),
+        (b"5173.dev_box.test.", Authority("5173.dev_box.test.", None)),
+        (b"127.0.0.1:65535", Authority("127.0.0.1", 65535)),
+        (b"[::1]", Authority("[::1]", None)),
+        (b"[2001:db8::1]:443", Authority("[2001:db8::1]", 443)),
+        (b" localhost:1 ", Authority("localhost", 1)),
+        ("h.test:0", Authority("h.test", 0)),
+    ],
+)
+def test_well_formed_hosts_are_accepted(value: bytes | str, expected: Authority) -> None:
+    assert parse_authority(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b":80",
+        b"evil.example/<x> @y",
+        b"a b",
+        b"user@host",
+        b"host:",
+        b"host:80:80",
+        b"host:65536",
+        b"host:123456",
+        b"host:+80",
+        b"host:\xd9\xa3",
+        b"h%41.test",
+        b"h~.test",
+        b"a,b",
+        b"[::1",
+        b"[::1]x",
+        b"[::1]:",
+        b"[fe80::1%25eth0]",
+        b"[v1.x]",
+        b"[1.2.3.4]",
+        b"::1",
+        b"h\x00.test",
+        b"\xe2\x84\xaa.test",
+        b"a" * 254,
+        "k\u212a.test",
+    ],
+)
+def test_malformed_hosts_are_refused(value: bytes | str) -> None:
+    assert parse_authority(value) is None
+
+
+def test_a_request_without_host_or_with_two_is_bad() -> None:
+    with pytest.raises(BadRequest, match="Missing"):
+        request_authority([], b"/", version=b"HTTP/1.1")
+    with pytest.raises(BadRequest, match="More than one"):
+        request_authority([b"a.test", b"a.test"], b"/", version=b"HTTP/1.1")
+    with pytest.raises(BadRequest, match="More than one"):
+        request_authority([b"a.test", b"b.test"], b"/", version=b"HTTP/2")
+    with pytest.raises(BadRequest, match="Malformed Host"):
+        request_authority([b"a.test/x"], b"/", version=b"HTTP/1.1")
+    # HTTP/1.0 may omit Host; HTTP/2 may repeat :authority as an equal Host.
+    assert request_authority([], b"/", version=b"HTTP/1.0") is None
+    assert request_authority([b"a.test", b"a.test"], b"/", version=b"HTTP/2") == b"a.test"
+
+
+def test_absolute_form_takes_the_targets_authority() -> None:
+    assert (
+        request_authority([b"other.test"], b"http://5173.a.test:8/x", version=b"HTTP/1.1")
+        == b"5173.a.test:8"
+    )
+    assert request_authority([], b"http://a.test/x", version=b"HTTP/1.0") == b"a.test"
+    for target in (b"http://user@a.test/x", b"http:///x", b"https://a.test:99999/"):
+        with pytest.raises(BadRequest, match="request target"):
+            request_authority([b"a.test"], target, version=b"HTTP/1.1")
+    # The Host field must still be there and well formed (RFC 9112 3.2).
+    with pytest.raises(BadRequest):
+        request_authority([], b"http://a.test/x", version=b"HTTP/1.1")
+
+
+# -- end to end: Host -----------------------------------------------------------------
+
+
+def _head(
+    method: bytes, target: bytes, lines: bytes, version: bytes = b"HTTP/1.1"
+) -> bytes:
+    return b"%s %s %s\r\n%sConnection: close\r\n\r\n" % (method, target, version, lines)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        b"",
+        b"Host: a.test\r\nHost: a.test\r\n",
+        b"Host: a.test\r\nHost: b.test\r\n",
+        b"Host: evil.example/<x> @y\r\n",
+        b"Host: user@a.test\r\n",
+        b"Host: a.test:99999\r\n",
+        b"Host: a.test, b.test\r\n",
+    ],
+)
+@pytest.mark.parametrize("route", [b"/proxy/{p}/x", b"/absproxy/{p}/x", b"/healthz", b"/"])
+@pytest_twisted.ensureDeferred
+async def test_missing_repeated_or_malformed_host_gets_400_on_every_route(
+    upstream: Any, make_proxy: Any, lines: bytes, route: bytes
+) -> None:
+    proxy = make_proxy()
+    up = upstream(rec := Recorder())
+    target = route.replace(b"{p}", b"%d" % up.port)
+    status, _, body = parse_response(
+        await raw_request(proxy.port, _head(b"GET", target, lines))
+    )
+    assert status == 400, body
+    assert rec.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_host_gets_400_on_a_domain_route_and_a_websocket_upgrade(
+    upstream: Any, make_proxy: Any, raw_app: Any
+) -> None:
+    proxy = make_proxy(proxy_domains=("example.test",))
+    up = upstream(rec := Recorder())
+    ws = raw_app()
+    host = b"%d.example.test" % up.port
+    raw = await raw_request(
+        proxy.port, _head(b"GET", b"/x", b"Host: %s\r\nHost: %s\r\n" % (host, host))
+    )
+    assert parse_response(raw)[0] == 400
+    for head in (
+        upgrade(b"/proxy/%d/ws" % ws.port, b"h.test\r\nHost: h.test"),
+        upgrade(b"/proxy/%d/ws" % ws.port, b"h.test/<x>"),
+        upgrade(b"/ws", b"%d.example.test\r\nHost: other.test" % ws.port),
+    ):
+        assert parse_response(await exchange(proxy.port, head))[0] == 400
+    assert rec.requests == [] and ws.heads == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_http10_without_host_is_served_on_the_main_host(
+    upstream: Any, make_proxy: Any
+) -> None:
+    proxy = make_proxy()
+    up = upstream(rec := Recorder())
+    raw = await raw_request(
+        proxy.port, _head(b"GET", b"/proxy/%d/x" % up.port, b"", b"HTTP/1.0")
+    )
+    assert parse_response(raw)[0] == 200
+    assert rec.requests[0]["uri"] == b"/x"
+
+
+@pytest_twisted.ensureDeferred
+async def test_absolute_form_routes_and_forwards_by_the_targets_authority(
+    upstream: Any, make_proxy: Any
+) -> None:
+    proxy = make_proxy(proxy_domains=("example.test",))
+    up = upstream(rec := Recorder())
+    host = b"%d.example.test:8443" % up.port
+    # The Host field names the main host; the target's authority is a proxy host.
+    raw = await raw_request(
+        proxy.port, _head(b"GET", b"http://%s/a%%2Fb?q=1" % host, b"Host: main.test\r\n")
+    )
+    assert parse_response(raw)[0] == 200
+    assert rec.requests[0]["uri"] == b"/a%2Fb?q=1"  # origin-form upstream
+    assert rec.header(0, b"host") == [host]
+    assert rec.header(0, b"x-forwarded-host") == [host]
+    # The other way round: a proxy host in Host, the main host in the target.
+    raw = await raw_request(
+        proxy.port,
+        _head(b"GET", b"http://main.test/proxy/%d/y" % up.port, b"Host: %s\r\n" % host),
+    )
+    assert parse_response(raw)[0] == 200
+    assert rec.requests[1]["uri"] == b"/y"
+    assert rec.header(1, b"host") == [b"main.test"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_absolute_form_websocket_upgrade_carries_the_targets_host(
+    make_proxy: Any, raw_app: Any
+) -> None:
+    proxy = make_proxy(proxy_domains=("example.test",))
+    ws = raw_app()
+    head = upgrade(b"http://%d.example.test/ws?a=1" % ws.port, b"main.test")
+    status, _, _ = parse_response(await exchange(proxy.port, head))
+    assert status == 101
+    (up_head,) = ws.heads
+    assert up_head.split(b"\r\n")[0] == b"GET /ws?a=1 HTTP/1.1"
+    assert header_lines(up_head, b"host") == [b"%d.example.test" % ws.port]
+
+
+@pytest_twisted.ensureDeferred
+async def test_absolute_form_cannot_reach_a_proxy_hosts_own_pages_unnoticed(
+    make_proxy: Any, upstream: Any, tmp_path: Path
+) -> None:
+    proxy = make_proxy(
+        environ={"PASSWORD": PASSWORD},
+        auth="password",
+        data_dir=str(tmp_path),
+        proxy_domains=("example.test",),
+    )
+    up = upstream(rec := Recorder())
+    raw = await raw_request(
+        proxy.port,
+        _head(b"GET", b"http://%d.example.test/.portproxy/login" % up.port, b"Host: a\r\n"),
+    )
+    status, _, body = parse_response(raw)
+    assert status == 200 and b'type="password"' in body  # portproxy's page, not the app's
+    assert rec.requests == []

@@ -60,6 +60,9 @@ _XFP = b"X-Forwarded-Proto"
 _XFH = b"X-Forwarded-Host"
 _XFPREFIX = b"X-Forwarded-Prefix"
 
+# Believed like X-Forwarded-For (nginx's realip module reads it): only from a trusted proxy.
+_X_REAL_IP = b"x-real-ip"
+
 
 def is_hop_by_hop(lower_name: bytes) -> bool:
     """Whether a lower-cased header name belongs to one hop only.
@@ -329,6 +332,10 @@ def _forward(
             or lower in options
             or lower in extra_drop
             or (websocket and lower.startswith(b"sec-websocket-"))
+            # CGI and WSGI read X_Forwarded_For as X-Forwarded-For (as nginx's
+            # underscores_in_headers off, such names are dropped).
+            or b"_" in lower
+            or (lower == _X_REAL_IP and not trusted)
         ):
             continue
         if lower == b"cookie":
@@ -408,8 +415,10 @@ def forward_request_headers(
     and C{Expect}; joins the C{Cookie} fields into one without our C{session_cookie}
     (and sends none if nothing is left); keeps the first C{Host}; sets X-Forwarded-For,
     -Proto, -Host and (with C{prefix}, the C{/proxy/<port>} prefix as typed) -Prefix.
-    From an untrusted peer inbound C{Forwarded} and C{X-Forwarded-*} are replaced; from
-    a trusted one X-Forwarded-For is appended to and the others are kept.
+    From an untrusted peer inbound C{Forwarded}, C{X-Forwarded-*} and C{X-Real-IP} are
+    replaced or dropped; from a trusted one X-Forwarded-For is appended to and the
+    others are kept. Names holding C{_} are dropped (CGI and WSGI apps read them as
+    dashes, so C{X_Forwarded_For} would pass for C{X-Forwarded-For}).
 
     @param session_cookie: portproxy's cookie name, or C{None} when there is none.
     """

@@ -114,6 +114,31 @@ def test_absolute_form_takes_the_targets_authority() -> None:
         request_authority([], b"http://a.test/x", version=b"HTTP/1.1")
 
 
+# -- underscores and X-Real-IP --------------------------------------------------------
+
+_UNTRUSTED = ClientView("203.0.113.9", False, "http", "h.test")
+_TRUSTED = ClientView("10.0.0.1", True, "http", "h.test")
+
+
+@pytest.mark.parametrize("forward", [forward_request_headers, forward_websocket_headers])
+def test_underscore_names_and_untrusted_x_real_ip_are_dropped(forward: Any) -> None:
+    headers = [
+        (b"Host", [b"h.test"]),
+        (b"X_Forwarded_For", [b"6.6.6.6"]),
+        (b"X-Real-IP", [b"6.6.6.6"]),
+        (b"x_real_ip", [b"6.6.6.6"]),
+        (b"My_App", [b"1"]),
+        (b"My-App", [b"2"]),
+    ]
+    out = dict(forward(headers, view=_UNTRUSTED, session_cookie=None, prefix=None))
+    assert b"My-App" in out
+    assert not [name for name in out if b"_" in name]
+    assert b"X-Real-IP" not in out
+    trusted = dict(forward(headers, view=_TRUSTED, session_cookie=None, prefix=None))
+    assert trusted[b"X-Real-IP"] == [b"6.6.6.6"]  # a trusted proxy's is kept
+    assert not [name for name in trusted if b"_" in name]
+
+
 # -- end to end: Host -----------------------------------------------------------------
 
 
@@ -241,3 +266,39 @@ async def test_absolute_form_cannot_reach_a_proxy_hosts_own_pages_unnoticed(
     status, _, body = parse_response(raw)
     assert status == 200 and b'type="password"' in body  # portproxy's page, not the app's
     assert rec.requests == []
+
+
+# -- end to end: underscores and X-Real-IP --------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_underscore_headers_and_x_real_ip_never_reach_the_app(
+    upstream: Any, make_proxy: Any, raw_app: Any
+) -> None:
+    proxy = make_proxy()
+    up = upstream(rec := Recorder())
+    ws = raw_app()
+    extra = b"X_Forwarded_For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-App: yes\r\n"
+    raw = await raw_request(proxy.port, get(b"/proxy/%d/x" % up.port, headers=extra))
+    assert parse_response(raw)[0] == 200
+    names = [name.lower() for name, _ in rec.requests[0]["headers"]]
+    assert b"x-app" in names
+    assert b"x-real-ip" not in names and not [n for n in names if b"_" in n]
+    raw = await exchange(proxy.port, upgrade(b"/proxy/%d/ws" % ws.port, extra=extra))
+    assert parse_response(raw)[0] == 101
+    head = ws.heads[0].lower()
+    assert b"x-app: yes" in head
+    assert b"x-real-ip" not in head and b"x_forwarded_for" not in head
+
+
+@pytest_twisted.ensureDeferred
+async def test_x_real_ip_from_a_trusted_proxy_reaches_the_app(
+    upstream: Any, make_proxy: Any
+) -> None:
+    proxy = make_proxy(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
+    up = upstream(rec := Recorder())
+    raw = await raw_request(
+        proxy.port, get(b"/proxy/%d/x" % up.port, headers=b"X-Real-IP: 198.51.100.7\r\n")
+    )
+    assert parse_response(raw)[0] == 200
+    assert rec.header(0, b"x-real-ip") == [b"198.51.100.7"]

@@ -302,3 +302,52 @@ async def test_x_real_ip_from_a_trusted_proxy_reaches_the_app(
     )
     assert parse_response(raw)[0] == 200
     assert rec.header(0, b"x-real-ip") == [b"198.51.100.7"]
+
+
+# -- end to end: preflights -----------------------------------------------------------
+
+_PREFLIGHT = (
+    b"OPTIONS /proxy/%d/x HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n"
+    b"Origin: http://a.test\r\nAccess-Control-Request-Method: PUT\r\n"
+)
+
+
+@pytest.fixture
+def preflight_proxy(make_proxy: Any, tmp_path: Path) -> Any:
+    return make_proxy(
+        environ={"PASSWORD": PASSWORD},
+        auth="password",
+        data_dir=str(tmp_path),
+        skip_auth_preflight=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Content-Length: 5\r\n\r\nhello",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"Content-Length: 100000\r\n\r\n" + b"x" * 100000,  # streams: decided before
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",  # declared, even if empty
+    ],
+    ids=["small", "chunked", "streamed", "empty-chunked"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_preflight_with_a_body_needs_a_session(
+    upstream: Any, preflight_proxy: Any, body: bytes
+) -> None:
+    up = upstream(rec := Recorder())
+    raw = await raw_request(preflight_proxy.port, _PREFLIGHT % up.port + body)
+    assert parse_response(raw)[0] == 401
+    assert rec.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bodiless_preflight_still_passes(
+    upstream: Any, preflight_proxy: Any
+) -> None:
+    up = upstream(rec := Recorder())
+    for end in (b"\r\n", b"Content-Length: 0\r\n\r\n"):
+        raw = await raw_request(preflight_proxy.port, _PREFLIGHT % up.port + end)
+        assert parse_response(raw)[0] == 200
+    assert [r["method"] for r in rec.requests] == [b"OPTIONS", b"OPTIONS"]

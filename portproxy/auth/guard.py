@@ -220,11 +220,22 @@ class PasswordAuthenticator(Authenticator):
         return False
 
     def allows_preflight(self, request: Request) -> bool:
+        """With C{--skip-auth-preflight}: an C{OPTIONS} with C{Origin} and
+        C{Access-Control-Request-Method} and no body.
+
+        A preflight never has a body, so one that declares or carries a body (a
+        C{Content-Length} above 0, any C{Transfer-Encoding}, or bytes already read)
+        needs a session like any other request.
+        """
+        headers = request.requestHeaders
         return (
             self.skip_auth_preflight
             and request.method == b"OPTIONS"
-            and request.getHeader(b"origin") is not None
-            and request.getHeader(b"access-control-request-method") is not None
+            and headers.hasHeader(b"origin")
+            and headers.hasHeader(b"access-control-request-method")
+            and not headers.hasHeader(b"transfer-encoding")
+            and all(_zero(v) for v in headers.getRawHeaders(b"content-length") or ())
+            and _content_size(request) == 0
         )
 
     def check_password(self, password: str) -> Deferred[bool]:
@@ -272,6 +283,26 @@ class PasswordAuthenticator(Authenticator):
         if domain is not None:
             values.append(clear_cookie_value(name, secure=secure, domain=None))
         return values
+
+
+def _zero(length: bytes) -> bool:
+    length = length.strip(b" \t")
+    return length.isdigit() and int(length) == 0
+
+
+def _content_size(request: Request) -> int:
+    """How many body bytes were read into C{request.content} (0 while it streams)."""
+    content = getattr(request, "content", None)
+    if content is None:
+        return 0
+    try:
+        position = content.tell()
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(position)
+    except (OSError, ValueError):
+        return 0
+    return int(size)
 
 
 #: Distinct valid session values remembered (one per signed-in browser, roughly).

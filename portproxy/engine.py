@@ -27,6 +27,7 @@ from portproxy.errors import write_error
 from portproxy.headers import ClientView, forward_request_headers, response_header_pairs
 from portproxy.http11 import ProtocolError, ResponseHead, build_request_head
 from portproxy.rewrite import rewrite_location, rewrite_set_cookie
+from portproxy.setcookie import allowed_set_cookies
 from portproxy.uploads import StreamingUpload
 from portproxy.upstream import UpstreamConnection, UpstreamPool
 
@@ -458,7 +459,9 @@ class _Exchange:
             connecting.cancel()
         if self.connection is not None:
             connection, self.connection = self.connection, None
-            if connection.sink is self:
+            # Still ours (not back in the pool): mid-response, or mid-upload after an
+            # early answer. Either way it cannot carry another request.
+            if connection.owner is self:
                 connection.abort()
 
     def _answer(self, status: int, message: str) -> None:
@@ -477,9 +480,7 @@ class _Exchange:
 
     def _cookies(self, values: list[bytes], prefix: bytes | None) -> list[bytes]:
         # An app must not plant or shadow portproxy's own session cookie.
-        ours = self.resource.engine.session_cookie
-        if ours is not None:
-            values = [v for v in values if v.split(b"=", 1)[0].strip() != ours]
+        values = allowed_set_cookies(values, self.resource.engine.session_cookie)
         if prefix is not None:
             values = [rewrite_set_cookie(v, prefix) for v in values]
         return values

@@ -458,6 +458,12 @@ def response_header_pairs(
                     options = set()
                 for token in value.split(b","):
                     options.add(token.strip(b" \t").lower())
+            elif lower == b"transfer-encoding":
+                # RFC 9112 6.3: Transfer-Encoding framed the body, so a Content-Length
+                # beside it is wrong and must not reach the client.
+                if options is None:
+                    options = set()
+                options.add(b"content-length")
             continue
         entry = grouped.get(lower)
         if entry is None:

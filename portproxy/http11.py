@@ -50,13 +50,25 @@ class ResponseHead:
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# A field value holds visible bytes, spaces and tabs only (RFC 9110 5.5): no CR, LF,
+# NUL or other control byte, so no value can end a line early or hide one.
 _FIELD_SRC = (
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\r\n\x00]*[^\r\n\x00 \t])?)[ \t]*\r\n"
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
+    rb"((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[ \t]*\r\n"
 )
 _FIELD = re.compile(_FIELD_SRC)
 _FIELDS = re.compile(
     rb"(?:" + _FIELD_SRC.replace(b"(", b"(?:").replace(b"(?:?:", b"(?:") + rb")*"
 )
+_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
+#: reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (RFC 9112 4): a CR or LF in it
+#: would be copied into the client's status line and start a header there.
+_REASON = _VALUE
+#: What a request target may hold: visible ASCII only (RFC 9112 3.2), so no byte can
+#: end the request line early or be read differently by the app.
+_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
+#: chunk-size [ BWS ";" chunk-ext ] (RFC 9112 7.1), the extension free of control bytes.
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?\Z")
 
 
 def parse_response_head(block: bytes) -> ResponseHead:
@@ -70,6 +82,8 @@ def parse_response_head(block: bytes) -> ResponseHead:
     if len(code_text) != 3 or not code_text.isdigit():
         raise ProtocolError(f"bad status code {code_text[:10]!r}")
     reason = parts[2] if len(parts) == 3 else b""
+    if reason and _REASON.match(reason) is None:
+        raise ProtocolError(f"control character in the reason phrase {reason[:80]!r}")
     rest = block[len(status) + 2 :]
     if not rest and len(lines) == 1:
         return ResponseHead(parts[0], int(code_text), reason, [])
@@ -84,13 +98,15 @@ def parse_response_head(block: bytes) -> ResponseHead:
             # Obsolete line folding (RFC 9112 5.2): a proxy replaces it with a space.
             if not headers:
                 raise ProtocolError("continuation line before any header")
+            if _VALUE.match(line) is None:
+                raise ProtocolError("control character in a header value")
             name, value = headers[-1]
             headers[-1] = (name, value + b" " + line.strip(b" \t"))
             continue
         name, colon, value = line.partition(b":")
         if not colon or _TOKEN.match(name) is None:
             raise ProtocolError(f"bad header line {line[:80]!r}")
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
+        if _VALUE.match(value) is None:
             raise ProtocolError("control character in a header value")
         headers.append((name, value.strip(b" \t")))
     return ResponseHead(parts[0], int(code_text), reason, headers)
@@ -103,6 +119,8 @@ def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool
     malformed lengths must not be guessed at).
     """
     keep_alive = head.version == b"HTTP/1.1"
+    #: Set by anything that rules reuse out, whatever a later field says.
+    close = False
     chunked = False
     lengths: set[bytes] = set()
     for name, value in head.headers:
@@ -110,21 +128,28 @@ def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool
         if lower == b"connection":
             tokens = {t.strip().lower() for t in value.split(b",")}
             if b"close" in tokens:
-                keep_alive = False
+                close = True
             elif b"keep-alive" in tokens and head.version == b"HTTP/1.0":
                 keep_alive = True
         elif lower == b"transfer-encoding":
             codings = [t.strip().lower() for t in value.split(b",") if t.strip()]
+            if chunked or b"chunked" in codings[:-1]:
+                # Chunked applied twice, or not last: no framing to trust.
+                raise ProtocolError("chunked is not the last transfer coding")
+            if head.version != b"HTTP/1.1":
+                # RFC 9112 6.1: Transfer-Encoding in a 1.0 message is faulty framing;
+                # decode it, but never read another response on this connection.
+                close = True
             if codings and codings[-1] == b"chunked":
                 chunked = True
             else:
                 # Not chunked last: the body runs to the end of the connection.
-                chunked = False
-                keep_alive = False
+                close = True
                 lengths.add(b"close")
         elif lower == b"content-length":
             for item in value.split(b","):
                 lengths.add(item.strip())
+    keep_alive = keep_alive and not close
     code = head.code
     if method == b"HEAD" or code < 200 or code in (204, 304):
         return BodyKind.NONE, 0, keep_alive
@@ -189,14 +214,10 @@ class ChunkedDecoder:
             line = data[pos:eol]
             pos = eol + 2
             if state == self._SIZE:
-                size_text = line.split(b";", 1)[0].strip(b" \t")
-                if (
-                    not size_text
-                    or len(size_text) > 15
-                    or any(c not in b"0123456789abcdefABCDEF" for c in size_text)
-                ):
+                match = _CHUNK_LINE.match(line)
+                if match is None:
                     raise ProtocolError(f"bad chunk size {line[:20]!r}")
-                size = int(size_text, 16)
+                size = int(match.group(1), 16)
                 if size:
                     self._remaining = size
                     self._state = self._DATA
@@ -210,6 +231,10 @@ class ChunkedDecoder:
                 self.done = True
                 self.extra = data[pos:]
                 break
+            elif _FIELD.fullmatch(line + b"\r\n") is None and not (
+                line[:1] in (b" ", b"\t") and _VALUE.match(line) is not None
+            ):
+                raise ProtocolError(f"bad trailer line {line[:40]!r}")
             # Trailer fields are dropped: twisted.web cannot send them on.
         return out
 
@@ -225,9 +250,16 @@ def build_request_head(
 ) -> bytes:
     """Serialise a request head; C{body_length} C{None} means no body framing at all.
 
-    Raises L{ProtocolError} when a value could split the message (CR, LF or NUL), which
-    twisted.web's own parser lets through in some positions.
+    Raises L{ProtocolError} when the method is not a token, the target holds anything
+    but visible ASCII, or a header value could split the message (CR, LF or NUL), which
+    twisted.web's own parser lets through in some positions (its request-target check
+    compares with 176 where 126 was meant, so DEL and 0x80-0xB0 get through; HTTP/2's
+    C{:method} and C{:path} arrive here unchecked too).
     """
+    if _TOKEN.match(method) is None:
+        raise ProtocolError(f"bad method {method[:20]!r}")
+    if _TARGET.match(target) is None:
+        raise ProtocolError(f"bad request target {target[:40]!r}")
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     has_host = False
     for name, values in headers:

@@ -11,6 +11,7 @@ upstream, and is the upstream transport's producer, so a slow app slows the clie
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -36,6 +37,8 @@ class StreamingUpload:
         self.client = client
         self.chunked = chunked
         self.upstream: Any = None
+        #: Told when the last byte has been written to the upstream (see L{connect}).
+        self.on_sent: Callable[[], None] | None = None
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.sent = 0
@@ -72,27 +75,41 @@ class StreamingUpload:
         if self.chunked:
             self.upstream.write(b"0\r\n\r\n")
         self._detach()
+        self._sent()
 
     # -- from the upstream side --------------------------------------------------------
 
-    def connect(self, upstream: Any) -> None:
-        """The request head went out on C{upstream}: send what waited, then stream."""
+    def connect(self, upstream: Any, on_sent: Callable[[], None] | None = None) -> None:
+        """The request head went out on C{upstream}: send what waited, then stream.
+
+        C{on_sent} is called once the whole body has been written, and never if it is
+        abandoned: until then the upstream connection is mid-request.
+        """
         if self.abandoned:
             return
         self.upstream = upstream
+        self.on_sent = on_sent
         pending, self.pending, self.pending_size = self.pending, [], 0
         if pending:
             upstream.writeSequence(pending)
             self.sent += sum(len(p) for p in pending)
         if self.complete:
+            self.upstream = None
             self._resume_client()
+            self._sent()
             return
         upstream.registerProducer(self, True)
         self._resume_client()
 
+    def _sent(self) -> None:
+        on_sent, self.on_sent = self.on_sent, None
+        if on_sent is not None:
+            on_sent()
+
     def abandon(self) -> None:
         """The upstream is gone: drop the rest of the body, let the client finish."""
         self.abandoned = True
+        self.on_sent = None
         self.pending = []
         self.pending_size = 0
         self._detach()

@@ -5,15 +5,16 @@ Vite, Node and other dev servers that bind C{localhost} often listen on IPv6 onl
 refused IPv4 connection is retried once on the IPv6 loopback before the port is reported
 as dead.
 
-L{UpstreamConnection} speaks HTTP/1.1 to an app: it writes one request, parses the
-response with L{portproxy.http11} and hands the pieces to a L{ResponseSink}; then it
-goes back to the L{UpstreamPool}. It replaces twisted.web's C{Agent} on the hot path,
-whose per-request Deferreds, line-by-line parser and header objects cost more than the
-proxying itself.
+L{UpstreamConnection} speaks HTTP/1.1 to an app: it writes one request, feeds the
+response bytes to a L{portproxy.response_reader.ResponseReader}, hands the events to a
+L{ResponseSink}, and goes back to the L{UpstreamPool} when both sides are complete. It
+replaces twisted.web's C{Agent} on the hot path, whose per-request Deferreds,
+line-by-line parser and header objects cost more than the proxying itself.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import IO, Any
 from typing import Protocol as TypingProtocol
 
@@ -26,21 +27,17 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portproxy.http11 import (
-    MAX_HEAD_SIZE,
-    BodyKind,
-    ChunkedDecoder,
-    ProtocolError,
-    ResponseHead,
-    body_framing,
-    parse_response_head,
-)
+from portproxy.http11 import ProtocolError, ResponseHead
+from portproxy.response_reader import DATA, HEAD, ReaderState, ResponseReader
 from portproxy.splice import send_eagerly
 from portproxy.uploads import StreamingUpload
 
 __all__ = [
+    "IDEMPOTENT",
     "LoopbackEndpoint",
+    "RequestState",
     "ResponseSink",
+    "ResponseState",
     "UpstreamConnection",
     "UpstreamPool",
 ]
@@ -90,25 +87,48 @@ class ResponseSink(TypingProtocol):
     def response_failed(self, reason: Failure, *, retryable: bool) -> None: ...
 
 
-_IDLE, _HEAD, _BODY = range(3)
+#: Methods that may be sent again after a reused connection died before answering
+#: (RFC 9110 9.2.2: a proxy must not retry a non-idempotent request by itself).
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+
+
+class RequestState(enum.Enum):
+    IDLE = "idle"
+    SENDING = "sending"  # the head is out, the body may still be on its way
+    DONE = "done"  # the whole request, body included, has been written
+    BROKEN = "broken"  # the body will never be complete (abandoned, connection lost)
+
+
+class ResponseState(enum.Enum):
+    IDLE = "idle"
+    RECEIVING = "receiving"
+    DONE = "done"
+    BROKEN = "broken"
 
 
 class UpstreamConnection(Protocol):
-    """One persistent HTTP/1.1 connection to an app; one request at a time."""
+    """One persistent HTTP/1.1 connection to an app; one request at a time.
+
+    The two sides of the exchange are tracked apart: the connection goes back to the
+    pool only when the request (body included) and the response are both DONE and the
+    response allows keep-alive, as in nginx (C{request_body_sent}) and h11 (both sides
+    DONE). An app that answers before it has read the whole upload would otherwise read
+    the rest of that upload as the next client's request.
+    """
 
     def __init__(self, pool: UpstreamPool, port: int) -> None:
         self.pool = pool
         self.port = port
         self.sink: ResponseSink | None = None
-        self.state = _IDLE
+        #: The exchange this connection serves until it is back in the pool.
+        self.owner: object | None = None
+        self.request_state = RequestState.IDLE
+        self.response_state = ResponseState.IDLE
+        self.reader = ResponseReader()
         self.reused = False
         self.idle_since = 0.0
         self._method = b""
-        self._buffer = b""
-        self._kind = BodyKind.NONE
-        self._remaining = 0
-        self._keep_alive = False
-        self._chunks: ChunkedDecoder | None = None
+        self._upload: StreamingUpload | None = None
         self._got_bytes = False
         self.lost = False
         #: Fired by connectionLost when the pool closes this connection at shutdown.
@@ -134,128 +154,97 @@ class UpstreamConnection(Protocol):
     ) -> None:
         """Write a request (head already serialised) and wait for its response."""
         self.sink = sink
-        self.state = _HEAD
+        self.owner = sink
         self._method = method
-        self._buffer = b""
         self._got_bytes = False
+        self.request_state = RequestState.SENDING
+        self.response_state = ResponseState.RECEIVING
+        self.reader.start(method)
         transport = self.transport
         assert transport is not None
         if isinstance(body, StreamingUpload):
+            self._upload = body
             transport.write(head)
-            body.connect(transport)
+            body.connect(transport, self.request_sent)
         elif body is None or body_length == 0:
             transport.write(head)
+            self.request_state = RequestState.DONE
         elif body_length <= INLINE_BODY:
             body.seek(0)
             transport.write(head + body.read())
+            self.request_state = RequestState.DONE
         else:
             transport.write(head)
             body.seek(0)
             # FileSender is a pull producer: it reads as the socket drains.
-            FileSender().beginFileTransfer(body, transport).addErrback(lambda _: None)
+            d = FileSender().beginFileTransfer(body, transport)
+            d.addCallbacks(self.request_sent, lambda _: None)
+
+    def request_sent(self, _: object = None) -> None:
+        """The last byte of the request body has been written."""
+        if self.request_state is RequestState.SENDING:
+            self.request_state = RequestState.DONE
+            self._upload = None
 
     def abort(self) -> None:
         """Drop the connection now (the client went away, or the exchange failed)."""
         self.sink = None
-        if self.transport is not None:
+        if self.request_state is RequestState.SENDING:
+            self.request_state = RequestState.BROKEN
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            # The rest of the body has nowhere to go: let the client finish sending it.
+            upload.abandon()
+        if self.transport is not None and not self.lost:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- receiving ------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.sink is None:
+        sink = self.sink
+        if sink is None:
             # Bytes on an idle connection: the upstream is confused; do not reuse it.
             self.abort()
             return
         self._got_bytes = True
-        if self.state == _HEAD:
-            self._head(data)
-        else:
-            self._body(data)
-
-    def _head(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
-        while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD_SIZE:
-                    self._fail(Failure(ProtocolError("response head too large")))
-                    return
-                self._buffer = buffer
-                return
-            try:
-                head = parse_response_head(buffer[:end])
-                if 100 <= head.code < 200:
-                    # Interim responses (100, 103) are dropped: never the final one.
-                    buffer = buffer[end + 4 :]
-                    continue
-                kind, length, keep_alive = body_framing(self._method, head)
-            except ProtocolError as e:
-                self._fail(Failure(e))
-                return
-            break
-        self._buffer = b""
-        self._kind = kind
-        self._remaining = length
-        self._keep_alive = keep_alive
-        self._chunks = ChunkedDecoder() if kind is BodyKind.CHUNKED else None
-        self.state = _BODY
-        sink = self.sink
-        assert sink is not None
-        sink.response_head(head, self)
-        rest = buffer[end + 4 :]
-        if self.sink is None:
+        try:
+            events = self.reader.feed(data)
+        except ProtocolError as e:
+            self._fail(Failure(e))
             return
-        if kind is BodyKind.NONE or (kind is BodyKind.LENGTH and length == 0):
-            self._done(rest)
-        elif rest:
-            self._body(rest)
-
-    def _body(self, data: bytes) -> None:
-        sink = self.sink
-        assert sink is not None
-        kind = self._kind
-        if kind is BodyKind.LENGTH:
-            remaining = self._remaining
-            if len(data) < remaining:
-                self._remaining = remaining - len(data)
-                sink.response_body(data)
+        for kind, value in events:
+            if kind == DATA:
+                sink.response_body(value)  # type: ignore[arg-type]
+            elif kind == HEAD:
+                sink.response_head(value, self)  # type: ignore[arg-type]
+            else:
+                self._response_end()
                 return
-            sink.response_body(data[:remaining])
-            self._remaining = 0
-            if self.sink is not None:
-                self._done(data[remaining:])
-        elif kind is BodyKind.CHUNKED:
-            assert self._chunks is not None
-            try:
-                pieces = self._chunks.feed(data)
-            except ProtocolError as e:
-                self._fail(Failure(e))
-                return
-            for piece in pieces:
-                if self.sink is None:
-                    return
-                sink.response_body(piece)
-            if self._chunks.done and self.sink is not None:
-                self._done(self._chunks.extra)
-        elif kind is BodyKind.CLOSE:
-            sink.response_body(data)
-        else:
-            self._done(data)
+            if self.sink is not sink:
+                return  # the exchange let go (its client left)
 
-    def _done(self, extra: bytes) -> None:
+    def _response_end(self) -> None:
         sink = self.sink
         self.sink = None
-        self.state = _IDLE
+        self.response_state = ResponseState.DONE
         if sink is not None:
             sink.response_done()
-        if self._keep_alive and not extra and not self.lost:
+        if self.lost:
+            return
+        if self.request_state is not RequestState.DONE:
+            # The app answered before the request body was all written (an early
+            # 401/413). Whatever it does with the rest, that rest must never be read
+            # as another request: close, and let the client's upload be read and
+            # dropped.
+            self.abort()
+        elif self.reader.keep_alive:
             self.pool.release(self)
         elif self.transport is not None:
             self.transport.loseConnection()
 
     def _fail(self, reason: Failure) -> None:
         sink = self.sink
+        self.response_state = ResponseState.BROKEN
         self.abort()
         if sink is not None:
             sink.response_failed(reason, retryable=False)
@@ -263,20 +252,30 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
         self.pool.forget(self)
+        if self.request_state is RequestState.SENDING:
+            self.request_state = RequestState.BROKEN
         if self.closed is not None:
             self.closed.callback(None)
         sink = self.sink
         self.sink = None
         if sink is None:
             return
-        if self.state == _BODY and self._kind is BodyKind.CLOSE:
-            sink.response_done()
-            return
-        # A reused connection that died before answering was most likely closed by
-        # the app's idle timeout as we wrote: the request can be sent again.
-        retryable = self.reused and self.state == _HEAD and not self._got_bytes
         if reason is None or reason.check(ConnectionDone):
-            reason = Failure(ProtocolError("the app closed the connection"))
+            # Only a clean close may end a close-delimited body (RFC 9112 8); a reset
+            # must reach the client as a broken response, not a complete one.
+            try:
+                if self.reader.eof():
+                    self.response_state = ResponseState.DONE
+                    sink.response_done()
+                    return
+            except ProtocolError as e:
+                reason = Failure(e)
+        else:
+            self.reader.state = ReaderState.BROKEN
+        self.response_state = ResponseState.BROKEN
+        # A reused connection that died before answering was most likely closed by
+        # the app's idle timeout as we wrote: an idempotent request can be sent again.
+        retryable = self.reused and not self._got_bytes and self._method in IDEMPOTENT
         sink.response_failed(reason, retryable=retryable)
 
 
@@ -330,6 +329,9 @@ class UpstreamPool:
             connection.transport.loseConnection()  # type: ignore[union-attr]
             return
         connection.reused = False
+        connection.owner = None
+        connection.request_state = RequestState.IDLE
+        connection.response_state = ResponseState.IDLE
         connection.idle_since = self.reactor.seconds()
         # The client may have paused this socket through the response's producer.
         connection.transport.resumeProducing()  # type: ignore[union-attr]

@@ -266,6 +266,44 @@ class DomainMatcher:
             return None
         return self.patterns[0].replace(PORT, str(port))
 
+    def redirect_allowed(self, target: str, request_host: str) -> bool:
+        """Tell whether a sign-in redirect from C{request_host} may go to C{target}.
+
+        C{target} (a URL's C{host[:port]}, port ignored) must be a proxy host. Under a
+        pattern without C{{{host}}} any of its hosts will do: the operator owns that
+        domain. Under a C{{{host}}} pattern the filled-in host must be the request's
+        own: the C{{{host}}} part of C{request_host} when it is itself a proxy host of
+        such a pattern, else C{request_host} itself. So C{5173.attacker.example} is
+        never a destination from C{myhost}, though C{{{port}}.{{host}}} matches it.
+        """
+        name = _routable_host(target)
+        if name is None:
+            return False
+        own: set[str] | None = None
+        for pattern, regex in zip(self.patterns, self._each):
+            found = regex.fullmatch(name)
+            if found is None:
+                continue
+            if HOST not in pattern:
+                return True
+            if own is None:
+                own = self._own_host_values(request_host)
+            if found.group("host") in own:
+                return True
+        return False
+
+    def _own_host_values(self, request_host: str) -> set[str]:
+        """The C{{{host}}} values a request on C{request_host} may stay within."""
+        name = _routable_host(request_host)
+        if name is None:
+            return set()
+        captured = {
+            found.group("host")
+            for pattern, regex in zip(self.patterns, self._each)
+            if HOST in pattern and (found := regex.fullmatch(name)) is not None
+        }
+        return captured or {name}
+
     def cookie_domain(self, host: str) -> str | None:
         """Return the proxy domain that C{host} lies within, for a widened cookie C{Domain}.
 

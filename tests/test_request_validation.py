@@ -139,6 +139,30 @@ def test_underscore_names_and_untrusted_x_real_ip_are_dropped(forward: Any) -> N
     assert not [name for name in trusted if b"_" in name]
 
 
+# -- redirect targets under {{host}} patterns -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "request_host", "allowed"),
+    [
+        ("5173.myhost.test", "myhost.test", True),
+        ("5173.myhost.test:8443", "myhost.test:8443", True),
+        ("80.myhost.test", "5173.myhost.test", True),
+        ("5173.attacker.test", "myhost.test", False),
+        ("5173.attacker.test", "5173.myhost.test", False),
+        ("80.5173.myhost.test", "5173.myhost.test", False),
+        ("5173.myhost.test.attacker.test", "myhost.test", False),
+        ("5173.fixed.example", "anything.test", True),
+        ("5173.fixed.example.evil", "anything.test", False),
+    ],
+)
+def test_host_pattern_redirects_stay_on_the_request_host(
+    target: str, request_host: str, allowed: bool
+) -> None:
+    matcher = DomainMatcher(["{{port}}.fixed.example", "{{port}}.{{host}}"])
+    assert matcher.redirect_allowed(target, request_host) is allowed
+
+
 # -- end to end: Host -----------------------------------------------------------------
 
 
@@ -351,3 +375,97 @@ async def test_a_bodiless_preflight_still_passes(
         raw = await raw_request(preflight_proxy.port, _PREFLIGHT % up.port + end)
         assert parse_response(raw)[0] == 200
     assert [r["method"] for r in rec.requests] == [b"OPTIONS", b"OPTIONS"]
+
+
+# -- end to end: sign-in redirects under {{host}} -------------------------------------
+
+
+@pytest.fixture
+def host_pattern_proxy(make_proxy: Any, tmp_path: Path) -> Any:
+    return make_proxy(
+        environ={"PASSWORD": PASSWORD},
+        auth="password",
+        data_dir=str(tmp_path),
+        proxy_domains=("{{port}}.{{host}}",),
+    )
+
+
+def _login(to: str, password: str, host: bytes, path: bytes = b"/login") -> bytes:
+    body = f"password={quote(password)}&to={quote(to, safe='')}".encode()
+    return (
+        b"POST %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
+        % (path, host, len(body), body)
+    )
+
+
+_FOREIGN = ["http://5173.attacker.test/", "https://5173.attacker.test:8443/x?y=1"]
+
+
+@pytest.mark.parametrize("to", _FOREIGN)
+@pytest.mark.parametrize(
+    ("host", "path"),
+    [(b"myhost.test", b"/login"), (b"5173.myhost.test", b"/.portproxy/login")],
+)
+@pytest_twisted.ensureDeferred
+async def test_login_never_redirects_to_another_host_value(
+    host_pattern_proxy: Any, to: str, host: bytes, path: bytes
+) -> None:
+    port = host_pattern_proxy.port
+    # The form (GET) does not carry the foreign target.
+    status, _, page = parse_response(
+        await raw_request(
+            port, get(path + b"?to=" + quote(to).encode(), host=host, headers=HTML)
+        )
+    )
+    assert status == 200
+    assert b"attacker" not in page
+    # A failed attempt shows the form again, without it.
+    status, _, page = parse_response(
+        await raw_request(port, _login(to, "wrong", host, path))
+    )
+    assert status == 401 and b"attacker" not in page
+    # A successful one lands on this host's root instead.
+    status, headers, _ = parse_response(
+        await raw_request(port, _login(to, PASSWORD, host, path))
+    )
+    assert status == 302 and headers[b"location"] == [b"/"]
+
+
+@pytest.mark.parametrize("to", _FOREIGN)
+@pytest_twisted.ensureDeferred
+async def test_logout_never_redirects_to_another_host_value(
+    host_pattern_proxy: Any, to: str
+) -> None:
+    for host, path in (
+        (b"myhost.test", b"/logout"),
+        (b"5173.myhost.test", b"/.portproxy/logout"),
+    ):
+        raw = await raw_request(
+            host_pattern_proxy.port, get(path + b"?to=" + quote(to).encode(), host=host)
+        )
+        status, headers, _ = parse_response(raw)
+        assert status == 302 and headers[b"location"] == [b"/"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_still_returns_to_proxy_hosts_of_the_same_host(
+    host_pattern_proxy: Any,
+) -> None:
+    port = host_pattern_proxy.port
+    for host, path, to in (
+        (b"myhost.test", b"/login", "http://5173.myhost.test/deep?x=1"),
+        (b"5173.myhost.test", b"/.portproxy/login", "http://5173.myhost.test/deep"),
+        (b"5173.myhost.test", b"/.portproxy/login", "http://3000.myhost.test/"),
+    ):
+        status, headers, _ = parse_response(
+            await raw_request(port, _login(to, PASSWORD, host, path))
+        )
+        assert status == 302 and headers[b"location"] == [to.encode()]
+    raw = await raw_request(
+        port,
+        get(
+            b"/logout?to=" + quote("http://5173.myhost.test/").encode(), host=b"myhost.test"
+        ),
+    )
+    assert parse_response(raw)[1][b"location"] == [b"http://5173.myhost.test/"]

@@ -194,8 +194,12 @@ class PasswordAuthenticator(Authenticator):
         self.client_address = client_address
         self.request_host = request_host
         if allowed_redirect_host is None:
-            allowed_redirect_host = DomainMatcher(self.proxy_patterns).is_proxy_host
-        self.allowed_redirect_host = allowed_redirect_host
+            self.redirect_host_allowed: Callable[[str, str], bool] = DomainMatcher(
+                self.proxy_patterns
+            ).redirect_allowed
+        else:
+            only = allowed_redirect_host
+            self.redirect_host_allowed = lambda target, here: only(target)
         self._verify = verify
         #: Cookie values already verified, with their expiry: a browser sends the same
         #: value on every request, so the HMAC is checked once per value, not per
@@ -248,12 +252,14 @@ class PasswordAuthenticator(Authenticator):
         """C{to} if it is on this server or a proxy host, else C{/}.
 
         An absolute C{to} passes when its authority is C{request}'s own host (exactly,
-        port included) or when L{allowed_redirect_host} accepts it.
+        port included) or a proxy host a redirect from there may reach (see
+        L{DomainMatcher.redirect_allowed}: with C{{{host}}} patterns, only hosts built
+        from the request's own host).
         """
         here = self.request_host(request).lower()
 
         def allowed(authority: str) -> bool:
-            return authority == here or self.allowed_redirect_host(authority)
+            return authority == here or self.redirect_host_allowed(authority, here)
 
         return safe_redirect_target(to, allowed_host=allowed)
 
@@ -352,7 +358,8 @@ def build_authenticator(
     @param proxy_patterns: normalised C{--proxy-domain} patterns, for the cookie Domain
         (default: C{config.proxy_domains}).
     @param allowed_redirect_host: accepts the authority of an absolute C{to} (besides
-        the request's own host); default: any host of a proxy pattern.
+        the request's own host); default: L{DomainMatcher.redirect_allowed} for the
+        request's host.
     @param threads: a reactor providing C{IReactorThreads}; when given, argon2 hashes
         are verified in its thread pool instead of blocking the reactor.
     @raise StartupError: for a bad C{--auth}, C{--session-ttl} or password source.

@@ -101,7 +101,7 @@ def parse_response_head(block: bytes) -> ResponseHead:
             if _VALUE.match(line) is None:
                 raise ProtocolError("control character in a header value")
             name, value = headers[-1]
-            headers[-1] = (name, value + b" " + line.strip(b" \t"))
+            headers[-1] = (name, (value + b" " + line.strip(b" \t")).strip(b" "))
             continue
         name, colon, value = line.partition(b":")
         if not colon or _TOKEN.match(name) is None:
@@ -133,6 +133,10 @@ def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool
                 keep_alive = True
         elif lower == b"transfer-encoding":
             codings = [t.strip().lower() for t in value.split(b",") if t.strip()]
+            if any(
+                _TOKEN.match(c.split(b";", 1)[0].rstrip(b" \t")) is None for c in codings
+            ):
+                raise ProtocolError(f"bad Transfer-Encoding {value[:40]!r}")
             if chunked or b"chunked" in codings[:-1]:
                 # Chunked applied twice, or not last: no framing to trust.
                 raise ProtocolError("chunked is not the last transfer coding")
@@ -150,6 +154,16 @@ def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool
             for item in value.split(b","):
                 lengths.add(item.strip())
     keep_alive = keep_alive and not close
+    length = -1
+    numbers = lengths - {b"close"}
+    if numbers:
+        # Checked even where no body follows: the field still reaches the client.
+        if len(numbers) != 1:
+            raise ProtocolError("conflicting Content-Length values")
+        (text,) = numbers
+        if not text.isdigit() or len(text) > 18:
+            raise ProtocolError(f"bad Content-Length {text[:20]!r}")
+        length = int(text)
     code = head.code
     if method == b"HEAD" or code < 200 or code in (204, 304):
         return BodyKind.NONE, 0, keep_alive
@@ -159,13 +173,7 @@ def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool
         return BodyKind.CHUNKED, 0, keep_alive and not lengths
     if b"close" in lengths:
         return BodyKind.CLOSE, 0, False
-    if lengths:
-        if len(lengths) != 1:
-            raise ProtocolError("conflicting Content-Length values")
-        (text,) = lengths
-        if not text.isdigit() or len(text) > 18:
-            raise ProtocolError(f"bad Content-Length {text[:20]!r}")
-        length = int(text)
+    if length >= 0:
         return BodyKind.LENGTH, length, keep_alive
     return BodyKind.CLOSE, 0, False
 

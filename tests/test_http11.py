@@ -186,3 +186,80 @@ def test_request_head_refuses_values_that_split_the_message(value: bytes) -> Non
         build_request_head(
             b"GET", b"/", [(b"X", [value])], body_length=None, default_host=b"h"
         )
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        (b"GET", b"/a b"),
+        (b"GET", b"/a\tb"),
+        (b"GET", b"/a\x7fb"),
+        (b"GET", b"/a\x80b"),
+        (b"GET", b"/a\xb0b"),
+        (b"GET", b"/a\x00"),
+        (b"GET", b"/a\r\nX: 1"),
+        (b"GET", b""),
+        (b"G ET", b"/"),
+        (b"GET\r\n", b"/"),
+        (b"", b"/"),
+    ],
+)
+def test_request_head_refuses_a_bad_method_or_target(method: bytes, target: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        build_request_head(method, target, [], body_length=None, default_host=b"h")
+
+
+@given(st.binary(min_size=1, max_size=20))
+def test_request_target_passes_only_when_it_is_visible_ascii(target: bytes) -> None:
+    visible = all(0x21 <= c <= 0x7E for c in target)
+    try:
+        build_request_head(b"GET", target, [], body_length=None, default_host=b"h")
+    except ProtocolError:
+        assert not visible
+    else:
+        assert visible
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"HTTP/1.1 200 OK\nSet-Cookie: a=1",
+        b"HTTP/1.1 200 O\rK",
+        b"HTTP/1.1 200 O\x01K",
+        b"HTTP/1.1 200 O\x7fK",
+        b"HTTP/1.1 200 OK\r\nX: a\x1bb",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n b\x0bc",
+    ],
+)
+def test_control_bytes_in_the_reason_or_a_value_are_refused(block: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_response_head(block)
+
+
+def test_reason_may_hold_tabs_and_obs_text() -> None:
+    assert parse_response_head(b"HTTP/1.1 200 A\tcaf\xc3\xa9").reason == b"A\tcaf\xc3\xa9"
+
+
+def test_http10_response_with_transfer_encoding_is_never_reused() -> None:
+    head = _head(
+        200,
+        (b"Connection", b"keep-alive"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Connection", b"keep-alive"),
+        version=b"HTTP/1.0",
+    )
+    assert body_framing(b"GET", head) == (BodyKind.CHUNKED, 0, False)
+
+
+@pytest.mark.parametrize("value", [b"chunked, chunked", b"chunked, gzip", b"chun ked"])
+def test_unusable_transfer_encoding_is_refused(value: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        body_framing(b"GET", _head(200, (b"Transfer-Encoding", value)))
+
+
+def test_content_length_is_dropped_when_transfer_encoding_framed_the_body() -> None:
+    pairs = [(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked"), (b"X", b"1")]
+    assert response_header_pairs(pairs) == [(b"X", [b"1"])]
+    assert response_header_pairs([(b"Content-Length", b"5")]) == [
+        (b"Content-Length", [b"5"])
+    ]

@@ -7,6 +7,8 @@ Node still covers the same attack).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import os
@@ -537,3 +539,42 @@ async def test_request_target_with_del_or_high_bytes_gets_400_and_never_reaches_
     raw = await raw_request(proxy.port, get(b"/proxy/%d%s" % (up.port, target)))
     assert parse_response(raw)[0] == 400
     assert up.resource.requests == []
+
+
+class _WebSocketApp(Protocol):
+    """Accepts any WebSocket upgrade, trying to plant cookies in its 101."""
+
+    def dataReceived(self, data: bytes) -> None:
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in data.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+        accept = base64.b64encode(hashlib.sha1(key + guid).digest())
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+            b"Set-Cookie: =portproxy-session=x\r\nSet-Cookie: portproxy-session=y\r\n\r\n"
+            % accept
+        )
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_101_carries_no_cookie_from_the_app(proxy: Any) -> None:
+    port = listen(Factory.forProtocol(_WebSocketApp))
+    try:
+        client = await _open(proxy.port)
+        client.transport.write(
+            b"GET /proxy/%d/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n" % port.getHost().port
+        )
+        await _until(lambda: b"\r\n\r\n" in client.data)
+        client.transport.abortConnection()
+        await client.closed
+    finally:
+        await port.stopListening()
+    head = bytes(client.data).split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 101")
+    assert b"portproxy-session" not in head

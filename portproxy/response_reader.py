@@ -33,6 +33,8 @@ Event = tuple[int, "ResponseHead | bytes | None"]
 
 
 class ReaderState(enum.Enum):
+    """What the reader expects next."""
+
     IDLE = "idle"  # no request sent, nothing expected
     HEAD = "head"  # waiting for the final response head
     BODY = "body"  # reading the body

@@ -93,6 +93,8 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 
 
 class RequestState(enum.Enum):
+    """Where the request side of a connection's current exchange stands."""
+
     IDLE = "idle"
     SENDING = "sending"  # the head is out, the body may still be on its way
     DONE = "done"  # the whole request, body included, has been written
@@ -100,6 +102,8 @@ class RequestState(enum.Enum):
 
 
 class ResponseState(enum.Enum):
+    """Where the response side of a connection's current exchange stands."""
+
     IDLE = "idle"
     RECEIVING = "receiving"
     DONE = "done"
@@ -324,6 +328,14 @@ class UpstreamPool:
         return endpoint.connect(_ConnectionFactory(self, port))
 
     def release(self, connection: UpstreamConnection) -> None:
+        """Keep C{connection} for the next request to its port, if it is reusable."""
+        if not (
+            connection.request_state is RequestState.DONE
+            and connection.response_state is ResponseState.DONE
+        ):
+            # Never pool a connection mid-exchange: its next bytes belong to this one.
+            connection.abort()
+            return
         idle = self._idle.setdefault(connection.port, [])
         if len(idle) >= self.max_idle:
             connection.transport.loseConnection()  # type: ignore[union-attr]

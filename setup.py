@@ -32,10 +32,12 @@ setup(
     ],
     extras_require={
         # HTTP/2 for browsers on TLS listeners (twisted.web offers h2 through ALPN
-        # when the h2 package is installed); see docs/tls.rst.
-        "http2": ["twisted[http2]"],
+        # when the h2 package is installed); see docs/tls.rst. h2 4.3 and later refuse
+        # CR/LF in header values, which older ones let into the app's request line.
+        "http2": ["twisted[http2]", "h2>=4.3"],
         "test": [
             "twisted[http2]",
+            "h2>=4.3",
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6",

@@ -201,6 +201,7 @@ def _tls_wrapper(config: Config, reactor: Any) -> Callable[[str], Wrap | None]:
         reactor=reactor,
         redirect=redirect,
         log=_log,
+        http2_limits=config,  # HTTP/2 deadlines follow --header-timeout/--send-timeout
     )
 
     def wrap(factory: Any) -> Any:

@@ -135,12 +135,15 @@ class ProxyRequest(Request):
         command = getattr(channel, "_command", None)
         path = getattr(channel, "_path", None)
         version = getattr(channel, "_version", None)
-        transport = getattr(channel, "transport", None)
+        # An HTTP/2 stream has no socket: the stream itself is paused (portproxy.http2).
+        transport = getattr(channel, "transport", None) or getattr(
+            channel, "upload_client", None
+        )
         site = getattr(channel, "site", None)
         dispatch = getattr(getattr(site, "resource", None), "dispatch", None)
         if not (command and path and version and transport and dispatch):
             return False
-        if length is None and version != b"HTTP/1.1":
+        if length is None and version not in (b"HTTP/1.1", b"HTTP/2"):
             return False
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
@@ -152,7 +155,12 @@ class ProxyRequest(Request):
         self.content = _NullFile()
         target = target_of(self)
         if target is None:
-            return True  # refused: render() gives the answer once the body is read
+            # Refused. HTTP/2 answers now and drops the body (portproxy.http2);
+            # HTTP/1.1 reads the body and render() answers after it.
+            answer_early = getattr(channel, "answer_early", None)
+            if answer_early is not None:
+                answer_early(self)
+            return True
         upload = StreamingUpload(transport, chunked=length is None)
         if target.start_upload(self, upload, length):
             self._upload = upload
@@ -205,6 +213,9 @@ class ProxyRequest(Request):
             self._refused = False
             self._too_large = True
             self.content = _NullFile()
+            answer_early = getattr(self.channel, "answer_early", None)
+            if answer_early is not None:
+                answer_early(self)  # HTTP/2: the 413 now, the body dropped
             return
         if transport is not None:
             transport.write(

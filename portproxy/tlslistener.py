@@ -198,6 +198,7 @@ class ServerTLS:
         redirect: Any,
         log: Any,
         now: Callable[[], datetime.datetime] = _utcnow,
+        http2_limits: Any = None,
     ) -> None:
         self.cert = cert
         self.cert_key = cert_key
@@ -209,6 +210,9 @@ class ServerTLS:
         self.redirect = redirect
         self.log = log
         self.now = now
+        #: L{portproxy.http2.H2Limits} for HTTP/2 connections, or the Config to take
+        #: them from (C{--header-timeout}, C{--send-timeout}); defaults when C{None}.
+        self.http2_limits = http2_limits
         self.pair: KeyPair | None = None
         self._options: Any = None
 
@@ -247,8 +251,19 @@ class ServerTLS:
         return self._options
 
     def wrap(self, factory: Any) -> PlainOrTLSFactory:
-        """C{factory} behind TLS, with the redirect for plain HTTP on the same port."""
+        """C{factory} behind TLS, with the redirect for plain HTTP on the same port.
+
+        With h2 installed, HTTP/2 connections get portproxy's hardened connection
+        class (L{portproxy.http2}) instead of twisted.web's own.
+        """
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
+        if http2_available():
+            from portproxy.http2 import H2Limits, HTTP2Site
+
+            limits = self.http2_limits
+            if not isinstance(limits, H2Limits):
+                limits = H2Limits.from_config(limits)
+            factory = HTTP2Site(factory, limits, reactor=self.reactor)
         tls = TLSMemoryBIOFactory(self.options(), False, factory)
         return PlainOrTLSFactory(tls, self.redirect, clock=self.reactor)

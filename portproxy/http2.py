@@ -1,0 +1,592 @@
+# -*- test-case-name: tests.test_http2_integrity -*-
+"""HTTP/2 on TLS listeners, hardened against hostile clients.
+
+twisted.web speaks HTTP/2 through C{H2Connection} once ALPN picks C{h2}. Stock, it
+keeps parsing after its own GOAWAY, buffers a whole response for a reader that never
+reads, spools request bodies before anyone checked the sender, forwards any bytes as
+method and target, lets PINGs and trickled header blocks hold a connection forever, and
+counts no cheap frames (docs/upstream-twisted-bugs.rst has each with a reproduction).
+L{HardenedH2Connection} and L{HardenedH2Stream} fix these in subclasses; L{HTTP2Site}
+puts them on a listener (L{portproxy.tlslistener.ServerTLS.wrap} is the one place).
+
+The rules themselves (L{request_head_refusal}, L{FrameBudget}) are plain code with no
+reactor; the classes only wire them to Twisted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import h2.errors
+import h2.events
+import h2.exceptions
+import priority
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IProtocol, IProtocolNegotiationFactory
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.components import proxyForInterface
+from twisted.python.failure import Failure
+from twisted.web._http2 import H2Connection, H2Stream
+from zope.interface import implementer
+
+__all__ = [
+    "FrameBudget",
+    "H2Limits",
+    "HTTP2Site",
+    "HardenedH2Connection",
+    "HardenedH2Stream",
+    "request_head_refusal",
+]
+
+_log = Logger()
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# RFC 9112 origin-form (and the query): visible ASCII only, no spaces or controls.
+_ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*\Z")
+_REG_NAME = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=%]+\Z")
+_IP_LITERAL = re.compile(rb"\[[0-9A-Fa-f:.]+\]\Z")
+
+
+@dataclass(frozen=True)
+class H2Limits:
+    """The deadlines and frame budget of HTTP/2 connections.
+
+    @ivar header_timeout: seconds a header block may take to arrive in full.
+    @ivar send_timeout: seconds a connection may stay unwritable, or a stream's
+        response stay stuck behind a closed flow-control window.
+    @ivar idle_timeout: seconds a connection with no open stream stays open (PINGs
+        do not count as activity).
+    @ivar frame_budget: control frames (PING, SETTINGS, PRIORITY, empty DATA,
+        unknown types) allowed per C{frame_window} seconds before GOAWAY.
+    """
+
+    header_timeout: float = 30.0
+    send_timeout: float = 60.0
+    idle_timeout: float = 60.0
+    frame_budget: int = 1000
+    frame_window: float = 10.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> H2Limits:
+        """The limits for a L{portproxy.config.Config}: the HTTP/1.1 deadlines apply."""
+        return cls(
+            header_timeout=getattr(config, "header_timeout", None) or cls.header_timeout,
+            send_timeout=getattr(config, "send_timeout", None) or cls.send_timeout,
+        )
+
+
+def _valid_authority(value: bytes) -> bool:
+    """Whether C{value} is C{host[:port]} (RFC 9113 8.3.1: no userinfo)."""
+    host, port = value, b""
+    if not value.endswith(b"]") and b":" in value:
+        host, _, port = value.rpartition(b":")
+        if not (port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+            return False
+    return bool(_REG_NAME.match(host) or _IP_LITERAL.match(host))
+
+
+def request_head_refusal(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The status that refuses this request head at the HTTP/2 edge, or C{None}.
+
+    Method and target become the app's HTTP/1.1 request line, so anything that could
+    split or bend it is refused here (400), before any header reaches a resource;
+    CONNECT is not proxied (405). h2 has already checked which pseudo-headers appear.
+    """
+    method = path = authority = None
+    for name, value in headers:
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            path = value
+        elif name == b":authority":
+            authority = value
+    if method is None or not _TOKEN.match(method):
+        return 400
+    if method == b"CONNECT":
+        return 405
+    if path is None or not (
+        _ORIGIN_FORM.match(path) or (path == b"*" and method == b"OPTIONS")
+    ):
+        return 400
+    if authority is not None and not _valid_authority(authority):
+        return 400
+    return None
+
+
+class FrameBudget:
+    """Counts frames in a sliding window of C{window} seconds; over C{limit} is abuse.
+
+    Memory is bounded by C{limit}: only the times of the last C{limit + 1} frames are kept.
+    """
+
+    def __init__(self, limit: int, window: float, now: Callable[[], float]) -> None:
+        self.limit = limit
+        self.window = window
+        self.now = now
+        self._times: deque[float] = deque(maxlen=limit + 1)
+
+    def spend(self) -> bool:
+        """Count one frame; C{False} once more than C{limit} fell in the window."""
+        now = self.now()
+        times = self._times
+        times.append(now)
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        return len(times) <= self.limit
+
+
+# Frames that cost the server work and carry nothing for a request.
+_CONTROL_EVENTS = (
+    h2.events.PingReceived,
+    h2.events.RemoteSettingsChanged,
+    h2.events.PriorityUpdated,
+    h2.events.UnknownFrameReceived,
+)
+
+
+class HardenedH2Stream(H2Stream):
+    """An C{H2Stream} that reads its head only once registered, in a safe order.
+
+    Twisted converts the head in the constructor, calling C{gotLength} at the
+    content-length field, before later fields (the cookies of a sign-in) are in, and
+    before the stream can write. Here L{start} adds every field, joins the split
+    C{cookie} fields (RFC 9113 8.2.3), and only then announces the length, so
+    L{portproxy.site.ProxyRequest} can check sign-in and stream or refuse the body.
+    """
+
+    #: Read by ProxyRequest._stream_body like HTTPChannel's own fields.
+    _version = b"HTTP/2"
+    _answered_early = False
+    _client_ended = False
+    _stall: Any = None
+
+    def _convertHeaders(self, headers: Any) -> None:
+        self._head = headers
+
+    @property
+    def upload_client(self) -> HardenedH2Stream:
+        """What a streamed upload pauses: this stream (it stops granting window)."""
+        return self
+
+    def start(self) -> None:
+        """Hand the head to the request (the stream is registered by now)."""
+        request = self._request
+        cookies: list[bytes] = []
+        length: int | None = None
+        raw = request.requestHeaders
+        for name, value in self._head:
+            if name == b":method":
+                self.command = value
+            elif name == b":path":
+                self.path = value
+            elif name == b":authority":
+                raw.addRawHeader(b"host", value)
+            elif name.startswith(b":"):
+                continue
+            elif name == b"cookie":
+                cookies.append(value)
+            else:
+                raw.addRawHeader(name, value)
+                if name == b"content-length":
+                    length = int(value)  # h2 has checked it is a number
+        if cookies:
+            raw.setRawHeaders(b"cookie", [b"; ".join(cookies)])
+        self._command, self._path = self.command, self.path
+        if length is None and self.command in (b"GET", b"HEAD"):
+            length = 0
+        request.gotLength(length)
+        request.parseCookies()
+        expect = raw.getRawHeaders(b"expect")
+        if expect and expect[0].lower() == b"100-continue" and not self._answered_early:
+            self._send100Continue()
+
+    def answer_early(self, request: Any) -> None:
+        """Render C{request} now, before its body; the body is then dropped.
+
+        Used for a refused request (sign-in, 413): the client gets its answer at once
+        and the stream is reset once the answer is out (RFC 9113 8.1).
+        """
+        self._answered_early = True
+        request.requestReceived(self.command, self.path, self._version)
+
+    def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
+        if self._answered_early:
+            self._conn.openStreamWindow(self.streamID, flowControlledLength)
+            return
+        super().receiveDataChunk(data, flowControlledLength)
+
+    def requestComplete(self) -> None:
+        self._client_ended = True
+        if not self._answered_early:
+            super().requestComplete()
+
+    # -- sending: the connection's pause reaches every stream ---------------------------
+
+    def windowUpdated(self) -> None:
+        if self._conn._consumerBlocked is not None:
+            return  # the socket is full: stay paused whatever the window says
+        if self._conn.remainingOutboundWindow(self.streamID) > 0:
+            self._cancel_stall()
+        super().windowUpdated()
+
+    def flowControlBlocked(self) -> None:
+        super().flowControlBlocked()
+        if self._conn.remainingOutboundWindow(self.streamID) <= 0:
+            # Twisted leaves the stream schedulable and retries it every reactor turn
+            # (a busy loop) while the window stays shut; park it until WINDOW_UPDATE.
+            self._conn.priority.block(self.streamID)
+            if self._stall is None:
+                self._stall = self._conn.later(
+                    self._conn.limits.send_timeout, self._stalled
+                )
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        super().registerProducer(producer, streaming)
+        if self._conn._consumerBlocked is not None:
+            self.pause_sending()
+
+    def pause_sending(self) -> None:
+        """Pause the response's producer (the connection's socket is full)."""
+        if self.producer is not None and self._producerProducing:
+            self._producerProducing = False
+            self.producer.pauseProducing()
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self._conn._streamIsActive(self.streamID):
+            _log.info("HTTP/2 stream {id}: window shut for too long", id=self.streamID)
+            self.connectionLost(Failure(ConnectionLost("send timeout")))
+            self._conn.abortRequest(self.streamID)
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            if self._stall.active():
+                self._stall.cancel()
+            self._stall = None
+
+
+class HardenedH2Connection(H2Connection):
+    """Twisted's C{H2Connection} with the fixes listed in the module docstring."""
+
+    streams: dict[int, Any]
+
+    def __init__(self, reactor: Any, limits: H2Limits) -> None:
+        super().__init__(reactor)
+        self.limits = limits
+        self.timeOut = limits.idle_timeout  # type: ignore[assignment]
+        self._closing = False
+        self._budget = FrameBudget(
+            limits.frame_budget, limits.frame_window, reactor.seconds
+        )
+        self._head_timer: Any = None
+        self._send_timer: Any = None
+
+    def later(self, delay: float, f: Callable[[], object]) -> Any:
+        """Schedule C{f} on the connection's reactor (for portproxy's own deadlines)."""
+        return self._reactor.callLater(delay, f)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return  # after GOAWAY nothing more is parsed (or buffered by h2)
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._shut(h2.errors.ErrorCodes.PROTOCOL_ERROR, "protocol error")
+            return
+        self._watch_head()
+        for event in events:
+            if self._closing:
+                return
+            if isinstance(event, _CONTROL_EVENTS) or (
+                isinstance(event, h2.events.DataReceived)
+                and not event.data
+                and event.stream_ended is None
+            ):
+                if not self._budget.spend():
+                    self._shut(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "frame flood")
+                    return
+            if isinstance(event, h2.events.RequestReceived):
+                self.resetTimeout()
+                self._requestReceived(event)
+            elif isinstance(event, h2.events.DataReceived):
+                self._requestDataReceived(event)
+            elif isinstance(event, h2.events.StreamEnded):
+                self._requestEnded(event)
+            elif isinstance(event, h2.events.StreamReset):
+                self._requestAborted(event)
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._handleWindowUpdate(event)
+            elif isinstance(event, h2.events.PriorityUpdated):
+                self._handlePriorityUpdate(event)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self._shut(None, "client sent GOAWAY")
+                return
+        self._tryToWriteControlData()
+
+    def _watch_head(self) -> None:
+        """Start the head deadline while a header block is incomplete, stop it after."""
+        # h2 keeps HEADERS and CONTINUATION frames here until END_HEADERS.
+        pending = getattr(self.conn.incoming_buffer, "_headers_buffer", None)
+        if pending:
+            if self._head_timer is None:
+                self._head_timer = self.later(
+                    self.limits.header_timeout, self._head_too_slow
+                )
+        elif self._head_timer is not None:
+            self._cancel("_head_timer")
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        self._shut(h2.errors.ErrorCodes.PROTOCOL_ERROR, "header block too slow")
+
+    def _requestReceived(self, event: Any) -> None:
+        status = request_head_refusal(event.headers)
+        if status is not None:
+            self._refuse(event.stream_id, status, ended=event.stream_ended is not None)
+            return
+        stream = HardenedH2Stream(
+            event.stream_id,
+            self,
+            event.headers,
+            self.requestFactory,  # type: ignore[attr-defined]
+            self.site,
+            self.factory,
+        )
+        self.streams[event.stream_id] = stream
+        self._streamCleanupCallbacks[event.stream_id] = Deferred()
+        self._outboundStreamQueues[event.stream_id] = deque()
+        try:
+            self.priority.insert_stream(event.stream_id)
+        except priority.DuplicateStreamError:
+            pass  # a PRIORITY frame named the stream first
+        else:
+            self.priority.block(event.stream_id)
+        stream.start()
+
+    def _refuse(self, stream_id: int, status: int, *, ended: bool) -> None:
+        """Answer a bad head with C{status} and drop the stream; no resource sees it."""
+        body = b"Bad request\n" if status == 400 else b"Method not allowed\n"
+        self.conn.send_headers(
+            stream_id,
+            [
+                (b":status", b"%d" % status),
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        )
+        self.conn.send_data(stream_id, body, end_stream=True)
+        if not ended:
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        self._tryToWriteControlData()
+
+    def _requestDataReceived(self, event: Any) -> None:
+        if event.stream_id not in self.streams:
+            # Answered and gone (or refused): keep the connection's window open.
+            self.conn.acknowledge_received_data(
+                event.flow_controlled_length, event.stream_id
+            )
+            return
+        if event.data:
+            self.resetTimeout()
+        super()._requestDataReceived(event)
+
+    def _requestEnded(self, event: Any) -> None:
+        if event.stream_id in self.streams:
+            super()._requestEnded(event)
+
+    def _requestAborted(self, event: Any) -> None:
+        if event.stream_id in self.streams:
+            super()._requestAborted(event)
+        elif not self._budget.spend():
+            self._shut(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "reset flood")
+
+    def _requestDone(self, streamID: int) -> None:
+        stream = self.streams.get(streamID)
+        if stream is not None:
+            stream._cancel_stall()
+            if stream._answered_early and not stream._client_ended:
+                # The answer is out; ask the client to stop sending the body.
+                try:
+                    self.conn.reset_stream(streamID, h2.errors.ErrorCodes.NO_ERROR)
+                except h2.exceptions.StreamClosedError:
+                    pass
+                self._tryToWriteControlData()
+        super()._requestDone(streamID)
+
+    def _handleWindowUpdate(self, event: Any) -> None:
+        super()._handleWindowUpdate(event)
+        # Streams parked on a shut window are schedulable again: wake the sender.
+        if self._sendingDeferred is not None and self._consumerBlocked is None:
+            d, self._sendingDeferred = self._sendingDeferred, None
+            d.callback(None)
+
+    # -- writing: the socket's pause reaches every stream ------------------------------
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        for stream in list(self.streams.values()):
+            stream.pause_sending()
+        if self._send_timer is None and not self._closing:
+            self._send_timer = self.later(self.limits.send_timeout, self._send_too_slow)
+
+    def resumeProducing(self) -> None:
+        self._cancel("_send_timer")
+        super().resumeProducing()
+        for stream in list(self.streams.values()):
+            if self._consumerBlocked is not None:
+                break
+            stream.windowUpdated()
+
+    def _send_too_slow(self) -> None:
+        self._send_timer = None
+        _log.info("HTTP/2 client {peer} read nothing for too long", peer=self.getPeer())
+        self._closing = True
+        transport: Any = self.transport
+        transport.abortConnection()
+
+    # -- closing -----------------------------------------------------------------------
+
+    def timeoutConnection(self) -> None:
+        if self.streams:
+            # Open streams have their own deadlines (head, send, upstream).
+            self.resetTimeout()
+            return
+        self._shut(h2.errors.ErrorCodes.NO_ERROR, "idle")
+
+    def _terminate(self, reason: Failure) -> None:
+        self._shut(None, str(reason.value))
+
+    def _shut(self, error: Any, why: str) -> None:
+        """Send GOAWAY (unless C{error} is None), stop reading and close.
+
+        Twisted's C{loseConnection} here never completes while the connection is the
+        TLS transport's producer, and the socket goes on being read into h2 (which
+        buffers what it cannot parse): reading stops now, and the socket closes once
+        the GOAWAY is flushed (or after C{abortTimeout}).
+        """
+        if self._closing:
+            return
+        self._closing = True
+        _log.debug("closing HTTP/2 connection: {why}", why=why)
+        if error is not None:
+            try:
+                self.conn.close_connection(error_code=error)
+            except h2.exceptions.ProtocolError:
+                pass
+        transport: Any = self.transport
+        pending = self.conn.data_to_send()
+        if pending:
+            transport.write(pending)
+        transport.pauseProducing()  # the TLS wrapper passes this to the socket
+        transport.unregisterProducer()
+        transport.loseConnection()
+        lower = getattr(transport, "transport", None)
+        if lower is not None:
+            lower.loseConnection()  # the client's close_notify will not be read
+        if self.abortTimeout is not None and self._abortingCall is None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.connectionLost(Failure(ConnectionLost(why)), _cancelTimeouts=False)
+
+    def connectionLost(  # type: ignore[override]
+        self, reason: Failure, _cancelTimeouts: bool = True
+    ) -> None:
+        self._closing = True
+        self._cancel("_head_timer")
+        self._cancel("_send_timer")
+        for stream in list(self.streams.values()):
+            stream._cancel_stall()
+        super().connectionLost(reason, _cancelTimeouts=_cancelTimeouts)
+
+    def _cancel(self, name: str) -> None:
+        timer = getattr(self, name)
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+
+
+class _HardenedSwitch(proxyForInterface(IProtocol, "inner")):  # type: ignore[misc]
+    """The site's own protocol, with L{HardenedH2Connection} put in after ALPN h2.
+
+    twisted.web's generic channel would build a stock C{H2Connection} on its first
+    bytes; this makes the same switch a moment earlier, with portproxy's class, and then
+    hands everything to the site's protocol (which sees HTTP/2 already chosen).
+    """
+
+    def __init__(self, inner: Any, limits: H2Limits, reactor: Any) -> None:
+        self.inner = inner
+        self.limits = limits
+        self.reactor = reactor
+        self._chosen = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._chosen:
+            self._chosen = True
+            self._choose()
+        self.inner.dataReceived(data)
+
+    def _choose(self) -> None:
+        generic = self.inner
+        if getattr(generic, "_negotiatedProtocol", True) is not None:
+            return  # not twisted.web's generic channel, or already decided
+        old = generic._channel
+        transport = old.transport
+        if getattr(transport, "negotiatedProtocol", None) != b"h2":
+            return
+        # The HTTP/1.1 channel steps aside as in twisted.web's own switch.
+        network = old._networkProducer
+        network.unregisterProducer()
+        old.setTimeout(None)
+        leave = getattr(old, "leave_http11", None)  # portproxy.site's head deadline
+        if leave is not None:
+            leave()
+        h2conn: Any = HardenedH2Connection(self.reactor, self.limits)
+        h2conn.requestFactory = generic._requestFactory
+        h2conn.site = generic._site
+        h2conn.factory = generic._factory
+        h2conn.callLater = generic._callLater or self.reactor.callLater
+        generic._channel = h2conn
+        generic._negotiatedProtocol = b"h2"
+        h2conn.makeConnection(transport)
+        network.registerProducer(h2conn, True)
+
+
+@implementer(IProtocolNegotiationFactory)
+class HTTP2Site(Factory):
+    """Wraps a twisted.web C{Site} so that HTTP/2 connections use the hardened classes.
+
+    HTTP/1.1 connections are exactly the site's own; ALPN offers what the site does.
+    """
+
+    noisy = False
+
+    def __init__(self, site: Any, limits: H2Limits, *, reactor: Any) -> None:
+        self.site = site
+        self.limits = limits
+        self.reactor = reactor
+
+    def doStart(self) -> None:
+        self.site.doStart()
+
+    def doStop(self) -> None:
+        self.site.doStop()
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return list(self.site.acceptableProtocols())
+
+    def logPrefix(self) -> str:
+        return str(self.site.logPrefix())
+
+    def buildProtocol(self, addr: Any) -> Any:
+        inner = self.site.buildProtocol(addr)
+        if inner is None:
+            return None
+        return _HardenedSwitch(inner, self.limits, self.reactor)

@@ -22,6 +22,9 @@ __all__ = [
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_SESSION_TTL = 7 * 24 * 3600
 DEFAULT_UPSTREAM_TIMEOUT = 60.0
+DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_SEND_TIMEOUT = 60.0
+DEFAULT_MAX_CONNECTIONS = 10000
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -58,6 +61,12 @@ class Config:
     access_log: str = "combined"
     #: Processes serving the listeners; above 1, a supervisor runs them (docs/workers.rst).
     workers: int = 1
+    #: Seconds a client has to send a whole request head (see L{portproxy.limits}).
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    #: Seconds a client may take no byte of a response before it is disconnected.
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    #: Client connections held at once, per process; the rest wait in the listen queue.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 def normalize_base_path(value: str) -> bytes:

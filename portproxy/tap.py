@@ -17,7 +17,10 @@ from twisted.python import usage
 
 from portproxy import __version__
 from portproxy.config import (
+    DEFAULT_HEADER_TIMEOUT,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SEND_TIMEOUT,
     DEFAULT_SESSION_TTL,
     DEFAULT_UPSTREAM_TIMEOUT,
     Config,
@@ -120,6 +123,24 @@ class Options(usage.Options):
             None,
             str(int(DEFAULT_UPSTREAM_TIMEOUT)),
             "Seconds to wait for an upstream's response head or WebSocket answer.",
+        ],
+        [
+            "header-timeout",
+            None,
+            str(int(DEFAULT_HEADER_TIMEOUT)),
+            "Seconds a client has to send a whole request head; then 408 and close.",
+        ],
+        [
+            "send-timeout",
+            None,
+            str(int(DEFAULT_SEND_TIMEOUT)),
+            "Disconnect a client that takes no byte of a response for this many seconds.",
+        ],
+        [
+            "max-connections",
+            None,
+            str(DEFAULT_MAX_CONNECTIONS),
+            "Client connections held at once (per worker); more wait in the listen queue.",
         ],
         [
             "max-body-size",
@@ -325,6 +346,16 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
         trusted_origins=tuple(o.strip().lower() for o in options["trusted-origins"]),
         trusted_proxies=trusted_proxies,
         upstream_timeout=_positive_float("--upstream-timeout", options["upstream-timeout"]),
+        header_timeout=_positive_float(
+            "--header-timeout", options.get("header-timeout", str(DEFAULT_HEADER_TIMEOUT))
+        ),
+        send_timeout=_positive_float(
+            "--send-timeout", options.get("send-timeout", str(DEFAULT_SEND_TIMEOUT))
+        ),
+        max_connections=_positive_int(
+            "--max-connections",
+            options.get("max-connections", str(DEFAULT_MAX_CONNECTIONS)),
+        ),
         max_body_size=None if max_body is None else _byte_size("--max-body-size", max_body),
         cookie_suffix=options["cookie-suffix"] or "",
         session_ttl=_positive_int("--session-ttl", options["session-ttl"]),

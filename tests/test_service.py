@@ -91,6 +91,11 @@ def test_help_works_from_another_directory(tmp_path: Path) -> None:
         (["--proxy-domain", ""], b"--proxy-domain"),
         (["--password", "hunter2"], b"--password"),
         (["--max-body-size", "lots"], b"--max-body-size"),
+        (["--header-timeout", "0"], b"--header-timeout"),
+        (["--header-timeout", "nan"], b"--header-timeout"),
+        (["--send-timeout", "-1"], b"--send-timeout"),
+        (["--max-connections", "x"], b"--max-connections"),
+        (["--max-connections", "0"], b"--max-connections"),
     ],
 )
 def test_bad_option_stops_startup_with_one_line_naming_it(

@@ -13,6 +13,7 @@ from portproxy.config import Config
 from portproxy.engine import ProxyEngine
 from portproxy.headers import ClientView, client_address, client_view
 from portproxy.health import Heartbeat
+from portproxy.limits import ConnectionLimits, fit_fd_limit
 from portproxy.ports import IndexResource
 from portproxy.publicurl import public_url_for_port, url_template
 from portproxy.root import PortProxyRoot
@@ -125,11 +126,18 @@ def build_instance(
         pages=pages,
         reserved=reserved,
     )
+    limits = ConnectionLimits(
+        reactor,
+        max_connections=config.max_connections,
+        header_timeout=config.header_timeout,
+        send_timeout=config.send_timeout,
+    )
     site = ProxySite(
         root,
         reactor=reactor,
         access_log=config.access_log,
         max_body_size=config.max_body_size,
+        limits=limits,
     )
     return Instance(config, reactor, engine, root, site, heartbeat, own_ports)
 
@@ -147,12 +155,17 @@ def build_service(
         arguments; a C{--workers} worker passes one that adopts an inherited socket.
     """
     instance = build_instance(config, environ=environ, reactor=reactor)
+    limits = instance.site.limits
+    if limits is not None:
+        # Each connection may need a descriptor for the app too: raise the file limit
+        # to fit, or hold fewer connections (with a warning) when it cannot be raised.
+        limits.max_connections = fit_fd_limit(config.max_connections, log=_log)
     service = PortProxyService(
         instance.engine.close,
         instance.engine.drain,
         close_clients=instance.site.close_connections,
     )
-    wrapper = _tls_wrapper(config, instance.reactor)
+    wrapper = _tls_wrapper(config, instance.reactor, limits)
     for description in config.listen:
         listener(
             instance.reactor,
@@ -171,7 +184,9 @@ def build_service(
 Wrap = Callable[[Any], Any]
 
 
-def _tls_wrapper(config: Config, reactor: Any) -> Callable[[str], Wrap | None]:
+def _tls_wrapper(
+    config: Config, reactor: Any, limits: ConnectionLimits | None = None
+) -> Callable[[str], Wrap | None]:
     """For each C{--listen} description, what puts TLS on it, or C{None} (plain).
 
     TLS goes on C{tcp:} and C{tcp6:} listeners only (see docs/tls.rst); nothing of
@@ -190,6 +205,7 @@ def _tls_wrapper(config: Config, reactor: Any) -> Callable[[str], Wrap | None]:
         reactor=reactor,
         access_log=config.access_log,
         max_body_size=1024 * 1024,
+        limits=limits,
     )
     redirect.noisy = False
     tls = ServerTLS(

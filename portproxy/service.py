@@ -26,6 +26,9 @@ class StartupError(Exception):
 class ListeningService(Service):
     """Listen on one endpoint string; record the TCP port so it is never proxied to.
 
+    When the factory (the site) has C{limits}, they accept on the port: connection
+    cap, back-off when file descriptors run out.
+
     C{wrap}, if given, turns the factory into the one that listens (TLS on a C{tcp:}
     listener); it may raise L{StartupError}. Binding happens in
     C{privilegedStartService} and fails synchronously (as C{strports.service} does), so
@@ -75,6 +78,10 @@ class ListeningService(Service):
         if isinstance(result, Failure):
             raise StartupError(f"--listen {self.description}: {result.getErrorMessage()}")
         self.port = result
+        limits = getattr(self.factory, "limits", None)
+        if limits is not None:
+            # The connection cap and the accept back-off (portproxy.limits).
+            limits.watch(result)
         host = result.getHost()
         port = getattr(host, "port", None)
         if isinstance(port, int):
@@ -90,6 +97,9 @@ class ListeningService(Service):
         if self.port is None:
             return None
         port, self.port = self.port, None
+        limits = getattr(self.factory, "limits", None)
+        if limits is not None:
+            limits.unwatch(port)
         return maybeDeferred(port.stopListening)  # type: ignore[call-overload]
 
 

@@ -10,34 +10,227 @@ What changes from stock twisted.web, and why:
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from typing import IO, Any
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from portproxy.errors import write_error
 from portproxy.headers import ClientView
+from portproxy.limits import ConnectionLimits, address_key, unsent_bytes
 from portproxy.splice import send_eagerly
 from portproxy.uploads import StreamingUpload
 
-__all__ = ["SPOOL_MEMORY_LIMIT", "ProxyRequest", "ProxySite"]
+__all__ = [
+    "OWN_BODY_LIMIT",
+    "SPOOL_MEMORY_LIMIT",
+    "ProxyChannel",
+    "ProxyRequest",
+    "ProxySite",
+]
 
 #: Request bodies up to this size stay in memory; larger ones go to a temporary file.
 SPOOL_MEMORY_LIMIT = 1024 * 1024
 #: Bodies larger than this (or of unknown length) stream to the app as they arrive;
 #: smaller ones are buffered, which lets a request be retried on a fresh connection.
 STREAM_THRESHOLD = 64 * 1024
+#: The largest body portproxy's own routes take (login form, API calls): a larger one
+#: gets 413 as soon as it is declared, or once a chunked one grows past it.
+OWN_BODY_LIMIT = 64 * 1024
+
+# Phases of an HTTP/1.1 connection, for the request-head deadline.
+_BUSY, _HEAD, _IDLE, _BETWEEN = 0, 1, 2, 3
 
 
-class _CachingChannel(HTTPChannel):
+def _close_with(status: bytes, message: bytes) -> bytes:
+    """A whole JSON error response that closes the connection (no request object)."""
+    body = b'{"error": "%s"}' % message
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (status, len(body), body)
+    )
+
+
+class ProxyChannel(HTTPChannel):
+    """twisted.web's HTTP/1.1 channel with portproxy's limits (L{portproxy.limits}).
+
+    Adds a deadline for each request head (HTTPChannel's idle timer restarts on every
+    byte, so a byte every 20 s kept a connection forever), the send timeout, answers
+    instead of a silent close for an overlong head line, and refuses transfer codings
+    it cannot frame instead of reading the body as the next request.
+    """
+
+    _limits: ConnectionLimits | None = None
+    _phase = _BUSY
+    limit_key = ""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        limits = getattr(getattr(self, "site", None), "limits", None)
+        if limits is not None:
+            self._limits = limits
+            transport: Any = self.transport
+            peer = transport.getPeer()
+            self.limit_key = address_key(str(getattr(peer, "host", None) or peer))
+            self._phase = _HEAD
+            limits.head_started(self)
+
+    def leave_http11(self) -> None:
+        """The connection now speaks another protocol (HTTP/2): stop its HTTP/1.1 limits."""
+        limits, self._limits = self._limits, None
+        self._phase = _BUSY
+        if limits is not None:
+            limits.forget(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._phase == _IDLE:
+            self._phase = _HEAD
+            limits = self._limits
+            assert limits is not None
+            limits.idle_ended(self)
+            limits.head_started(self)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        if self._phase == _HEAD:
+            self._limits.head_done(self)  # type: ignore[union-attr]
+        self._phase = _BUSY
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        limits = self._limits
+        if limits is None:
+            super().requestDone(request)
+            return
+        self._phase = _BETWEEN
+        super().requestDone(request)
+        transport: Any = self.transport
+        if self._phase != _BETWEEN or transport is None or transport.disconnecting:
+            return
+        if not self.persistent:
+            self._phase = _BUSY
+        elif self._buffer or self.requests:  # type: ignore[attr-defined]
+            # A pipelined request has started arriving already.
+            self._phase = _HEAD
+            limits.head_started(self)
+        else:
+            self._phase = _IDLE
+            limits.idle_started(self)
+
+    def headerReceived(self, line: bytes) -> bool:
+        # RFC 9112 6.1: only chunked (once, last) can frame a request body. Twisted
+        # ignores "identity", and the body would then be read as the next request.
+        if line[:18].lower() == b"transfer-encoding:":
+            coding = line[18:].strip(b" \t").lower()
+            if coding != b"chunked":
+                codings = [c.strip() for c in coding.split(b",")]
+                if b"chunked" in codings:
+                    self._refuse_head(b"400 Bad Request", b"Bad Transfer-Encoding")
+                else:
+                    self._refuse_head(
+                        b"501 Not Implemented", b"Unsupported Transfer-Encoding"
+                    )
+                return False
+        return bool(super().headerReceived(line))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # LineReceiver would just close; say which part was too long. No request
+        # object exists until the request line has been read.
+        if self.requests:
+            self._refuse_head(
+                b"431 Request Header Fields Too Large", b"Header line too long"
+            )
+        else:
+            self._refuse_head(b"414 URI Too Long", b"Request line too long")
+
+    def _refuse_head(self, status: bytes, message: bytes) -> None:
+        self._forget_limits()
+        transport: Any = self.transport
+        transport.write(_close_with(status, message))
+        self.loseConnection()
+
+    def head_timed_out(self) -> None:
+        """The head did not arrive in time (or room was needed): 408 and close."""
+        self._phase = _BUSY
+        transport: Any = self.transport
+        if transport is None or transport.disconnecting:
+            return
+        transport.write(_close_with(b"408 Request Timeout", b"Request head took too long"))
+        self.loseConnection()
+        # A client that does not read even the 408 is dropped (as Twisted's timeout does).
+        if self.abortTimeout is not None and self._abortingCall is None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+
+    def reclaim(self) -> None:
+        """Close this idle kept-alive connection: a new one needs its place."""
+        self._phase = _BUSY
+        if self.transport is not None:
+            self.loseConnection()
+
+    def send_timed_out(self) -> None:
+        """The client took no byte of the response for --send-timeout: disconnect."""
+        transport: Any = self.transport
+        if transport is not None:
+            self._log.info(
+                "client {peer} stopped reading: disconnected", peer=str(self.getPeer())
+            )
+            transport.abortConnection()
+
+    def unsent_bytes(self) -> int | None:
+        return unsent_bytes(self.transport)
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        if self._limits is not None:
+            self._limits.send_paused(self)
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self._limits is not None:
+            self._limits.send_resumed(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._forget_limits()
+        super().connectionLost(reason)
+
+    def _forget_limits(self) -> None:
+        self._phase = _BUSY
+        if self._limits is not None:
+            self._limits.forget(self)
+
+
+class _ChannelProtocol(_GenericHTTPChannelProtocol):  # type: ignore[misc]
+    """twisted.web's protocol switcher, with a L{ProxyChannel} for HTTP/1.1.
+
+    When ALPN chose HTTP/2, the HTTP/1.1 channel is dropped without being told; it
+    must leave the head deadline then.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._negotiatedProtocol is not None:
+            return self._channel.dataReceived(data)  # type: ignore[no-any-return]
+        channel: Any = self._channel
+        result = super().dataReceived(data)
+        if self._channel is not channel:
+            channel.leave_http11()
+        return result  # type: ignore[no-any-return]
+
+
+def _channel_protocol(factory: Any) -> _ChannelProtocol:
+    return _ChannelProtocol(ProxyChannel())
+
+
+class _CachingChannel(ProxyChannel):
     """An HTTP/1.1 channel that asks its socket for its own address once.
 
     http.Request asks the channel for its local address and whether it is TLS on every
@@ -75,11 +268,14 @@ class ProxyRequest(Request):
     #: The body on its way to the app, when it streams (see L{_stream_body}).
     _upload: StreamingUpload | None = None
     _upload_target: Any = None
+    #: The body limit of portproxy's own routes, once the route is known to be one.
+    _own_limit: int | None = None
+    _own_received = 0
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         # On a connection's first request: cache what never changes, and let
         # responses leave now rather than on the next reactor turn.
-        if type(channel) is HTTPChannel and getattr(channel, "transport", None):
+        if type(channel) is ProxyChannel and getattr(channel, "transport", None):
             channel.__class__ = _CachingChannel
             send_eagerly(channel.transport)
         super().__init__(channel, *args, **kwargs)
@@ -122,7 +318,24 @@ class ProxyRequest(Request):
             return
         if (length is None or length > STREAM_THRESHOLD) and self._stream_body(length):
             return
+        if length is None:
+            self._own_route_body(None)  # not streamed: kept in memory, and bounded
+            return
         super().gotLength(length)
+
+    def _own_route_body(self, length: int | None) -> bool:
+        """The body of a request portproxy answers itself: at most L{OWN_BODY_LIMIT}.
+
+        A larger declared length gets 413 now; a chunked body is counted as it arrives
+        (L{handleContentChunk}) and held in memory. Nothing reaches the disk.
+        """
+        if length is not None and length > OWN_BODY_LIMIT:
+            self._refuse_body()
+            self.content = _NullFile()
+            return True
+        self._own_limit = OWN_BODY_LIMIT
+        self.content = io.BytesIO()
+        return True
 
     def _stream_body(self, length: int | None) -> bool:
         """Start proxying now, before the body arrives, when the request may proceed.
@@ -150,7 +363,7 @@ class ProxyRequest(Request):
         gate = dispatch(self)
         target_of = getattr(gate, "proxy_target", None)
         if target_of is None:
-            return False
+            return self._own_route_body(length)  # portproxy's own page or API
         # Nothing is buffered from here on: streamed, or read and dropped.
         self.content = _NullFile()
         target = target_of(self)
@@ -170,6 +383,11 @@ class ProxyRequest(Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused or self._too_large:
             return
+        if self._own_limit is not None:
+            self._own_received += len(data)
+            if self._own_received > self._own_limit:
+                self._refuse_body()
+                return
         limit = self.channel.site.max_body_size  # type: ignore[attr-defined]
         if limit is not None:
             self._received += len(data)
@@ -246,9 +464,16 @@ class _NullFile:
 
 
 class ProxySite(Site):
-    """A C{Site} with portproxy's body handling and access log."""
+    """A C{Site} with portproxy's body handling, limits and access log.
+
+    @param limits: the process's head deadline, send timeout and connection cap (see
+        L{portproxy.limits}); C{None} for none.
+    """
 
     requestFactory = ProxyRequest
+    protocol = _channel_protocol  # type: ignore[assignment]
+    #: The HTTP/1.1 channel class (for wrappers that build their own protocol).
+    make_channel = ProxyChannel
     _access_log = Logger(namespace="portproxy.access")
 
     def __init__(
@@ -258,10 +483,12 @@ class ProxySite(Site):
         reactor: Any,
         access_log: str = "combined",
         max_body_size: int | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body_size = max_body_size
         self.access_log = access_log
+        self.limits = limits
         if access_log == "json":
             self._logFormatter = _json_log_formatter
 

@@ -1,0 +1,477 @@
+# -*- test-case-name: tests.test_limits -*-
+"""Limits against hostile or broken clients (SPEC 9, options in docs/options.rst).
+
+ - the request head must arrive within C{--header-timeout} (a deadline, not an idle
+   timer that every byte restarts);
+ - a client that takes no byte of a response for C{--send-timeout} is disconnected;
+ - at most C{--max-connections} client connections are held; when the cap is reached,
+   an idle kept-alive connection, or the oldest connection still sending its head from
+   an address that holds several, makes room, else accepting pauses until one closes
+   (the rest wait in the listen queue);
+ - when file descriptors run out, accepting backs off instead of spinning.
+
+L{plan_fd_limit} and L{address_key} are plain functions. L{ConnectionLimits} is the
+one object per process that the HTTP channels (L{portproxy.site}) report to and that
+accepts on the listening ports; it only needs a clock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import socket
+import termios
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+__all__ = [
+    "FD_RESERVE",
+    "ConnectionLimits",
+    "FdPlan",
+    "Limited",
+    "address_key",
+    "fit_fd_limit",
+    "plan_fd_limit",
+    "unsent_bytes",
+]
+
+#: File descriptors kept aside for everything that is not a client connection and its
+#: upstream: listening sockets, the reactor, logs, pipes, idle pooled connections.
+FD_RESERVE = 64
+#: Each proxied client connection may hold one upstream connection too.
+FDS_PER_CONNECTION = 2
+#: Seconds accepting pauses after accept() ran out of file descriptors.
+ACCEPT_BACKOFF = 0.5
+#: Connections accepted per readiness event at most (the reactor gets a turn after).
+ACCEPT_BATCH = 100
+#: How many of the oldest head-phase connections are looked at to make room.
+RECLAIM_SCAN = 256
+
+_OUT_OF_FILES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_TRY_NEXT = frozenset((errno.ECONNABORTED, errno.EPERM, errno.EINTR, errno.EPROTO))
+_NO_MORE = frozenset((errno.EAGAIN, errno.EWOULDBLOCK))
+
+_log = Logger()
+
+
+# -- pure parts -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FdPlan:
+    """What to do with C{RLIMIT_NOFILE} for a connection cap."""
+
+    #: The soft limit to set (the current one when it already fits).
+    soft: int
+    #: The cap to use: the one asked for, or as many as the hard limit allows.
+    max_connections: int
+    #: File descriptors the asked-for cap needs.
+    needed: int
+
+    @property
+    def fits(self) -> bool:
+        return self.soft >= self.needed
+
+
+def plan_fd_limit(max_connections: int, soft: int, hard: int) -> FdPlan:
+    """Fit C{max_connections} into the file limit, raising the soft limit if needed.
+
+    C{soft} and C{hard} are C{getrlimit} values; a negative one means unlimited
+    (C{RLIM_INFINITY}). Each connection counts for L{FDS_PER_CONNECTION} descriptors
+    plus L{FD_RESERVE} for the rest of the process.
+    """
+    needed = max_connections * FDS_PER_CONNECTION + FD_RESERVE
+    if soft < 0 or needed <= soft:
+        return FdPlan(soft, max_connections, needed)
+    if hard < 0 or needed <= hard:
+        return FdPlan(needed, max_connections, needed)
+    cap = max(1, (hard - FD_RESERVE) // FDS_PER_CONNECTION)
+    return FdPlan(hard, min(cap, max_connections), needed)
+
+
+def address_key(host: str) -> str:
+    """The group a client address counts in: itself, or its /64 for IPv6.
+
+    One IPv6 user usually holds a whole /64, so it counts as one address.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return host
+
+
+# -- what the limits need from a connection ---------------------------------------------
+
+
+class Limited(Protocol):
+    """An HTTP/1.1 client connection, as seen by L{ConnectionLimits}."""
+
+    #: The L{address_key} of the client.
+    limit_key: str
+
+    def head_timed_out(self) -> None:
+        """Answer 408 and close: the head took too long (or room is needed)."""
+
+    def reclaim(self) -> None:
+        """Close this idle kept-alive connection to make room for a new one."""
+
+    def send_timed_out(self) -> None:
+        """Disconnect: the client took no byte of the response for too long."""
+
+    def unsent_bytes(self) -> int | None:
+        """Bytes written but not yet taken by the client (C{None}: unknown)."""
+
+
+def unsent_bytes(transport: Any) -> int | None:
+    """Bytes queued for the peer: in Twisted's buffer and in the kernel's send queue.
+
+    Follows a TLS transport down to the socket. The kernel part (C{SIOCOUTQ}) matters
+    for a slow reader: it drains long before Twisted's buffer moves.
+    """
+    depth = 0
+    while transport is not None and not hasattr(transport, "dataBuffer") and depth < 4:
+        transport = getattr(transport, "transport", None)
+        depth += 1
+    if transport is None or not hasattr(transport, "dataBuffer"):
+        return None
+    queued = len(transport.dataBuffer) - getattr(transport, "offset", 0)
+    queued += getattr(transport, "_tempDataLen", 0)
+    try:
+        fd = transport.fileno()
+        if fd >= 0:
+            raw = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+            queued += int.from_bytes(raw, "little", signed=True)
+    except (OSError, AttributeError, ValueError):
+        pass
+    return queued
+
+
+def fit_fd_limit(max_connections: int, *, log: Logger = _log) -> int:
+    """Raise the soft file limit to fit C{max_connections}; return the cap to use.
+
+    When even the hard limit is too low, the cap is lowered to fit and a warning names
+    C{--max-connections}. (Start-up only: it changes the whole process.)
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    plan = plan_fd_limit(max_connections, soft, hard)
+    if plan.soft != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (plan.soft, hard))
+        except (ValueError, OSError):
+            plan = plan_fd_limit(max_connections, soft, soft)
+    if plan.max_connections < max_connections:
+        log.warn(
+            "--max-connections {wanted}: needs {needed} file descriptors but the limit "
+            "is {limit}; holding at most {cap} connections at once (raise LimitNOFILE "
+            "or ulimit -n)",
+            wanted=max_connections,
+            needed=plan.needed,
+            limit=plan.soft,
+            cap=plan.max_connections,
+        )
+    return plan.max_connections
+
+
+# -- the shell ------------------------------------------------------------------------
+
+
+class ConnectionLimits:
+    """Head deadlines, send timeouts and the connection cap of one process.
+
+    Connections report their phase: L{head_started} / L{head_done} around each request
+    head, L{idle_started} / L{idle_ended} while kept alive between requests,
+    L{send_paused} / L{send_resumed} when the client's socket is full, and L{forget}
+    when they close. Each kind is an insertion-ordered dict, so the oldest entry is the
+    first: one timer serves all head deadlines.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        *,
+        max_connections: int,
+        header_timeout: float,
+        send_timeout: float,
+        backoff: float = ACCEPT_BACKOFF,
+    ) -> None:
+        self.clock = clock
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.send_timeout = send_timeout
+        self.backoff = backoff
+        #: Client connections open now (accepted by L{watch}ed ports).
+        self.open = 0
+        self._heads: dict[Limited, float] = {}
+        self._head_keys: dict[str, int] = {}
+        self._head_timer: Any = None
+        self._idle: dict[Limited, None] = {}
+        self._sending: dict[Limited, list[Any]] = {}
+        self._send_timer: Any = None
+        self._ports: list[Any] = []
+        self._paused = False
+        self._retry: Any = None
+        self._out_of_files_logged = False
+        self._classes: dict[type, type] = {}
+
+    # -- request heads ------------------------------------------------------------------
+
+    def head_started(self, connection: Limited) -> None:
+        """A request head starts (accept, or the first byte of a later request)."""
+        if connection in self._heads:
+            return
+        self._heads[connection] = self.clock.seconds() + self.header_timeout
+        key = connection.limit_key
+        self._head_keys[key] = self._head_keys.get(key, 0) + 1
+        if self._head_timer is None:
+            self._head_timer = self.clock.callLater(self.header_timeout, self._expire_heads)
+
+    def head_done(self, connection: Limited) -> None:
+        """The head is complete (or the connection gone): its deadline no longer holds."""
+        if self._heads.pop(connection, None) is not None:
+            self._uncount_head(connection.limit_key)
+            if not self._heads:
+                self._stop_head_timer()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def _uncount_head(self, key: str) -> None:
+        left = self._head_keys.get(key, 0) - 1
+        if left > 0:
+            self._head_keys[key] = left
+        else:
+            self._head_keys.pop(key, None)
+
+    def _expire_heads(self) -> None:
+        self._head_timer = None
+        now = self.clock.seconds()
+        heads = self._heads
+        while heads:
+            connection, deadline = next(iter(heads.items()))
+            if deadline > now:
+                self._head_timer = self.clock.callLater(deadline - now, self._expire_heads)
+                return
+            self.head_done(connection)
+            connection.head_timed_out()
+
+    # -- kept-alive connections -----------------------------------------------------------
+
+    def idle_started(self, connection: Limited) -> None:
+        if self._paused and self.open >= self.max_connections:
+            # Someone waits in the listen queue for this place: give it now.
+            connection.reclaim()
+            return
+        self._idle[connection] = None
+
+    def idle_ended(self, connection: Limited) -> None:
+        self._idle.pop(connection, None)
+
+    # -- responses the client does not take -----------------------------------------------
+
+    def send_paused(self, connection: Limited) -> None:
+        """The client's socket is full: watch whether it keeps taking bytes."""
+        if connection in self._sending:
+            return
+        self._sending[connection] = [connection.unsent_bytes(), self.clock.seconds()]
+        if self._send_timer is None:
+            self._send_timer = self.clock.callLater(
+                self._send_interval(), self._check_sends
+            )
+
+    def send_resumed(self, connection: Limited) -> None:
+        self._sending.pop(connection, None)
+        if not self._sending:
+            self._stop_send_timer()
+
+    def _send_interval(self) -> float:
+        return max(0.05, min(1.0, self.send_timeout / 4))
+
+    def _check_sends(self) -> None:
+        self._send_timer = None
+        now = self.clock.seconds()
+        for connection, watch in list(self._sending.items()):
+            if getattr(connection, "transport", True) is None:
+                del self._sending[connection]  # handed over (a WebSocket relay)
+                continue
+            unsent = connection.unsent_bytes()
+            if unsent is not None and watch[0] is not None and unsent < watch[0]:
+                watch[1] = now  # the client took something: a slow reader, not a stall
+            watch[0] = unsent
+            if now - watch[1] >= self.send_timeout:
+                del self._sending[connection]
+                connection.send_timed_out()
+        if self._sending:
+            self._send_timer = self.clock.callLater(
+                self._send_interval(), self._check_sends
+            )
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            if self._send_timer.active():
+                self._send_timer.cancel()
+            self._send_timer = None
+
+    def forget(self, connection: Limited) -> None:
+        """The connection closed (or left HTTP/1.1): drop it everywhere."""
+        self.head_done(connection)
+        self._idle.pop(connection, None)
+        self.send_resumed(connection)
+
+    # -- accepting ------------------------------------------------------------------------
+
+    def watch(self, port: Any) -> bool:
+        """Accept on C{port} from now on: count its connections, pause at the cap.
+
+        C{port} is a Twisted socket port (TCP, UNIX, adopted); anything else is left
+        alone (C{False}). Twisted's own accept loop is replaced because on EMFILE it
+        either closes the waiting connections (its reserve descriptor) or returns with
+        the socket still readable, which a level-triggered reactor reports again at
+        once: a busy loop.
+        """
+        if not all(hasattr(port, a) for a in ("socket", "transport", "factory")):
+            return False
+        self._ports.append(port)
+        port.doRead = lambda: self._accept(port)
+        return True
+
+    def unwatch(self, port: Any) -> None:
+        """C{port} stops listening: never resume it."""
+        if port in self._ports:
+            self._ports.remove(port)
+        if not self._ports and self._retry is not None:
+            if self._retry.active():
+                self._retry.cancel()
+            self._retry = None
+
+    def closed(self) -> None:
+        """A counted connection closed: a place is free (and a descriptor)."""
+        self.open -= 1
+        if self._paused and self.open < self.max_connections:
+            self._resume()
+
+    def _accept(self, port: Any) -> None:
+        if self.open >= self.max_connections:
+            # Someone waits in the listen queue: make room if a connection can give it.
+            self._make_room()
+            self._pause()
+            return
+        for _ in range(min(ACCEPT_BATCH, self.max_connections - self.open)):
+            try:
+                skt, addr = port.socket.accept()
+            except OSError as e:
+                if e.errno in _NO_MORE:
+                    return
+                if e.errno in _TRY_NEXT:
+                    continue
+                if e.errno in _OUT_OF_FILES:
+                    self._out_of_files(e)
+                    return
+                _log.failure("accept() failed on {port}", port=port)
+                return
+            try:
+                self._start(port, skt, addr)
+            except Exception:
+                _log.failure("could not start a connection from {addr}", addr=addr)
+
+    def _start(self, port: Any, skt: socket.socket, addr: Any) -> None:
+        if isinstance(addr, tuple) and len(addr) == 4:
+            # IPv6: the numeric host with its scope, as Twisted reports it.
+            host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+            addr = (host[0], *addr[1:])
+        protocol = port.factory.buildProtocol(port._buildAddr(addr))
+        if protocol is None:
+            skt.close()
+            return
+        session = port.sessionno
+        port.sessionno = session + 1
+        transport = self._counted(port.transport)(
+            skt, protocol, addr, port, session, port.reactor
+        )
+        self.open += 1
+        self._out_of_files_logged = False
+        protocol.makeConnection(transport)
+
+    def _counted(self, base: type) -> type:
+        """C{base} (the port's transport class), telling us when it closes."""
+        cls = self._classes.get(base)
+        if cls is None:
+            limits = self
+
+            def connectionLost(self: Any, reason: Any) -> None:
+                try:
+                    base.connectionLost(self, reason)  # type: ignore[attr-defined]
+                finally:
+                    limits.closed()
+
+            cls = type(
+                "Counted" + base.__name__, (base,), {"connectionLost": connectionLost}
+            )
+            self._classes[base] = cls
+        return cls
+
+    def _make_room(self) -> None:
+        """Close an idle kept-alive connection, or a greedy address's oldest head."""
+        for connection in self._idle:
+            del self._idle[connection]
+            connection.reclaim()
+            return
+        keys = self._head_keys
+        for index, connection in enumerate(self._heads):
+            if index >= RECLAIM_SCAN:
+                break
+            if keys.get(connection.limit_key, 0) > 1:
+                self.head_done(connection)
+                connection.head_timed_out()
+                return
+
+    def _out_of_files(self, error: OSError) -> None:
+        if not self._out_of_files_logged:
+            self._out_of_files_logged = True
+            _log.warn(
+                "out of file descriptors ({error}) with {open} connections open: "
+                "accepting again as connections close (see --max-connections)",
+                error=errno.errorcode.get(error.errno or 0, str(error)),
+                open=self.open,
+            )
+        self._pause()
+        if self._retry is None:
+            self._retry = self.clock.callLater(self.backoff, self._retry_accept)
+
+    def _retry_accept(self) -> None:
+        self._retry = None
+        self._resume()
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            for port in self._ports:
+                port.stopReading()
+
+    def _resume(self) -> None:
+        if self._retry is not None:
+            if self._retry.active():
+                self._retry.cancel()
+            self._retry = None
+        if not self._paused:
+            return
+        self._paused = False
+        for port in self._ports:
+            if getattr(port, "connected", True) and not getattr(
+                port, "disconnecting", False
+            ):
+                port.startReading()

@@ -824,3 +824,61 @@ async def test_a_flood_of_cheap_frames_gets_goaway_enhance_your_calm(
 ) -> None:
     port = limited_proxy(frame_budget=200)
     assert await in_thread(_flood, port, kind, 5000) == ENHANCE_YOUR_CALM
+
+
+# -- upload backpressure ---------------------------------------------------------------
+
+
+class _DeafApp(Protocol):
+    """An app that accepts the connection and never reads from it."""
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+
+
+def _push_until_starved(port: int, path: bytes, length: int) -> int:
+    """Send a body as fast as the proxy grants window; return what it let through."""
+    client = RawH2(port)
+    extra = [(b"content-length", b"%d" % length)]
+    client.send(client.request(1, b"POST", path, end_stream=False, extra=extra))
+    windows = {0: 65535, 1: 65535}
+    sent = 0
+    while sent < length:
+        room = min(16384, windows[0], windows[1], length - sent)
+        if room > 0:
+            chunk = DataFrame(1)
+            chunk.data = b"b" * room
+            if not client.send(bytes(chunk.serialize())):
+                break
+            sent += room
+            windows[0] -= room
+            windows[1] -= room
+            continue
+        try:
+            # No window left: wait (a while) for the proxy to grant more.
+            _, frame = client.until(lambda f: isinstance(f, WindowUpdateFrame), 2)
+        except TimeoutError:
+            break
+        if frame is None:
+            break
+        windows[frame.stream_id] = windows.get(frame.stream_id, 0) + int(
+            frame.window_increment  # type: ignore[attr-defined]
+        )
+    client.close()
+    return sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_h2_upload_to_an_app_that_stops_reading_stops_the_client(
+    tls_proxy: Any, tmp_path: Path
+) -> None:
+    cert, key, _ = write_pair(tmp_path)
+    app = listen(Factory.forProtocol(_DeafApp))
+    try:
+        proxy = tls_proxy(cert=cert, cert_key=key)
+        path = b"/proxy/%d/upload" % app.getHost().port
+        sent = await in_thread(_push_until_starved, proxy.port, path, 256 * MiB)
+        # Socket buffers and one window at most, not the body: the window stopped.
+        assert sent < 32 * MiB
+    finally:
+        await app.stopListening()

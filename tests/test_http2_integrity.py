@@ -33,6 +33,8 @@ from hyperframe.frame import (
     SettingsFrame,
     WindowUpdateFrame,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
@@ -266,6 +268,27 @@ def test_request_head_refusal_guards_the_request_line(
 ) -> None:
     head = [(b":method", method), (b":path", path), (b":authority", authority)]
     assert request_head_refusal(head) == status
+
+
+@given(
+    st.binary(min_size=1, max_size=40).filter(
+        lambda raw: any(b <= 0x20 or b >= 0x7F for b in raw)
+    )
+)
+def test_a_target_with_any_space_control_or_non_ascii_byte_is_refused(raw: bytes) -> None:
+    head = [(b":method", b"GET"), (b":path", b"/" + raw), (b":authority", b"localhost")]
+    assert request_head_refusal(head) == 400
+
+
+@given(st.from_regex(rb"\A/[!-~]{0,40}\Z"))
+def test_a_visible_ascii_origin_form_target_passes(path: bytes) -> None:
+    head = [(b":method", b"GET"), (b":path", path), (b":authority", b"localhost")]
+    assert request_head_refusal(head) is None
+
+
+def test_h2_deadlines_follow_the_http11_options() -> None:
+    limits = H2Limits.from_config(Config(header_timeout=5.0, send_timeout=7.0))
+    assert (limits.header_timeout, limits.send_timeout) == (5.0, 7.0)
 
 
 def test_frame_budget_counts_in_a_sliding_window() -> None:

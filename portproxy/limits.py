@@ -5,9 +5,9 @@
    timer that every byte restarts);
  - a client that takes no byte of a response for C{--send-timeout} is disconnected;
  - at most C{--max-connections} client connections are held; when the cap is reached,
-   an idle kept-alive connection, or the oldest connection still sending its head from
-   an address that holds several, makes room, else accepting pauses until one closes
-   (the rest wait in the listen queue);
+   the oldest connection still sending its head from an address that holds several,
+   or a kept-alive connection unused for 5 s, makes room, else accepting pauses until
+   one closes (the rest wait in the listen queue);
  - when file descriptors run out, accepting backs off instead of spinning.
 
 L{plan_fd_limit} and L{address_key} are plain functions. L{ConnectionLimits} is the
@@ -49,6 +49,10 @@ ACCEPT_BACKOFF = 0.5
 ACCEPT_BATCH = 100
 #: How many of the oldest head-phase connections are looked at to make room.
 RECLAIM_SCAN = 256
+#: A kept-alive connection unused for this long may be closed to make room at the cap.
+IDLE_RECLAIM_AFTER = 5.0
+#: While at the cap with clients waiting, how often to look for room again.
+FULL_RECHECK = 1.0
 
 _OUT_OF_FILES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 _TRY_NEXT = frozenset((errno.ECONNABORTED, errno.EPERM, errno.EINTR, errno.EPROTO))
@@ -216,7 +220,8 @@ class ConnectionLimits:
         self._heads: dict[Limited, float] = {}
         self._head_keys: dict[str, int] = {}
         self._head_timer: Any = None
-        self._idle: dict[Limited, None] = {}
+        self._idle: dict[Limited, float] = {}
+        self.idle_reclaim_after = IDLE_RECLAIM_AFTER
         self._sending: dict[Limited, list[Any]] = {}
         self._send_timer: Any = None
         self._ports: list[Any] = []
@@ -272,11 +277,7 @@ class ConnectionLimits:
     # -- kept-alive connections -----------------------------------------------------------
 
     def idle_started(self, connection: Limited) -> None:
-        if self._paused and self.open >= self.max_connections:
-            # Someone waits in the listen queue for this place: give it now.
-            connection.reclaim()
-            return
-        self._idle[connection] = None
+        self._idle[connection] = self.clock.seconds()
 
     def idle_ended(self, connection: Limited) -> None:
         self._idle.pop(connection, None)
@@ -366,9 +367,10 @@ class ConnectionLimits:
 
     def _accept(self, port: Any) -> None:
         if self.open >= self.max_connections:
-            # Someone waits in the listen queue: make room if a connection can give it.
+            # Someone waits in the listen queue: make room if a connection can give it,
+            # else look again later (a kept-alive connection may have become unused).
             self._make_room()
-            self._pause()
+            self._pause(FULL_RECHECK)
             return
         for _ in range(min(ACCEPT_BATCH, self.max_connections - self.open)):
             try:
@@ -424,12 +426,13 @@ class ConnectionLimits:
             self._classes[base] = cls
         return cls
 
-    def _make_room(self) -> None:
-        """Close an idle kept-alive connection, or a greedy address's oldest head."""
-        for connection in self._idle:
-            del self._idle[connection]
-            connection.reclaim()
-            return
+    def _make_room(self) -> bool:
+        """Close a greedy address's oldest head, or a long-unused kept-alive connection.
+
+        A client still sending its head from an address that has several such
+        connections is the likeliest attacker; an address with one is left alone, so
+        one user cannot be pushed out by another's flood.
+        """
         keys = self._head_keys
         for index, connection in enumerate(self._heads):
             if index >= RECLAIM_SCAN:
@@ -437,7 +440,15 @@ class ConnectionLimits:
             if keys.get(connection.limit_key, 0) > 1:
                 self.head_done(connection)
                 connection.head_timed_out()
-                return
+                return True
+        now = self.clock.seconds()
+        for connection, since in self._idle.items():
+            if now - since < self.idle_reclaim_after:
+                break  # the first is the one unused longest
+            del self._idle[connection]
+            connection.reclaim()
+            return True
+        return False
 
     def _out_of_files(self, error: OSError) -> None:
         if not self._out_of_files_logged:
@@ -448,19 +459,20 @@ class ConnectionLimits:
                 error=errno.errorcode.get(error.errno or 0, str(error)),
                 open=self.open,
             )
-        self._pause()
-        if self._retry is None:
-            self._retry = self.clock.callLater(self.backoff, self._retry_accept)
+        self._pause(self.backoff)
 
     def _retry_accept(self) -> None:
         self._retry = None
         self._resume()
 
-    def _pause(self) -> None:
+    def _pause(self, retry_after: float) -> None:
+        """Stop accepting; try again after C{retry_after} s or when a connection closes."""
         if not self._paused:
             self._paused = True
             for port in self._ports:
                 port.stopReading()
+        if self._retry is None:
+            self._retry = self.clock.callLater(retry_after, self._retry_accept)
 
     def _resume(self) -> None:
         if self._retry is not None:

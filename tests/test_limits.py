@@ -551,24 +551,30 @@ async def test_connections_beyond_the_cap_wait_in_the_listen_queue(
     assert waiting.data == b"" and not waiting.closed.called
     assert limits.open == 2
     app.release()
+    for client in busy:
+        await client.wait_for(b"ok")
+    await sleep(1.5)  # kept alive and just used: not closed to make room
+    assert waiting.data == b"" and not any(c.closed.called for c in busy)
+    busy[0].transport.loseConnection()
     raw = await closed_within(waiting, 5)
     assert raw.startswith(b"HTTP/1.1 200 "), raw
-    for client in busy:
-        client.transport.loseConnection()
-        await client.closed
+    busy[1].transport.loseConnection()
+    await busy[1].closed
 
 
 @pytest_twisted.ensureDeferred
-async def test_at_the_cap_an_idle_kept_alive_connection_makes_room(make_proxy) -> None:
+async def test_at_the_cap_an_unused_kept_alive_connection_makes_room(make_proxy) -> None:
     proxy = make_proxy(max_connections=2)
-    _watched(proxy)
+    limits = _watched(proxy)
+    limits.idle_reclaim_after = 0.2
     idle = [await connect(proxy.port) for _ in range(2)]
     for client in idle:
         client.send(_keepalive_get(b"/healthz"))
         await client.wait_for(b'"status"')
+    await sleep(0.3)
     raw = await raw_request(proxy.port, get(b"/healthz"), timeout=5)
     assert raw.startswith(b"HTTP/1.1 200 ")
-    assert idle[0].closed.called  # the oldest idle one
+    assert idle[0].closed.called  # the one unused longest
     idle[1].transport.loseConnection()
     await idle[1].closed
 

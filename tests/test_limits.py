@@ -505,6 +505,23 @@ async def test_small_login_form_still_signs_in(make_proxy, tmp_path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_small_chunked_login_form_still_signs_in(make_proxy, tmp_path) -> None:
+    proxy = make_proxy(environ={"PASSWORD": "pw"}, auth="password", data_dir=str(tmp_path))
+    spooled = _no_spooling(proxy)
+    body = b"password=pw&to=%2F"
+    raw = await raw_request(
+        proxy.port,
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body),
+    )
+    status, headers, _ = parse_response(raw)
+    assert status in (302, 303), raw
+    assert any(c.startswith(b"portproxy-session=") for c in headers[b"set-cookie"])
+    assert spooled == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_refused_proxy_request_chunked_body_is_not_spooled(
     make_proxy, upstream, tmp_path
 ) -> None:
@@ -714,3 +731,114 @@ def test_planned_cap_never_needs_more_descriptors_than_the_limit(
 )
 def test_clients_are_grouped_by_address_and_ipv6_by_64(host: str, key: str) -> None:
     assert address_key(host) == key
+
+
+# -- the limits' bookkeeping, on a fake clock -------------------------------------------
+
+
+class FakeConnection:
+    def __init__(self, key: str = "198.51.100.1", unsent: int | None = 0) -> None:
+        self.limit_key = key
+        self.unsent = unsent
+        self.events: list[str] = []
+        self.transport = object()
+
+    def head_timed_out(self) -> None:
+        self.events.append("408")
+
+    def reclaim(self) -> None:
+        self.events.append("reclaimed")
+
+    def send_timed_out(self) -> None:
+        self.events.append("cut")
+
+    def unsent_bytes(self) -> int | None:
+        return self.unsent
+
+
+def _limits(clock: Any, **kw: Any) -> ConnectionLimits:
+    kw.setdefault("max_connections", 10)
+    kw.setdefault("header_timeout", 30.0)
+    kw.setdefault("send_timeout", 60.0)
+    return ConnectionLimits(clock, **kw)
+
+
+def test_head_deadline_is_not_restarted_by_progress() -> None:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    limits = _limits(clock, header_timeout=30.0)
+    slow = FakeConnection()
+    limits.head_started(slow)
+    for _ in range(29):
+        clock.advance(1)
+        limits.head_started(slow)  # more bytes of the same head change nothing
+    assert slow.events == []
+    clock.advance(1)
+    assert slow.events == ["408"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_completed_heads_leave_no_timer_and_no_408() -> None:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    limits = _limits(clock)
+    quick = FakeConnection()
+    limits.head_started(quick)
+    limits.head_done(quick)
+    assert clock.getDelayedCalls() == []
+    clock.advance(60)
+    assert quick.events == []
+
+
+def test_stalled_reader_is_cut_after_the_send_timeout_and_a_steady_one_never() -> None:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    limits = _limits(clock, send_timeout=10.0)
+    stalled = FakeConnection(unsent=500_000)
+    steady = FakeConnection(unsent=500_000)
+    limits.send_paused(stalled)
+    limits.send_paused(steady)
+    for _ in range(100):  # 100 s, far beyond the timeout
+        clock.advance(1)
+        steady.unsent = max(0, (steady.unsent or 0) - 1000)  # 1 kB/s taken
+    assert stalled.events == ["cut"]
+    assert steady.events == []
+    limits.send_resumed(steady)
+    assert clock.getDelayedCalls() == []
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["start", "done", "forget", "tick"]),
+            st.integers(0, 4),
+        ),
+        max_size=60,
+    )
+)
+def test_head_bookkeeping_stays_consistent(steps: list[tuple[str, int]]) -> None:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    limits = _limits(clock, header_timeout=5.0)
+    connections = [FakeConnection(key=f"10.0.0.{i % 2}") for i in range(5)]
+    for action, index in steps:
+        connection = connections[index]
+        if action == "start":
+            limits.head_started(connection)
+        elif action == "done":
+            limits.head_done(connection)
+        elif action == "forget":
+            limits.forget(connection)
+        else:
+            clock.advance(2.0)
+        heads = limits._heads
+        counted: dict[str, int] = {}
+        for c in heads:
+            counted[c.limit_key] = counted.get(c.limit_key, 0) + 1
+        assert counted == limits._head_keys
+        assert bool(heads) == bool(clock.getDelayedCalls())
+        assert all(d > clock.seconds() for d in heads.values())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import ipaddress
+import re
 import socket
 import termios
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "fit_fd_limit",
     "plan_fd_limit",
     "unsent_bytes",
+    "with_backlog",
 ]
 
 #: File descriptors kept aside for everything that is not a client connection and its
@@ -94,6 +96,27 @@ def plan_fd_limit(max_connections: int, soft: int, hard: int) -> FdPlan:
         return FdPlan(needed, max_connections, needed)
     cap = max(1, (hard - FD_RESERVE) // FDS_PER_CONNECTION)
     return FdPlan(hard, min(cap, max_connections), needed)
+
+
+#: Listen queue for endpoints that do not name one (Twisted's default is 50): where
+#: clients wait while portproxy is at --max-connections. The kernel may cap it
+#: (net.core.somaxconn).
+DEFAULT_BACKLOG = 1024
+_BACKLOG_TYPES = frozenset(("tcp", "tcp6", "ssl", "unix"))
+
+
+def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """C{description} with C{:backlog=N} added when it is a listening socket without one.
+
+    Endpoint strings separate fields with unescaped colons (C{\\:} is a literal one).
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in _BACKLOG_TYPES or description.endswith("\\"):
+        return description
+    fields = re.split(r"(?<!\\):", description)
+    if any(f.strip().lower().startswith("backlog=") for f in fields[1:]):
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 def address_key(host: str) -> str:

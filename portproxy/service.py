@@ -61,7 +61,10 @@ class ListeningService(Service):
 
     def endpoint(self) -> Any:
         """The server endpoint to listen on (a worker adopts an inherited one)."""
-        return serverFromString(self.reactor, self.description)
+        from portproxy.limits import with_backlog
+
+        # A longer listen queue than Twisted's 50: clients wait there at the cap.
+        return serverFromString(self.reactor, with_backlog(self.description))
 
     def _listen(self) -> None:
         try:

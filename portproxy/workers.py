@@ -214,13 +214,16 @@ def bind_shared(reactor: Any, descriptions: Sequence[str]) -> list[SharedListene
     """Bind every endpoint now; raise L{StartupError} (one line) if one cannot be."""
     from twisted.internet.endpoints import serverFromString
 
+    from portproxy.limits import with_backlog
+
     bound: list[SharedListener] = []
     idle = ServerFactory.forProtocol(Protocol)
     idle.noisy = False
     try:
         for description in descriptions:
             try:
-                endpoint = serverFromString(reactor, description)
+                # Workers wait at --max-connections in this queue (portproxy.limits).
+                endpoint = serverFromString(reactor, with_backlog(description))
             except Exception as e:
                 raise StartupError(f"--listen {description}: {e}") from None
             outcome: list[Any] = []

@@ -30,6 +30,7 @@ from portproxy.limits import (
     ConnectionLimits,
     address_key,
     plan_fd_limit,
+    with_backlog,
 )
 from tests.support import get, get_reactor, parse_response, raw_request
 
@@ -842,3 +843,36 @@ def test_head_bookkeeping_stays_consistent(steps: list[tuple[str, int]]) -> None
         assert counted == limits._head_keys
         assert bool(heads) == bool(clock.getDelayedCalls())
         assert all(d > clock.seconds() for d in heads.values())
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=1024"),
+        ("tcp6:8080:interface=\\:\\:", "tcp6:8080:interface=\\:\\::backlog=1024"),
+        ("unix:/run/pp.sock:mode=660", "unix:/run/pp.sock:mode=660:backlog=1024"),
+        ("tcp:8080:backlog=10", "tcp:8080:backlog=10"),
+        ("systemd:domain=INET:name=http", "systemd:domain=INET:name=http"),
+        ("8080", "8080"),
+    ],
+)
+def test_listen_queue_is_lengthened_unless_the_endpoint_names_one(
+    description: str, expected: str
+) -> None:
+    assert with_backlog(description) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_listener_uses_the_longer_listen_queue() -> None:
+    from portproxy.service import ListeningService
+
+    reactor = get_reactor()
+    service = ListeningService(
+        reactor, "tcp:0:interface=127.0.0.1", Factory.forProtocol(Protocol), lambda p: None
+    )
+    service.startService()
+    try:
+        assert service.port is not None
+        assert service.port.backlog == 1024  # type: ignore[attr-defined]
+    finally:
+        await service.stopService()

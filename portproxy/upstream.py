@@ -134,6 +134,7 @@ class UpstreamConnection(Protocol):
         self._method = b""
         self._upload: StreamingUpload | None = None
         self._got_bytes = False
+        #: Closed, or being closed by L{abort}: never to be handed out again.
         self.lost = False
         #: Fired by connectionLost when the pool closes this connection at shutdown.
         self.closed: Deferred[None] | None = None
@@ -199,7 +200,13 @@ class UpstreamConnection(Protocol):
         if upload is not None:
             # The rest of the body has nowhere to go: let the client finish sending it.
             upload.abandon()
-        if self.transport is not None and not self.lost:
+        if self.lost:
+            return
+        # connectionLost (and its pool.forget) only runs on the next reactor turn;
+        # until then a request in this same turn could still take() this connection.
+        self.lost = True
+        self.pool.forget(self)
+        if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     # -- receiving ------------------------------------------------------------------

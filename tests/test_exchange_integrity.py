@@ -30,6 +30,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from portproxy.setcookie import allowed_set_cookies, cookie_name
+from portproxy.upstream import UpstreamPool
 from tests.support import dechunk, get, get_reactor, listen, parse_response, raw_request
 
 NODE = "/usr/bin/node"
@@ -578,3 +579,48 @@ async def test_websocket_101_carries_no_cookie_from_the_app(proxy: Any) -> None:
     head = bytes(client.data).split(b"\r\n\r\n")[0]
     assert head.startswith(b"HTTP/1.1 101")
     assert b"portproxy-session" not in head
+
+
+# -- follow-up review: pool, framing fields, bodiless answers, status codes ------------
+
+
+class _RecordingSink:
+    """A response sink that records the status, then C{done} or C{failed}."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def response_head(self, head: Any, connection: Any) -> None:
+        self.events.append(head.code)
+
+    def response_body(self, data: bytes) -> None:
+        pass
+
+    def response_done(self) -> None:
+        self.events.append("done")
+
+    def response_failed(self, reason: Failure, *, retryable: bool) -> None:
+        self.events.append("failed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_aborted_for_stray_bytes_is_never_handed_out_again() -> None:
+    """Driven directly: in a live race the next take() falls in the same reactor turn."""
+    port = _scripted(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    app = port.getHost().port
+    pool = UpstreamPool(get_reactor())
+    try:
+        connection = await pool.connect(app)
+        sink = _RecordingSink()
+        connection.send(sink, b"GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, 0)
+        await _until(lambda: sink.events == [200, "done"])
+        assert pool.idle_count() == 1
+        # Stray bytes while idle abort the connection; connectionLost (which used to
+        # take it out of the pool) only runs on the next reactor turn.
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\n")
+        assert pool.take(app) is None
+        assert pool.idle_count() == 0
+        await _until(lambda: connection.lost)
+    finally:
+        await pool.close()
+        await port.stopListening()

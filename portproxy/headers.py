@@ -446,7 +446,8 @@ def response_header_pairs(
     """Like L{response_headers}, from header fields as parsed off the wire.
 
     Groups repeated names (case-insensitively, first spelling and position kept) in the
-    same pass; this runs once per proxied response.
+    same pass; this runs once per proxied response. A repeated Content-Length, whose
+    values L{portproxy.http11.body_framing} has found equal, is passed on once.
     """
     options: set[bytes] | None = None
     grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
@@ -470,6 +471,11 @@ def response_header_pairs(
             grouped[lower] = (name, [value])
         else:
             entry[1].append(value)
+    length = grouped.get(b"content-length")
+    if length is not None and (len(length[1]) > 1 or b"," in length[1][0]):
+        # RFC 9110 8.6: a recipient of "5, 5" or two equal fields may use it, but
+        # must send a single "Content-Length: 5" on.
+        length[1][:] = [length[1][0].split(b",", 1)[0].strip(b" \t")]
     if options:
         return [entry for lower, entry in grouped.items() if lower not in options]
     return list(grouped.values())

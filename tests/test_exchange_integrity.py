@@ -624,3 +624,26 @@ async def test_connection_aborted_for_stray_bytes_is_never_handed_out_again() ->
     finally:
         await pool.close()
         await port.stopListening()
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        b"Content-Length: 5\r\nContent-Length: 5\r\n",
+        b"Content-Length: 5, 5\r\n",
+        b"Content-Length: 5,5\r\nContent-Length: 5\r\n",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_repeated_equal_content_length_reaches_the_client_once(
+    proxy: Any, lengths: bytes
+) -> None:
+    port = _scripted(b"HTTP/1.1 200 OK\r\n%s\r\nhello" % lengths)
+    try:
+        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
+    finally:
+        await port.stopListening()
+    status, headers, body = parse_response(raw)
+    assert (status, body) == (200, b"hello")
+    assert headers[b"content-length"] == [b"5"]
+    assert raw.lower().count(b"content-length") == 1

@@ -263,3 +263,21 @@ def test_content_length_is_dropped_when_transfer_encoding_framed_the_body() -> N
     assert response_header_pairs([(b"Content-Length", b"5")]) == [
         (b"Content-Length", [b"5"])
     ]
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [(b"Content-Length", b"5"), (b"content-length", b"5")],
+        [(b"Content-Length", b"5, 5")],
+        [(b"Content-Length", b"5,5"), (b"Content-Length", b"5")],
+    ],
+)
+def test_repeated_content_length_is_passed_on_once(
+    pairs: list[tuple[bytes, bytes]],
+) -> None:
+    """RFC 9110 8.6: body_framing has checked they agree; send the one value once."""
+    assert response_header_pairs([*pairs, (b"X", b"1")]) == [
+        (b"Content-Length", [b"5"]),
+        (b"X", [b"1"]),
+    ]

@@ -359,6 +359,9 @@ class _Exchange:
                 if not values:
                     continue
             out.setRawHeaders(name, values)
+        if head.code == 204:
+            # RFC 9110 8.6: a 204 carries no Content-Length (twisted.web would send it).
+            out.removeHeader(b"content-length")
         self.streaming = True
         # A slow client pauses the upstream socket (and a vanished one stops it).
         request.registerProducer(connection.transport, True)

@@ -166,6 +166,23 @@ def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool
         length = int(text)
     code = head.code
     if method == b"HEAD" or code < 200 or code in (204, 304):
+        # No body follows, whatever the framing fields say (RFC 9112 6.3). An app that
+        # sends one anyway (a HEAD answered like a GET, a 304 with its full body)
+        # races the next request on this connection: bytes in the same read as the
+        # head revoke keep-alive (ResponseReader), bytes that come while the
+        # connection is idle abort it, but bytes that come after the next request
+        # was written are read as its response. That race is inherent to HTTP/1.1
+        # proxies (nginx has it too), so where the fields themselves promise a body
+        # the status forbids, the connection is not reused at all: a 204 with a
+        # Content-Length other than 0 or any Transfer-Encoding (RFC 9110 8.6, RFC
+        # 9112 6.1), and a 304 with Transfer-Encoding (allowed, but suspect). A
+        # Content-Length on a HEAD or 304 response, or Transfer-Encoding on a HEAD
+        # response, describes the GET's body as the RFC intends and is trusted.
+        if code == 204:
+            if length > 0 or chunked or b"close" in lengths:
+                keep_alive = False
+        elif code == 304 and (chunked or b"close" in lengths):
+            keep_alive = False
         return BodyKind.NONE, 0, keep_alive
     if chunked:
         # Transfer-Encoding overrides Content-Length; such a message is suspect, so

@@ -647,3 +647,74 @@ async def test_repeated_equal_content_length_reaches_the_client_once(
     assert (status, body) == (200, b"hello")
     assert headers[b"content-length"] == [b"5"]
     assert raw.lower().count(b"content-length") == 1
+
+
+EVIL = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"
+
+
+class _LateBody(Protocol):
+    """Answers C{/first} with C{head}, whose framing fields promise a body that its
+    status forbids; sends that "body" (a whole fake response) only when the next
+    request arrives on the connection, then answers that request properly.
+    """
+
+    connections = 0
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+        self.buffer = b""
+        self.owed = b""
+        _LateBody.connections += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            request, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            target = request.split(b" ")[1]
+            if target == b"/first":
+                self.transport.write(self.head)
+                self.owed = EVIL
+                continue
+            body = b"resp-for:" + target
+            late, self.owed = self.owed, b""
+            self.transport.write(
+                late + b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bodiless_answer_with_body_framing_is_not_reused_for_the_next_client(
+    proxy: Any, head: bytes
+) -> None:
+    _LateBody.connections = 0
+    port = listen(Factory.forProtocol(lambda: _LateBody(head)))
+    app = port.getHost().port
+    try:
+        first = await raw_request(proxy.port, get(b"/proxy/%d/first" % app))
+        victim = await raw_request(proxy.port, get(b"/proxy/%d/victim" % app))
+    finally:
+        await port.stopListening()
+    assert parse_response(first)[0] == int(head[9:12])
+    assert b"content-length" not in first.lower()  # not on a 204, nor a 304 without one
+    assert parse_response(victim)[2] == b"resp-for:/victim"
+    assert _LateBody.connections == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_204_with_content_length_0_keeps_the_connection(proxy: Any) -> None:
+    port = _scripted(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+    try:
+        for _ in range(2):
+            raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
+            assert parse_response(raw)[0] == 204
+    finally:
+        await port.stopListening()
+    assert _Scripted.connections == 1

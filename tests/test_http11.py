@@ -281,3 +281,26 @@ def test_repeated_content_length_is_passed_on_once(
         (b"Content-Length", [b"5"]),
         (b"X", [b"1"]),
     ]
+
+
+@pytest.mark.parametrize(
+    ("method", "head", "reuse"),
+    [
+        (b"GET", _head(204, (b"Content-Length", b"0")), True),
+        (b"GET", _head(204, (b"Content-Length", b"5")), False),
+        (b"HEAD", _head(204, (b"Content-Length", b"5")), False),
+        (b"GET", _head(204, (b"Transfer-Encoding", b"chunked")), False),
+        (b"GET", _head(304, (b"Transfer-Encoding", b"chunked")), False),
+        (b"GET", _head(304, (b"Content-Length", b"5")), True),
+        (b"HEAD", _head(200, (b"Transfer-Encoding", b"chunked")), True),
+        (b"HEAD", _head(200, (b"Content-Length", b"5")), True),
+    ],
+)
+def test_bodiless_response_whose_framing_promises_a_body_is_not_reused(
+    method: bytes, head: ResponseHead, reuse: bool
+) -> None:
+    """A 204 may have no length but 0 and no Transfer-Encoding (RFC 9110 8.6, RFC 9112
+    6.1); a 304 with Transfer-Encoding is allowed but suspect. Either way the app may
+    send a body later, which must not be read as the next client's response.
+    """
+    assert body_framing(method, head) == (BodyKind.NONE, 0, reuse)

@@ -81,17 +81,20 @@ def parse_response_head(block: bytes) -> ResponseHead:
     code_text = parts[1]
     if len(code_text) != 3 or not code_text.isdigit():
         raise ProtocolError(f"bad status code {code_text[:10]!r}")
+    code = int(code_text)
+    if not 100 <= code <= 599:
+        # RFC 9110 15: codes are 100-599; a "000" must not pass for an interim
+        # response to be skipped, nor a 6xx (a library's private code) reach a client.
+        raise ProtocolError(f"status code {code_text!r} is outside 100-599")
     reason = parts[2] if len(parts) == 3 else b""
     if reason and _REASON.match(reason) is None:
         raise ProtocolError(f"control character in the reason phrase {reason[:80]!r}")
     rest = block[len(status) + 2 :]
     if not rest and len(lines) == 1:
-        return ResponseHead(parts[0], int(code_text), reason, [])
+        return ResponseHead(parts[0], code, reason, [])
     if _FIELDS.fullmatch(rest + b"\r\n") is not None:
         # The common case, checked and split in C: well-formed, unfolded fields.
-        return ResponseHead(
-            parts[0], int(code_text), reason, _FIELD.findall(rest + b"\r\n")
-        )
+        return ResponseHead(parts[0], code, reason, _FIELD.findall(rest + b"\r\n"))
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
         if line[:1] in (b" ", b"\t"):
@@ -109,7 +112,7 @@ def parse_response_head(block: bytes) -> ResponseHead:
         if _VALUE.match(value) is None:
             raise ProtocolError("control character in a header value")
         headers.append((name, value.strip(b" \t")))
-    return ResponseHead(parts[0], int(code_text), reason, headers)
+    return ResponseHead(parts[0], code, reason, headers)
 
 
 def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool]:

@@ -677,9 +677,8 @@ class _LateBody(Protocol):
                 continue
             body = b"resp-for:" + target
             late, self.owed = self.owed, b""
-            self.transport.write(
-                late + b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+            self.transport.write(late + answer + body)
 
 
 @pytest.mark.parametrize(
@@ -718,3 +717,23 @@ async def test_204_with_content_length_0_keeps_the_connection(proxy: Any) -> Non
     finally:
         await port.stopListening()
     assert _Scripted.connections == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 000 X\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 099 X\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 600 X\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 999 X\r\nContent-Length: 2\r\n\r\nok",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_status_code_outside_100_to_599_gives_502(proxy: Any, answer: bytes) -> None:
+    port = _scripted(answer)
+    try:
+        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
+    finally:
+        await port.stopListening()
+    assert parse_response(raw)[0] == 502
+    assert not raw.endswith(b"ok")

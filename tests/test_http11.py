@@ -47,6 +47,11 @@ def test_obsolete_line_folding_becomes_a_space() -> None:
         b"ICY 200 OK",
         b"HTTP/1.1 20 OK",
         b"HTTP/1.1 abc OK",
+        b"HTTP/1.1 000 X",
+        b"HTTP/1.1 099 X",
+        b"HTTP/1.1 600 X",
+        b"HTTP/1.1 999 X",
+        b"HTTP/1.1 \xd9\xa1\xd9\xa0\xd9\xa0 X",
         b"HTTP/1.1 200 OK\r\nNo colon here",
         b"HTTP/1.1 200 OK\r\nBad Name: x",
         b"HTTP/1.1 200 OK\r\n: empty name",
@@ -304,3 +309,9 @@ def test_bodiless_response_whose_framing_promises_a_body_is_not_reused(
     send a body later, which must not be read as the next client's response.
     """
     assert body_framing(method, head) == (BodyKind.NONE, 0, reuse)
+
+
+@pytest.mark.parametrize("code", [100, 199, 200, 599])
+def test_status_codes_from_100_to_599_are_accepted(code: int) -> None:
+    """RFC 9110 15: three digits, 100-599; anything else is not an HTTP status."""
+    assert parse_response_head(b"HTTP/1.1 %d X" % code).code == code

@@ -94,6 +94,12 @@ def test_interim_responses_are_skipped_never_taken_for_the_final_one() -> None:
     assert events[1:] == [(DATA, b"ok"), (END, None)]
 
 
+@pytest.mark.parametrize("code", [b"000", b"099"])
+def test_status_under_100_is_an_error_not_an_interim_response(code: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        _read(b"HTTP/1.1 %s X\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" % code)
+
+
 def test_unrequested_101_is_an_error() -> None:
     with pytest.raises(ProtocolError):
         _read(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
@@ -239,6 +245,9 @@ _KNOWN = (
     #   extension: h11 accepts all but NUL and whitespace; they are not VCHAR;
     re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]"),
 )
+#: A status code of 600-999: h11 accepts any three digits; RFC 9110 15 defines 100-599
+#: only and says to treat anything else as a server error, so it is a bad response.
+_BEYOND_599 = re.compile(rb"^HTTP/1\.[01] [6-9][0-9][0-9]", re.M)
 #: A transfer coding other than chunked: h11 refuses it (501); we read such a body to
 #: the end of the connection, as RFC 9112 6.3 says a client does.
 _OTHER_CODING = re.compile(rb"Transfer-Encoding: ?gzip", re.I)
@@ -266,7 +275,11 @@ def _responses(draw: st.DrawFn) -> tuple[bytes, bytes, list[int]]:
     """A response byte stream, usually valid, often subtly not."""
     method = draw(st.sampled_from([b"GET", b"GET", b"HEAD"]))
     version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]))
-    code = draw(st.sampled_from([b"200", b"200", b"404", b"204", b"304", b"500", b"2000"]))
+    code = draw(
+        st.sampled_from(
+            [b"200", b"200", b"404", b"204", b"304", b"500", b"2000", b"099", b"600"]
+        )
+    )
     wire = b""
     if draw(st.booleans()):
         wire += version + b" " + draw(st.sampled_from([b"100", b"103"])) + b" Hint\r\n\r\n"
@@ -350,4 +363,6 @@ def test_reader_agrees_with_h11_on_generated_responses(
         return  # deliberately stricter (see _KNOWN)
     if ours[0] == "ok" and _OTHER_CODING.search(wire):
         return
+    if ours == ("error",) and _BEYOND_599.search(wire):
+        return  # deliberately stricter (see _BEYOND_599)
     raise AssertionError(f"{wire!r} cut at {cuts}: ours {ours!r}, h11 {reference!r}")

@@ -737,3 +737,17 @@ async def test_status_code_outside_100_to_599_gives_502(proxy: Any, answer: byte
         await port.stopListening()
     assert parse_response(raw)[0] == 502
     assert not raw.endswith(b"ok")
+
+
+@pytest_twisted.ensureDeferred
+async def test_101_to_a_request_that_asked_for_no_upgrade_gives_502(proxy: Any) -> None:
+    port = _scripted(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n"
+        b"raw bytes of another protocol"
+    )
+    try:
+        raw = await raw_request(proxy.port, get(b"/proxy/%d/" % port.getHost().port))
+    finally:
+        await port.stopListening()
+    assert parse_response(raw)[0] == 502
+    assert b"another protocol" not in raw

@@ -110,6 +110,9 @@ class PortProxyResource(ReverseProxyResource):
     """
 
     isLeaf = True
+    #: Tells the request not to add its own Date: the app's response has one, or none.
+    #: A streamed upload renders this resource directly, without the routing gate.
+    proxied = True
 
     def __init__(
         self,

@@ -751,3 +751,47 @@ async def test_101_to_a_request_that_asked_for_no_upgrade_gives_502(proxy: Any) 
         await port.stopListening()
     assert parse_response(raw)[0] == 502
     assert b"another protocol" not in raw
+
+
+class _ReadsBodyNoDate(Protocol):
+    """Reads a Content-Length body in full, then answers with no Date field."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        head, found, body = self.buffer.partition(b"\r\n\r\n")
+        if not found:
+            return
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(body) >= length:
+            self.buffer = b""
+            got = b"%d" % len(body)
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(got), got)
+            )
+
+
+@pytest.mark.parametrize("size", [10, 100 * 1024])
+@pytest_twisted.ensureDeferred
+async def test_response_to_an_upload_has_no_date_the_app_did_not_send(
+    proxy: Any, size: int
+) -> None:
+    """Bodies over 64 KiB stream to the app; the answer must pass through unchanged."""
+    port = listen(Factory.forProtocol(_ReadsBodyNoDate))
+    request = (
+        b"POST /proxy/%d/up HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % (port.getHost().port, size)
+    ) + b"u" * size
+    try:
+        raw = await raw_request(proxy.port, request)
+    finally:
+        await port.stopListening()
+    status, headers, body = parse_response(raw)
+    assert (status, body) == (200, b"%d" % size)
+    assert b"date" not in headers

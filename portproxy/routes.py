@@ -99,8 +99,14 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 
 
 def parse_route(target: bytes) -> Route:
-    """Classify a raw request target for the main host."""
+    """Classify a raw request target for the main host.
+
+    Only an origin-form target (or an absolute-form one, reduced to it) can be a
+    route: C{x/proxy/80/a} or C{*} is not found.
+    """
     path, query = split_target(target)
+    if path[:1] != b"/":
+        return Route(RouteKind.NOT_FOUND)
     # path starts with "/", so parts[0] is empty; route words ignore case as in code-server.
     parts = path.split(b"/", 3)
     word = parts[1].lower() if len(parts) > 1 else b""

@@ -382,3 +382,11 @@ def test_trusted_origin_entries_raise_only_value_error(entry: str) -> None:
 def test_cookie_readers_take_degenerate_values(value: Any) -> None:
     assert cookie_values([value], _NAME, 4) == []
     assert strip_cookie([value], _NAME) in (None, value.strip(b" \t;") or None, value)
+
+
+@pytest.mark.parametrize(
+    "origin", [b"http:// a.test", b"http://a.test :80", b"http://a~b.test", b"http://[::1"]
+)
+def test_origins_with_blanks_or_odd_hosts_are_refused(origin: bytes) -> None:
+    assert parse_origin(origin) is None
+    assert not origin_allowed([origin], host="a.test", scheme="http")

@@ -21,6 +21,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from portproxy.hosts import parse_authority
+
 __all__ = [
     "DEFAULT_PORTS",
     "Authority",
@@ -36,10 +38,6 @@ __all__ = [
 DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
-# Browsers serialise hosts as ASCII: names (punycode for IDN), IPv4, or bracketed IPv6.
-_NAME = re.compile(r"[a-z0-9_~-]+(?:\.[a-z0-9_~-]+)*\.?")
-_IPV6 = re.compile(r"\[[0-9a-f:.]+\]")
-_PORT = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -61,25 +59,12 @@ class Authority:
 
 
 def _authority(text: str) -> Authority | None:
-    text = text.lower()
-    if text.startswith("["):
-        end = text.find("]") + 1
-        host, rest = text[:end], text[end:]
-        if not end or _IPV6.fullmatch(host) is None:
-            return None
-    else:
-        host, sep, port_text = text.partition(":")
-        rest = sep + port_text
-        if _NAME.fullmatch(host) is None:
-            return None
-    if not rest:
-        return Authority(host, None)
-    if rest[0] != ":" or _PORT.fullmatch(rest[1:]) is None:
+    # The one host[:port] parser (portproxy.hosts); hosts compare without case. No
+    # blank may hide inside an origin ("http:// a.test"), which that parser would strip.
+    parsed = parse_authority(text)
+    if parsed is None or text[:1] in (" ", "\t") or text[-1:] in (" ", "\t"):
         return None
-    port = int(rest[1:])
-    if port > 65535:
-        return None
-    return Authority(host, port)
+    return Authority(parsed.host.lower(), parsed.port)
 
 
 def normalize_authority(value: str | None, scheme: str) -> str | None:

@@ -33,6 +33,7 @@ from portproxy.uploads import StreamingUpload
 
 __all__ = [
     "OWN_BODY_LIMIT",
+    "PIPELINE_BUFFER_LIMIT",
     "SPOOL_MEMORY_LIMIT",
     "ProxyChannel",
     "ProxyRequest",
@@ -47,6 +48,9 @@ STREAM_THRESHOLD = 64 * 1024
 #: The largest body portproxy's own routes take (login form, API calls): a larger one
 #: gets 413 as soon as it is declared, or once a chunked one grows past it.
 OWN_BODY_LIMIT = 64 * 1024
+#: Bytes of pipelined requests held while a response is under way: once this many have
+#: arrived, the client's socket is not read again until the current request is answered.
+PIPELINE_BUFFER_LIMIT = 64 * 1024
 
 # Phases of an HTTP/1.1 connection, for the request-head deadline.
 _BUSY, _HEAD, _IDLE, _BETWEEN = 0, 1, 2, 3
@@ -72,6 +76,9 @@ class ProxyChannel(HTTPChannel):
 
     _limits: ConnectionLimits | None = None
     _phase = _BUSY
+    #: HTTPChannel's buffer of pipelined bytes last counted, and its size.
+    _counted: list[bytes] | None = None
+    _counted_size = 0
     limit_key = ""
 
     def connectionMade(self) -> None:
@@ -100,6 +107,26 @@ class ProxyChannel(HTTPChannel):
             limits.idle_ended(self)
             limits.head_started(self)
         super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._handlingRequest:  # type: ignore[attr-defined]
+            super().rawDataReceived(data)  # a request body
+            return
+        # Bytes of later (pipelined) requests, kept until this one is answered.
+        # HTTPChannel pauses reading past 16 KiB only when the client is not
+        # behind with the response; while it is, its pauseProducing skips the
+        # socket (a request is in progress) and every byte piled up here. Pausing
+        # the socket is always safe: requestDone and resumeProducing resume it.
+        buffered: list[bytes] = self._dataBuffer  # type: ignore[attr-defined]
+        if buffered is not self._counted:
+            # HTTPChannel starts a new list for each request (and may have put the
+            # rest of a request body in it): count it once, then keep count.
+            self._counted = buffered
+            self._counted_size = sum(map(len, buffered))
+        buffered.append(data)
+        self._counted_size += len(data)
+        if self._counted_size >= PIPELINE_BUFFER_LIMIT:
+            self._networkProducer.pauseProducing()  # type: ignore[attr-defined]
 
     def allHeadersReceived(self) -> None:
         if self._phase == _HEAD:

@@ -164,6 +164,7 @@ class HardenedH2Stream(H2Stream):
     _version = b"HTTP/2"
     _answered_early = False
     _client_ended = False
+    _head_ended = False
     _stall: Any = None
 
     def _convertHeaders(self, headers: Any) -> None:
@@ -198,8 +199,8 @@ class HardenedH2Stream(H2Stream):
         if cookies:
             raw.setRawHeaders(b"cookie", [b"; ".join(cookies)])
         self._command, self._path = self.command, self.path
-        if length is None and self.command in (b"GET", b"HEAD"):
-            length = 0
+        if length is None and (self.command in (b"GET", b"HEAD") or self._head_ended):
+            length = 0  # no body can follow (a preflight must be known bodiless)
         request.gotLength(length)
         request.parseCookies()
         expect = raw.getRawHeaders(b"expect")
@@ -369,6 +370,7 @@ class HardenedH2Connection(H2Connection):
             pass  # a PRIORITY frame named the stream first
         else:
             self.priority.block(event.stream_id)
+        stream._head_ended = event.stream_ended is not None  # END_STREAM on HEADERS
         stream.start()
 
     def _refuse(self, stream_id: int, status: int, *, ended: bool) -> None:

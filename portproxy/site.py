@@ -287,6 +287,9 @@ class ProxyRequest(Request):
 
     #: What portproxy believes about the client; set by the root before rendering.
     client_view: ClientView | None = None
+    #: The body length the head announced (C{None}: unknown, chunked or HTTP/2 DATA to
+    #: come); a CORS preflight must announce 0 (portproxy.auth.guard.allows_preflight).
+    body_length: int | None = 0
     #: Set when the body limit was exceeded and a 413 already went out.
     _refused = False
     _received = 0
@@ -337,6 +340,7 @@ class ProxyRequest(Request):
             self.processingFailed(Failure())
 
     def gotLength(self, length: int | None) -> None:
+        self.body_length = length
         limit = self.channel.site.max_body_size  # type: ignore[attr-defined]
         if limit is not None and length is not None and length > limit:
             self._refuse_body()

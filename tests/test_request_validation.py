@@ -21,6 +21,7 @@ from portproxy.headers import (
     request_authority,
 )
 from portproxy.hosts import Authority, parse_authority
+from tests import test_tls_live as _tls
 from tests import test_websocket_relay as _ws
 from tests.support import Recorder, get, parse_response, raw_request
 from tests.test_websocket_relay import exchange, header_lines, upgrade
@@ -28,6 +29,8 @@ from tests.test_websocket_relay import exchange, header_lines, upgrade
 # The WebSocket relay's fixtures: a raw upstream that records the handshake it gets.
 live = _ws.live
 raw_app = _ws.raw_app
+# A TLS (HTTP/2) portproxy built as `twist portproxy` builds it.
+tls_proxy = _tls.tls_proxy
 
 PASSWORD = "correct horse battery staple"
 HTML = b"Accept: text/html\r\n"
@@ -375,6 +378,85 @@ async def test_a_bodiless_preflight_still_passes(
         raw = await raw_request(preflight_proxy.port, _PREFLIGHT % up.port + end)
         assert parse_response(raw)[0] == 200
     assert [r["method"] for r in rec.requests] == [b"OPTIONS", b"OPTIONS"]
+
+
+def _h2_preflights(
+    port: int, cafile: str, path: bytes, bodies: list[bytes | None]
+) -> list[int]:
+    """Send one OPTIONS preflight per entry over one h2 connection; their statuses.
+
+    C{None}: the HEADERS frame ends the stream; bytes: DATA follows, with no
+    content-length (HTTP/2 needs none).
+    """
+    import socket
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        conn.initiate_connection()
+        statuses: dict[int, int] = {}
+        for body in bodies:
+            stream = conn.get_next_available_stream_id()
+            statuses[stream] = 0
+            head = [
+                (b":method", b"OPTIONS"),
+                (b":path", path),
+                (b":scheme", b"https"),
+                (b":authority", b"localhost:%d" % port),
+                (b"origin", b"https://a.test"),
+                (b"access-control-request-method", b"PUT"),
+            ]
+            conn.send_headers(stream, head, end_stream=body is None)
+            if body is not None:
+                conn.send_data(stream, body, end_stream=True)
+        tls.sendall(conn.data_to_send())
+        open_streams = set(statuses)
+        while open_streams:
+            data = tls.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    statuses[event.stream_id] = int(dict(event.headers)[b":status"])
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    open_streams.discard(event.stream_id)
+            tls.sendall(conn.data_to_send())
+        return [statuses[s] for s in sorted(statuses)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_h2_preflight_whose_stream_carries_data_needs_a_session(
+    upstream: Any, tls_proxy: Any, tmp_path: Path
+) -> None:
+    from twisted.internet.threads import deferToThread
+
+    from tests.test_tls import write_pair
+
+    up = upstream(rec := Recorder())
+    cert, key, ca = write_pair(tmp_path)
+    proxy = tls_proxy(
+        {"PASSWORD": PASSWORD},
+        auth="password",
+        cert=cert,
+        cert_key=key,
+        skip_auth_preflight=True,
+    )
+    statuses = await deferToThread(
+        _h2_preflights, proxy.port, ca, b"/proxy/%d/x" % up.port, [b"hello", None]
+    )
+    assert statuses == [401, 200]
+    assert [(r["method"], r["body"]) for r in rec.requests] == [(b"OPTIONS", b"")]
 
 
 # -- end to end: sign-in redirects under {{host}} -------------------------------------

@@ -228,13 +228,15 @@ class PasswordAuthenticator(Authenticator):
         C{Access-Control-Request-Method} and no body.
 
         A preflight never has a body, so one that declares or carries a body (a
-        C{Content-Length} above 0, any C{Transfer-Encoding}, or bytes already read)
-        needs a session like any other request.
+        C{Content-Length} above 0, any C{Transfer-Encoding}, an HTTP/2 stream not ended
+        with its head, or bytes already read) needs a session like any other request.
         """
         headers = request.requestHeaders
         return (
             self.skip_auth_preflight
             and request.method == b"OPTIONS"
+            # What the head announced (portproxy.site.ProxyRequest): None is unknown.
+            and getattr(request, "body_length", 0) == 0
             and headers.hasHeader(b"origin")
             and headers.hasHeader(b"access-control-request-method")
             and not headers.hasHeader(b"transfer-encoding")

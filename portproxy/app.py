@@ -218,6 +218,7 @@ def _tls_wrapper(
         redirect=redirect,
         log=_log,
         http2_limits=config,  # HTTP/2 deadlines follow --header-timeout/--send-timeout
+        limits=limits,  # the wait for the first byte is part of the request head
     )
 
     def wrap(factory: Any) -> Any:

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from portproxy.limits import ConnectionLimits, address_key
 from portproxy.tls import (
     SELF_SIGNED_CERT_FILE,
     KeyPair,
@@ -43,7 +44,8 @@ __all__ = [
     "server_options",
 ]
 
-#: A client that connects and sends nothing is dropped after this many seconds.
+#: A client that connects and sends nothing is dropped after this many seconds (when
+#: no L{ConnectionLimits} give the header timeout instead).
 SNIFF_TIMEOUT = 30.0
 _TLS_HANDSHAKE = 0x16
 
@@ -105,7 +107,12 @@ class RedirectToHTTPS(Resource):
 
 
 class _Sniff(Protocol):
-    """Wait for the first byte, then hand the connection to TLS or to the redirect."""
+    """Wait for the first byte, then hand the connection to TLS or to the redirect.
+
+    The wait is the start of the request head: with L{ConnectionLimits} it is one of
+    their heads (the same deadline, and a greedy address's silent connections make
+    room at the cap); without, a timer of its own ends it.
+    """
 
     transport: Any
 
@@ -114,11 +121,17 @@ class _Sniff(Protocol):
         self.addr = addr
         self.inner: Any = None
         self.timer: Any = None
+        self.limits: ConnectionLimits | None = None
+        #: The client's address group (L{portproxy.limits.address_key}).
+        self.limit_key = address_key(str(getattr(addr, "host", None) or addr))
 
     def connectionMade(self) -> None:
-        self.timer = self.owner.clock.callLater(
-            self.owner.timeout, self.transport.abortConnection
-        )
+        limits = self.owner.limits
+        if limits is not None:
+            self.limits = limits
+            limits.head_started(self)
+        else:
+            self.timer = self.owner.clock.callLater(self.owner.timeout, self._drop)
 
     def dataReceived(self, data: bytes) -> None:
         if self.inner is not None:
@@ -126,7 +139,7 @@ class _Sniff(Protocol):
             return
         if not data:
             return
-        self._stop_timer()
+        self._stop_waiting()
         owner = self.owner
         chosen = owner.tls if data[0] == _TLS_HANDSHAKE else owner.plain
         inner = chosen.buildProtocol(self.addr)
@@ -141,29 +154,66 @@ class _Sniff(Protocol):
         inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._stop_timer()
+        self._stop_waiting()
         if self.inner is not None:
             self.inner.connectionLost(reason)
 
-    def _stop_timer(self) -> None:
+    def _stop_waiting(self) -> None:
         if self.timer is not None:
             if self.timer.active():
                 self.timer.cancel()
             self.timer = None
+        limits, self.limits = self.limits, None
+        if limits is not None:
+            limits.forget(self)
+
+    def _drop(self) -> None:
+        # No byte came: neither a TLS alert nor an HTTP 408 would be understood.
+        self.timer = None
+        self.limits = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # -- portproxy.limits.Limited ------------------------------------------------------
+
+    def head_timed_out(self) -> None:
+        """Nothing arrived by the header deadline (or room is needed): drop it."""
+        self._drop()
+
+    def reclaim(self) -> None:
+        self._drop()
+
+    def send_timed_out(self) -> None:
+        self._drop()
+
+    def unsent_bytes(self) -> int | None:
+        return 0
 
 
 class PlainOrTLSFactory(Factory):
-    """Serve C{tls} (a TLS-wrapped factory) and send plain HTTP to C{plain}."""
+    """Serve C{tls} (a TLS-wrapped factory) and send plain HTTP to C{plain}.
+
+    @param limits: the process's L{ConnectionLimits}: the wait for the first byte
+        then ends at their header timeout (C{timeout} is not used).
+    @param timeout: seconds to wait for the first byte without C{limits}.
+    """
 
     noisy = False
 
     def __init__(
-        self, tls: Any, plain: Any, *, clock: Any, timeout: float = SNIFF_TIMEOUT
+        self,
+        tls: Any,
+        plain: Any,
+        *,
+        clock: Any,
+        timeout: float = SNIFF_TIMEOUT,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.tls = tls
         self.plain = plain
         self.clock = clock
         self.timeout = timeout
+        self.limits = limits
 
     def doStart(self) -> None:
         self.tls.doStart()
@@ -199,6 +249,7 @@ class ServerTLS:
         log: Any,
         now: Callable[[], datetime.datetime] = _utcnow,
         http2_limits: Any = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.cert = cert
         self.cert_key = cert_key
@@ -213,6 +264,8 @@ class ServerTLS:
         #: L{portproxy.http2.H2Limits} for HTTP/2 connections, or the Config to take
         #: them from (C{--header-timeout}, C{--send-timeout}); defaults when C{None}.
         self.http2_limits = http2_limits
+        #: The process's connection limits: the first-byte wait is part of the head.
+        self.limits = limits
         self.pair: KeyPair | None = None
         self._options: Any = None
 
@@ -266,4 +319,7 @@ class ServerTLS:
                 limits = H2Limits.from_config(limits)
             factory = HTTP2Site(factory, limits, reactor=self.reactor)
         tls = TLSMemoryBIOFactory(self.options(), False, factory)
-        return PlainOrTLSFactory(tls, self.redirect, clock=self.reactor)
+        first_byte = getattr(self.http2_limits, "header_timeout", None) or SNIFF_TIMEOUT
+        return PlainOrTLSFactory(
+            tls, self.redirect, clock=self.reactor, timeout=first_byte, limits=self.limits
+        )

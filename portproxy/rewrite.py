@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
+from portproxy.hosts import parse_authority
+
 __all__ = ["is_loopback_host", "rewrite_location", "rewrite_set_cookie"]
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
@@ -63,24 +65,13 @@ def _loopback_target(authority: bytes, default_port: int | None) -> int | None:
     """The port of a loopback C{authority} (userinfo allowed), else C{None}."""
     # The host follows the last '@', as in browsers: 'localhost:1@evil.com' is evil.com.
     hostport = authority.rpartition(b"@")[2]
-    if hostport[:1] == b"[":
-        end = hostport.find(b"]")
-        if end < 0:
-            return None
-        host, rest = hostport[: end + 1], hostport[end + 1 :]
-        if rest and rest[:1] != b":":
-            return None
-        port_text = rest[1:]
-    else:
-        host, _, port_text = hostport.partition(b":")
-    if not is_loopback_host(host):
+    if hostport[-1:] == b":":
+        hostport = hostport[:-1]  # RFC 3986 3.2.3: an empty port is the default one
+    parsed = parse_authority(hostport)
+    if parsed is None or not is_loopback_host(parsed.host.encode("ascii")):
         return None
-    if not port_text:
-        return default_port
-    if not port_text.isdigit() or len(port_text) > 5:
-        return None
-    port = int(port_text)
-    return port if 1 <= port <= 65535 else None
+    port = default_port if parsed.port is None else parsed.port
+    return port if port is not None and 1 <= port <= 65535 else None
 
 
 def _split_authority(after_slashes: bytes) -> tuple[bytes, bytes]:

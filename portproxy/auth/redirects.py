@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from urllib.parse import unquote
 
+from portproxy.hosts import parse_authority
+
 __all__ = ["MAX_TARGET_LENGTH", "safe_redirect_target"]
 
 #: Longer targets are refused rather than put in a C{Location} header.
@@ -22,10 +24,9 @@ MAX_TARGET_LENGTH = 8192
 # Printable ASCII only: no space, no control characters, no DEL, no backslash.
 _PRINTABLE = re.compile(r"[!-\[\]-~]*")
 _ABSOLUTE = re.compile(r"(?i)(https?)://([^/?#]*)(.*)")
-# A host name or IP literal with an optional port; no userinfo, no empty labels.
-_AUTHORITY = re.compile(
-    r"(?:[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*"
-    r"|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
+# On top of portproxy.hosts: no empty label, none that starts or ends with '-'.
+_NAME = re.compile(
+    r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*"
 )
 
 
@@ -45,11 +46,19 @@ def safe_redirect_target(to: str, *, allowed_host: Callable[[str], bool]) -> str
     if match is None:
         return "/"
     authority, rest = match.group(2).lower(), match.group(3)
-    if not _AUTHORITY.fullmatch(authority) or not (rest == "" or rest[0] in "/?#"):
+    if not _valid_authority(authority) or not (rest == "" or rest[0] in "/?#"):
         return "/"
     if rest.startswith("/") and not _safe_path(rest):
         return "/"
     return to if allowed_host(authority) else "/"
+
+
+def _valid_authority(authority: str) -> bool:
+    # host[:port] by the one parser (no userinfo), and a name made of clean labels.
+    parsed = parse_authority(authority)
+    if parsed is None:
+        return False
+    return parsed.host.startswith("[") or _NAME.fullmatch(parsed.host) is not None
 
 
 def _safe_path(path: str) -> bool:

@@ -17,7 +17,7 @@ import pytest_twisted
 
 from portproxy.site import PIPELINE_BUFFER_LIMIT
 from tests.support import Recorder, get_reactor, raw_request
-from tests.test_limits import FloodResource, KiB, sleep
+from tests.test_limits import FloodResource, KiB, MiB, closed_within, connect, sleep
 
 #: What one network read can add on top of the limit before reading pauses.
 READ_SIZE = 64 * KiB
@@ -204,3 +204,30 @@ async def test_streamed_upload_then_pipelined_gets_in_one_write_are_answered_in_
     bodies = [answer for _, answer in _split_responses(raw)]
     assert bodies == [b"ok /up"] + [b"ok /g%d" % i for i in range(10)]
     assert site.resource.requests[0]["body"] == body
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_gets_behind_a_response_the_client_reads_late_are_all_answered(
+    proxy, upstream
+) -> None:
+    # The client reads nothing until the proxy has stopped reading it (its send
+    # side full and 64 KiB of later requests held); once it reads, all get answers.
+    big = b"x" * (32 * MiB)  # more than the kernel's socket buffers hold
+
+    def answer(request: Any) -> bytes:
+        return big if request.uri == b"/big" else b"ok " + request.uri
+
+    site = upstream(Recorder(handler=answer))
+    client = await connect(proxy.port)
+    client.transport.pauseProducing()
+    pad = b"X-Pad: %s\r\n" % (b"p" * 8 * KiB)
+    requests = [_get(site.port, b"/big")]
+    requests += [_get(site.port, b"/r%d" % i, pad) for i in range(19)]
+    requests.append(_get(site.port, b"/r19", b"Connection: close\r\n"))
+    client.send(b"".join(requests))
+    await sleep(1.0)
+    assert _held(proxy) <= PIPELINE_BUFFER_LIMIT + READ_SIZE
+    client.transport.resumeProducing()
+    raw = await closed_within(client, 20)
+    bodies = [answer for _, answer in _split_responses(raw)]
+    assert bodies == [big] + [b"ok /r%d" % i for i in range(20)]

@@ -52,8 +52,9 @@ OWN_BODY_LIMIT = 64 * 1024
 #: arrived, the client's socket is not read again until the current request is answered.
 PIPELINE_BUFFER_LIMIT = 64 * 1024
 
-# Phases of an HTTP/1.1 connection, for the request-head deadline.
-_BUSY, _HEAD, _IDLE, _BETWEEN = 0, 1, 2, 3
+# Phases of an HTTP/1.1 connection, for the request-head deadline. _BODY: the body of a
+# request not authorized to reach an app, still under the head's deadline.
+_BUSY, _HEAD, _IDLE, _BETWEEN, _BODY = 0, 1, 2, 3, 4
 
 
 def _close_with(status: bytes, message: bytes) -> bytes:
@@ -69,9 +70,11 @@ class ProxyChannel(HTTPChannel):
     """twisted.web's HTTP/1.1 channel with portproxy's limits (L{portproxy.limits}).
 
     Adds a deadline for each request head (HTTPChannel's idle timer restarts on every
-    byte, so a byte every 20 s kept a connection forever), the send timeout, answers
-    instead of a silent close for an overlong head line, and refuses transfer codings
-    it cannot frame instead of reading the body as the next request.
+    byte, so a byte every 20 s kept a connection forever) that also covers the body of
+    a request not authorized to reach an app, the send timeout, answers instead of a
+    silent close for an overlong head line, answers a refused request before its body
+    (L{answer_early}), and refuses transfer codings it cannot frame instead of reading
+    the body as the next request.
     """
 
     _limits: ConnectionLimits | None = None
@@ -129,10 +132,50 @@ class ProxyChannel(HTTPChannel):
             self._networkProducer.pauseProducing()  # type: ignore[attr-defined]
 
     def allHeadersReceived(self) -> None:
-        if self._phase == _HEAD:
-            self._limits.head_done(self)  # type: ignore[union-attr]
+        heading = self._phase == _HEAD
         self._phase = _BUSY
-        super().allHeadersReceived()
+        super().allHeadersReceived()  # the request's gotLength decides about the body
+        limits = self._limits
+        if not heading or limits is None:
+            return
+        transport: Any = self.transport
+        request = self.requests[-1] if self.requests else None
+        if (
+            self.length != 0
+            and request is not None
+            and not getattr(request, "body_authorized", True)
+            and transport is not None
+            and not transport.disconnecting
+        ):
+            # Not going to an app (portproxy's own routes): the whole request must be
+            # in by the head's deadline, and it may still make room at the cap.
+            self._phase = _BODY
+        else:
+            limits.head_done(self)
+
+    def allContentReceived(self) -> None:
+        if self._phase == _BODY:
+            self._phase = _BUSY
+            self._limits.head_done(self)  # type: ignore[union-attr]
+        super().allContentReceived()
+
+    def answer_early(self, request: Any) -> None:
+        """Answer C{request} now, before its body, and close without reading the body.
+
+        For a request that will be refused (not signed in, proxy disabled, bad port):
+        reading its body first would let anyone hold a connection by sending it slowly.
+        """
+        self._forget_limits()
+        self.persistent = False
+        request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        request.requestReceived(self._command, self._path, self._version)
+        request.answered_early = True  # the body, if it comes, is dropped
+
+    def _send100Continue(self) -> None:
+        transport: Any = self.transport
+        if transport is None or transport.disconnecting:
+            return  # answered already (answer_early, an early 413)
+        super()._send100Continue()  # type: ignore[misc]
 
     def requestDone(self, request: Any) -> None:
         limits = self._limits
@@ -188,11 +231,12 @@ class ProxyChannel(HTTPChannel):
 
     def head_timed_out(self) -> None:
         """The head did not arrive in time (or room was needed): 408 and close."""
-        self._phase = _BUSY
+        body, self._phase = self._phase == _BODY, _BUSY
         transport: Any = self.transport
         if transport is None or transport.disconnecting:
             return
-        transport.write(_close_with(b"408 Request Timeout", b"Request head took too long"))
+        message = b"Request took too long" if body else b"Request head took too long"
+        transport.write(_close_with(b"408 Request Timeout", message))
         self.loseConnection()
         # A client that does not read even the 408 is dropped (as Twisted's timeout does).
         if self.abortTimeout is not None and self._abortingCall is None:
@@ -301,6 +345,11 @@ class ProxyRequest(Request):
     #: The body limit of portproxy's own routes, once the route is known to be one.
     _own_limit: int | None = None
     _own_received = 0
+    #: Whether the body goes to an app (checked at the head): only then may it take
+    #: longer than the head deadline (L{ProxyChannel.allHeadersReceived}).
+    body_authorized = False
+    #: Answered before the body (refused): the body is never read.
+    answered_early = False
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         # On a connection's first request: cache what never changes, and let
@@ -347,7 +396,7 @@ class ProxyRequest(Request):
             # Twisted still wants somewhere to put the (ignored) bytes.
             self.content = _NullFile()
             return
-        if (length is None or length > STREAM_THRESHOLD) and self._stream_body(length):
+        if length != 0 and self._route_body(length):
             return
         if length is None:
             self._own_route_body(None)  # not streamed: kept in memory, and bounded
@@ -368,12 +417,17 @@ class ProxyRequest(Request):
         self.content = io.BytesIO()
         return True
 
-    def _stream_body(self, length: int | None) -> bool:
-        """Start proxying now, before the body arrives, when the request may proceed.
+    def _route_body(self, length: int | None) -> bool:
+        """Decide at the head where a body goes; C{False}: buffer it as usual.
+
+        A refused request is answered now and its body never read; portproxy's own
+        routes take a bounded body (L{_own_route_body}); a body for an app above
+        L{STREAM_THRESHOLD} (or of unknown length) streams to it from now on, a smaller
+        one is buffered, which lets the request be retried on a fresh connection.
 
         The request line is only handed to the request after the body (in
         C{requestReceived}); here it is read from the channel's private state, so a
-        Twisted that changes it just loses streaming (tests/test_uploads.py pins it).
+        Twisted that changes it just loses this (tests/test_uploads.py pins it).
         """
         channel = self.channel
         command = getattr(channel, "_command", None)
@@ -387,24 +441,27 @@ class ProxyRequest(Request):
         dispatch = getattr(getattr(site, "resource", None), "dispatch", None)
         if not (command and path and version and transport and dispatch):
             return False
-        if length is None and version not in (b"HTTP/1.1", b"HTTP/2"):
-            return False
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
         gate = dispatch(self)
         target_of = getattr(gate, "proxy_target", None)
         if target_of is None:
             return self._own_route_body(length)  # portproxy's own page or API
-        # Nothing is buffered from here on: streamed, or read and dropped.
-        self.content = _NullFile()
         target = target_of(self)
         if target is None:
-            # Refused. HTTP/2 answers now and drops the body (portproxy.http2);
-            # HTTP/1.1 reads the body and render() answers after it.
+            # Refused: answered now (HTTP/1.1 closes, HTTP/2 resets the stream); the
+            # body is never read, so it cannot hold the connection.
+            self.content = _NullFile()
             answer_early = getattr(channel, "answer_early", None)
             if answer_early is not None:
                 answer_early(self)
             return True
+        self.body_authorized = True
+        streams = length is None or length > STREAM_THRESHOLD
+        if not streams or (length is None and version not in (b"HTTP/1.1", b"HTTP/2")):
+            return False
+        # Nothing is buffered from here on: streamed, or read and dropped.
+        self.content = _NullFile()
         upload = StreamingUpload(transport, chunked=length is None)
         if target.start_upload(self, upload, length):
             self._upload = upload
@@ -412,7 +469,7 @@ class ProxyRequest(Request):
         return True
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._refused or self._too_large:
+        if self._refused or self._too_large or self.answered_early:
             return
         if self._own_limit is not None:
             self._own_received += len(data)
@@ -431,7 +488,7 @@ class ProxyRequest(Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self._refused:
+        if self._refused or self.answered_early:
             return
         if self._upload is not None:
             self._upload.finish()

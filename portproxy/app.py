@@ -131,6 +131,7 @@ def build_instance(
         max_connections=config.max_connections,
         header_timeout=config.header_timeout,
         send_timeout=config.send_timeout,
+        trusted_proxies=config.trusted_proxies,
     )
     site = ProxySite(
         root,

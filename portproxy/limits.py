@@ -4,15 +4,22 @@
  - the request head must arrive within C{--header-timeout} (a deadline, not an idle
    timer that every byte restarts);
  - a client that takes no byte of a response for C{--send-timeout} is disconnected;
+ - a request that is not yet authorized to reach an app (portproxy's own routes: the
+   sign-in form...) must arrive whole, body included, by the same deadline;
  - at most C{--max-connections} client connections are held; when the cap is reached,
-   the oldest connection still sending its head from an address that holds several,
-   or a kept-alive connection unused for 5 s, makes room, else accepting pauses until
-   one closes (the rest wait in the listen queue);
- - when file descriptors run out, accepting backs off instead of spinning.
+   a connection still sending its head (or an unauthorized body) makes room: the
+   oldest from an address that holds several, else the oldest from any address; then
+   a kept-alive or HTTP/2 connection unused for 5 s; else accepting pauses until one
+   closes (the rest wait in the listen queue). A connection whose request is
+   authorized and under way is never closed to make room;
+ - when file descriptors run out, accepting backs off instead of spinning;
+ - upstream connections have a budget of their own (L{upstream_budget}), so that the
+   client connections always keep their descriptors.
 
-L{plan_fd_limit} and L{address_key} are plain functions. L{ConnectionLimits} is the
-one object per process that the HTTP channels (L{portproxy.site}) report to and that
-accepts on the listening ports; it only needs a clock.
+L{plan_fd_limit}, L{upstream_budget}, L{address_key} and L{shared_address} are plain
+functions. L{ConnectionLimits} is the one object per process that the HTTP channels
+(L{portproxy.site}, L{portproxy.http2}) report to and that accepts on the listening
+ports; it only needs a clock.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import ipaddress
 import re
 import socket
 import termios
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,7 +44,9 @@ __all__ = [
     "address_key",
     "fit_fd_limit",
     "plan_fd_limit",
+    "shared_address",
     "unsent_bytes",
+    "upstream_budget",
     "with_backlog",
 ]
 
@@ -55,6 +65,11 @@ RECLAIM_SCAN = 256
 IDLE_RECLAIM_AFTER = 5.0
 #: While at the cap with clients waiting, how often to look for room again.
 FULL_RECHECK = 1.0
+#: Connections closed to make room whose socket is not closed yet, at most (each still
+#: holds a descriptor: they come out of L{FD_RESERVE}).
+MAX_LEAVING = 32
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _OUT_OF_FILES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 _TRY_NEXT = frozenset((errno.ECONNABORTED, errno.EPERM, errno.EINTR, errno.EPROTO))
@@ -98,6 +113,20 @@ def plan_fd_limit(max_connections: int, soft: int, hard: int) -> FdPlan:
     return FdPlan(hard, min(cap, max_connections), needed)
 
 
+def upstream_budget(soft: int, *, max_connections: int) -> int | None:
+    """How many upstream connections (active and idle) may be open at once.
+
+    What the file limit C{soft} leaves once every client connection has its descriptor
+    and L{FD_RESERVE} is kept aside; C{None} when the limit is unlimited. An HTTP/2
+    connection holds an upstream per stream, so "one upstream per client" cannot be
+    assumed; with the planned limit (L{plan_fd_limit}) the budget is still at least one
+    upstream per client connection.
+    """
+    if soft < 0:
+        return None
+    return max(1, soft - max_connections - FD_RESERVE)
+
+
 #: Listen queue for endpoints that do not name one (Twisted's default is 50): where
 #: clients wait while portproxy is at --max-connections. The kernel may cap it
 #: (net.core.somaxconn).
@@ -133,6 +162,23 @@ def address_key(host: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return host
+
+
+def shared_address(key: str, trusted: Iterable[Network]) -> bool:
+    """Whether the address group C{key} may stand for many users.
+
+    A C{--trusted-proxies} peer (a front proxy) and anything that is not an IP address
+    (a UNIX socket) carry every user's connections, so holding several of them says
+    nothing about an attacker.
+    """
+    try:
+        network = ipaddress.ip_network(key, strict=False)
+    except ValueError:
+        return True
+    return any(
+        network.version == t.version and network.overlaps(t)  # type: ignore[arg-type]
+        for t in trusted
+    )
 
 
 # -- what the limits need from a connection ---------------------------------------------
@@ -220,8 +266,12 @@ class ConnectionLimits:
     Connections report their phase: L{head_started} / L{head_done} around each request
     head, L{idle_started} / L{idle_ended} while kept alive between requests,
     L{send_paused} / L{send_resumed} when the client's socket is full, and L{forget}
-    when they close. Each kind is an insertion-ordered dict, so the oldest entry is the
-    first: one timer serves all head deadlines.
+    when they close. HTTP/2 connections report L{h2_idle} / L{h2_busy}. Each kind is an
+    insertion-ordered dict, so the oldest entry is the first: one timer serves all head
+    deadlines.
+
+    @param trusted_proxies: the C{--trusted-proxies} networks: their connections are
+        never preferred for eviction because of how many they hold (L{shared_address}).
     """
 
     def __init__(
@@ -232,6 +282,7 @@ class ConnectionLimits:
         header_timeout: float,
         send_timeout: float,
         backoff: float = ACCEPT_BACKOFF,
+        trusted_proxies: Iterable[Network] = (),
     ) -> None:
         self.clock = clock
         self.max_connections = max_connections
@@ -252,6 +303,12 @@ class ConnectionLimits:
         self._retry: Any = None
         self._out_of_files_logged = False
         self._classes: dict[type, type] = {}
+        self._trusted = tuple(trusted_proxies)
+        self._shared: dict[str, bool] = {}
+        #: Socket transports of connections closed to make room, until they are gone.
+        self._leaving: set[Any] = set()
+        self._h2: dict[Any, _H2Watch] = {}
+        self._h2_sockets: dict[Any, _H2Watch] = {}
 
     # -- request heads ------------------------------------------------------------------
 
@@ -261,7 +318,8 @@ class ConnectionLimits:
             return
         self._heads[connection] = self.clock.seconds() + self.header_timeout
         key = connection.limit_key
-        self._head_keys[key] = self._head_keys.get(key, 0) + 1
+        if not self._is_shared(key):
+            self._head_keys[key] = self._head_keys.get(key, 0) + 1
         if self._head_timer is None:
             self._head_timer = self.clock.callLater(self.header_timeout, self._expire_heads)
 
@@ -278,7 +336,17 @@ class ConnectionLimits:
                 self._head_timer.cancel()
             self._head_timer = None
 
+    def _is_shared(self, key: str) -> bool:
+        shared = self._shared.get(key)
+        if shared is None:
+            if len(self._shared) >= 4096:
+                self._shared.clear()
+            shared = self._shared[key] = shared_address(key, self._trusted)
+        return shared
+
     def _uncount_head(self, key: str) -> None:
+        if self._is_shared(key):
+            return
         left = self._head_keys.get(key, 0) - 1
         if left > 0:
             self._head_keys[key] = left
@@ -295,15 +363,63 @@ class ConnectionLimits:
                 self._head_timer = self.clock.callLater(deadline - now, self._expire_heads)
                 return
             self.head_done(connection)
+            self._idle.pop(connection, None)
             connection.head_timed_out()
 
     # -- kept-alive connections -----------------------------------------------------------
 
     def idle_started(self, connection: Limited) -> None:
+        # Re-inserted, so that the dict stays in order of the time it went idle.
+        self._idle.pop(connection, None)
         self._idle[connection] = self.clock.seconds()
 
     def idle_ended(self, connection: Limited) -> None:
         self._idle.pop(connection, None)
+
+    # -- HTTP/2 connections (portproxy.http2 reports them) ------------------------------
+
+    def h2_idle(self, protocol: Any) -> None:
+        """C{protocol} (an HTTP/2 connection) has no open stream (also after the preface).
+
+        It may make room at the cap like an idle kept-alive connection; one that never
+        opened a stream is a head still to come: it is closed at the head deadline and
+        makes room at once.
+        """
+        watch = self._h2_watch(protocol)
+        if watch is None:
+            return
+        if not watch.opened:
+            self.head_started(watch)
+        self.idle_started(watch)
+
+    def h2_busy(self, protocol: Any) -> None:
+        """C{protocol} has an open stream: it is never closed to make room."""
+        watch = self._h2_watch(protocol)
+        if watch is None:
+            return
+        watch.opened = True
+        self.head_done(watch)
+        self.idle_ended(watch)
+
+    def _h2_watch(self, protocol: Any) -> _H2Watch | None:
+        watch = self._h2.get(protocol)
+        if watch is None:
+            transport = getattr(protocol, "transport", None)
+            if transport is None or getattr(transport, "disconnecting", False):
+                return None  # closing already: nothing to watch
+            peer = transport.getPeer()
+            key = address_key(str(getattr(peer, "host", None) or peer))
+            watch = self._h2[protocol] = _H2Watch(protocol, key)
+            socket_transport = self._socket_of(protocol)
+            if socket_transport is not None:
+                self._h2_sockets[socket_transport] = watch
+        return watch
+
+    def _h2_gone(self, transport: Any) -> None:
+        watch = self._h2_sockets.pop(transport, None)
+        if watch is not None:
+            self._h2.pop(watch.protocol, None)
+            self.forget(watch)
 
     # -- responses the client does not take -----------------------------------------------
 
@@ -382,20 +498,30 @@ class ConnectionLimits:
                 self._retry.cancel()
             self._retry = None
 
-    def closed(self) -> None:
-        """A counted connection closed: a place is free (and a descriptor)."""
+    def closed(self, transport: Any = None) -> None:
+        """A counted connection (its socket C{transport}) closed: a place is free."""
         self.open -= 1
-        if self._paused and self.open < self.max_connections:
+        self._leaving.discard(transport)
+        if self._h2_sockets:
+            self._h2_gone(transport)
+        if self._paused and self._holding() < self.max_connections:
             self._resume()
 
+    def _holding(self) -> int:
+        """Connections that count against the cap: open and not on their way out."""
+        return self.open - len(self._leaving)
+
     def _accept(self, port: Any) -> None:
-        if self.open >= self.max_connections:
-            # Someone waits in the listen queue: make room if a connection can give it,
-            # else look again later (a kept-alive connection may have become unused).
-            self._make_room()
-            self._pause(FULL_RECHECK)
-            return
-        for _ in range(min(ACCEPT_BATCH, self.max_connections - self.open)):
+        for _ in range(ACCEPT_BATCH):
+            victim: Limited | None = None
+            if self._holding() >= self.max_connections:
+                # Someone waits in the listen queue: a connection that can give its
+                # place up does so once the newcomer is accepted; else look again
+                # later (a kept-alive connection may have become unused).
+                victim = self._room_candidate()
+                if victim is None:
+                    self._pause(FULL_RECHECK)
+                    return
             try:
                 skt, addr = port.socket.accept()
             except OSError as e:
@@ -408,6 +534,8 @@ class ConnectionLimits:
                     return
                 _log.failure("accept() failed on {port}", port=port)
                 return
+            if victim is not None:
+                self._evict(victim)
             try:
                 self._start(port, skt, addr)
             except Exception:
@@ -441,7 +569,7 @@ class ConnectionLimits:
                 try:
                     base.connectionLost(self, reason)  # type: ignore[attr-defined]
                 finally:
-                    limits.closed()
+                    limits.closed(self)
 
             cls = type(
                 "Counted" + base.__name__, (base,), {"connectionLost": connectionLost}
@@ -450,28 +578,62 @@ class ConnectionLimits:
         return cls
 
     def _make_room(self) -> bool:
-        """Close a greedy address's oldest head, or a long-unused kept-alive connection.
+        """Close one connection that can give its place up; C{False} if none can."""
+        victim = self._room_candidate()
+        if victim is None:
+            return False
+        self._evict(victim)
+        return True
 
-        A client still sending its head from an address that has several such
-        connections is the likeliest attacker; an address with one is left alone, so
-        one user cannot be pushed out by another's flood.
+    def _room_candidate(self) -> Limited | None:
+        """The connection to close for a newcomer at the cap, if any may be closed.
+
+        First one still in its head (or an unauthorized body): the oldest from an
+        address that holds several (the likeliest attacker, so one user is not pushed
+        out by another's flood; L{shared_address}es never count as several), else the
+        oldest of all, so that attackers spread over many addresses cannot keep
+        newcomers waiting either. Then the kept-alive or HTTP/2 connection unused
+        longest, if for L{IDLE_RECLAIM_AFTER}.
         """
+        if len(self._leaving) >= MAX_LEAVING:
+            return None  # wait for those already closing to free their descriptors
         keys = self._head_keys
         for index, connection in enumerate(self._heads):
             if index >= RECLAIM_SCAN:
                 break
             if keys.get(connection.limit_key, 0) > 1:
-                self.head_done(connection)
-                connection.head_timed_out()
-                return True
+                return connection
+        for connection in self._heads:
+            return connection
         now = self.clock.seconds()
         for connection, since in self._idle.items():
             if now - since < self.idle_reclaim_after:
                 break  # the first is the one unused longest
-            del self._idle[connection]
+            return connection
+        return None
+
+    def _evict(self, connection: Limited) -> None:
+        """Close C{connection} to make room (see L{_room_candidate})."""
+        socket_transport = self._socket_of(connection)
+        if socket_transport is not None:
+            self._leaving.add(socket_transport)
+        if connection in self._heads:
+            self.head_done(connection)
+            self._idle.pop(connection, None)
+            connection.head_timed_out()
+        else:
+            self._idle.pop(connection, None)
             connection.reclaim()
-            return True
-        return False
+
+    def _socket_of(self, connection: Any) -> Any:
+        """The counted socket transport under C{connection} (through TLS), or C{None}."""
+        counted = tuple(self._classes.values())
+        transport = getattr(connection, "transport", None)
+        for _ in range(4):
+            if transport is None or isinstance(transport, counted):
+                return transport
+            transport = getattr(transport, "transport", None)
+        return None
 
     def _out_of_files(self, error: OSError) -> None:
         if not self._out_of_files_logged:
@@ -510,3 +672,39 @@ class ConnectionLimits:
                 port, "disconnecting", False
             ):
                 port.startReading()
+
+
+class _H2Watch:
+    """An HTTP/2 connection as one of L{ConnectionLimits}' heads or idle connections."""
+
+    __slots__ = ("limit_key", "opened", "protocol")
+
+    def __init__(self, protocol: Any, limit_key: str) -> None:
+        self.protocol = protocol
+        self.limit_key = limit_key
+        #: Whether a stream was ever opened (then it is no head still to come).
+        self.opened = False
+
+    @property
+    def transport(self) -> Any:
+        return getattr(self.protocol, "transport", None)
+
+    def head_timed_out(self) -> None:
+        self.reclaim()
+
+    def reclaim(self) -> None:
+        """GOAWAY and close (L{portproxy.http2}), or just close."""
+        protocol = self.protocol
+        evict = getattr(protocol, "evict", None)
+        if evict is not None:
+            evict()
+            return
+        transport = getattr(protocol, "transport", None)
+        if transport is not None:
+            transport.loseConnection()
+
+    def send_timed_out(self) -> None:
+        pass  # HTTP/2 has its own send timeout (portproxy.http2)
+
+    def unsent_bytes(self) -> int | None:
+        return None

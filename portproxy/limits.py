@@ -501,10 +501,13 @@ class ConnectionLimits:
     def closed(self, transport: Any = None) -> None:
         """A counted connection (its socket C{transport}) closed: a place is free."""
         self.open -= 1
-        self._leaving.discard(transport)
+        left = transport in self._leaving
+        if left:
+            # One closed to make room is gone: more may be closed for those waiting.
+            self._leaving.discard(transport)
         if self._h2_sockets:
             self._h2_gone(transport)
-        if self._paused and self._holding() < self.max_connections:
+        if self._paused and (left or self._holding() < self.max_connections):
             self._resume()
 
     def _holding(self) -> int:
@@ -595,8 +598,10 @@ class ConnectionLimits:
         newcomers waiting either. Then the kept-alive or HTTP/2 connection unused
         longest, if for L{IDLE_RECLAIM_AFTER}.
         """
-        if len(self._leaving) >= MAX_LEAVING:
-            return None  # wait for those already closing to free their descriptors
+        if len(self._leaving) >= min(MAX_LEAVING, 1 + self.max_connections // 4):
+            # Wait for those already closing to free their descriptors (and never
+            # churn through the whole cap before a newcomer's head is read).
+            return None
         keys = self._head_keys
         for index, connection in enumerate(self._heads):
             if index >= RECLAIM_SCAN:

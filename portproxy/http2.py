@@ -21,9 +21,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import priority
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
@@ -63,7 +65,10 @@ class H2Limits:
     @ivar idle_timeout: seconds a connection with no open stream stays open (PINGs
         do not count as activity).
     @ivar frame_budget: control frames (PING, SETTINGS, PRIORITY, empty DATA,
-        unknown types) allowed per C{frame_window} seconds before GOAWAY.
+        unknown types, refused streams) allowed per C{frame_window} seconds before
+        GOAWAY.
+    @ivar max_concurrent_streams: the SETTINGS_MAX_CONCURRENT_STREAMS advertised; a
+        stream beyond it is refused (REFUSED_STREAM), the connection lives on.
     """
 
     header_timeout: float = 30.0
@@ -71,6 +76,7 @@ class H2Limits:
     idle_timeout: float = 60.0
     frame_budget: int = 1000
     frame_window: float = 10.0
+    max_concurrent_streams: int = 100
 
     @classmethod
     def from_config(cls, config: Any) -> H2Limits:
@@ -119,6 +125,14 @@ def request_head_refusal(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The content-length of a request head, 0 when absent (h2 checked its syntax)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)
+    return 0
+
+
 class FrameBudget:
     """Counts frames in a sliding window of C{window} seconds; over C{limit} is abuse.
 
@@ -141,6 +155,75 @@ class FrameBudget:
         return len(times) <= self.limit
 
 
+class _ServerH2(h2.connection.H2Connection):
+    """h2's server connection, with stream errors where RFC 9113 asks for them.
+
+    h2 raises a connection error (GOAWAY, every stream lost) for a HEADERS frame beyond
+    SETTINGS_MAX_CONCURRENT_STREAMS and for DATA that does not match content-length.
+    RFC 9113 5.1.2 and 8.1.1 make both stream errors: here the one stream is reset
+    (REFUSED_STREAM, PROTOCOL_ERROR) and the connection goes on.
+    """
+
+    #: Streams refused since the owner last looked (they count against its budget).
+    refused = 0
+    _admit_over_limit = False
+
+    def __init__(self, config: Any, max_concurrent_streams: int) -> None:
+        super().__init__(config=config)
+        # Advertised in the first SETTINGS frame (initiate_connection sends them all).
+        self.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: (
+                    self.DEFAULT_MAX_HEADER_LIST_SIZE
+                ),
+            },
+        )
+
+    @property
+    def open_inbound_streams(self) -> int:
+        count = int(super().open_inbound_streams)  # also prunes closed streams
+        return 0 if self._admit_over_limit else count
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        limit = self.local_settings.max_concurrent_streams
+        if frame.stream_id in self.streams or self.open_inbound_streams < limit:
+            return super()._receive_headers_frame(frame)
+        # The block must still be decoded (the HPACK context is shared), so h2 opens
+        # the stream as usual, and it is reset at once; the request is never seen.
+        self._admit_over_limit = True
+        try:
+            frames, events = super()._receive_headers_frame(frame)
+        finally:
+            self._admit_over_limit = False
+        self.reset_stream(frame.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        self.refused += 1
+        own = [e for e in events if getattr(e, "stream_id", None) != frame.stream_id]
+        return frames, own
+
+    def _receive_data_frame(self, frame: Any) -> Any:
+        try:
+            return super()._receive_data_frame(frame)
+        except h2.exceptions.InvalidBodyLengthError:
+            pass
+        # More DATA than content-length said, or less of it by END_STREAM.
+        self.reset_stream(frame.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        # The connection's window was spent on bytes nobody will read: give it back.
+        self.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
+        reset = h2.events.StreamReset(
+            stream_id=frame.stream_id,
+            error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR,
+            remote_reset=False,
+        )
+        return [], [reset]
+
+    def take_refused(self) -> int:
+        """How many streams were refused since the last call."""
+        count, self.refused = self.refused, 0
+        return count
+
+
 # Frames that cost the server work and carry nothing for a request.
 _CONTROL_EVENTS = (
     h2.events.PingReceived,
@@ -158,6 +241,10 @@ class HardenedH2Stream(H2Stream):
     before the stream can write. Here L{start} adds every field, joins the split
     C{cookie} fields (RFC 9113 8.2.3), and only then announces the length, so
     L{portproxy.site.ProxyRequest} can check sign-in and stream or refuse the body.
+
+    A body whose request is not authorized to reach an app (portproxy's own routes, or
+    a site that does not say: C{body_authorized} on the request) must arrive whole
+    within the head deadline, else 408.
     """
 
     #: Read by ProxyRequest._stream_body like HTTPChannel's own fields.
@@ -165,7 +252,10 @@ class HardenedH2Stream(H2Stream):
     _answered_early = False
     _client_ended = False
     _head_ended = False
+    _admitted = False
+    _response_done = False
     _stall: Any = None
+    _body_timer: Any = None
 
     def _convertHeaders(self, headers: Any) -> None:
         self._head = headers
@@ -199,13 +289,53 @@ class HardenedH2Stream(H2Stream):
         if cookies:
             raw.setRawHeaders(b"cookie", [b"; ".join(cookies)])
         self._command, self._path = self.command, self.path
-        if length is None and (self.command in (b"GET", b"HEAD") or self._head_ended):
-            length = 0  # no body can follow (a preflight must be known bodiless)
+        if self._head_ended:
+            length = 0  # END_STREAM on HEADERS: no body follows
+        # Otherwise DATA may follow whatever the method (a GET too): its length is
+        # unknown unless content-length gave it (h2 holds the DATA to that).
         request.gotLength(length)
         request.parseCookies()
+        # portproxy.site.ProxyRequest says whether sign-in and the route let the
+        # request through to an app; until then its body is under the head deadline.
+        self._admitted = bool(getattr(request, "body_authorized", False))
+        if not (self._head_ended or self._answered_early or self._admitted):
+            self._body_timer = self._conn.later(
+                self._conn.limits.header_timeout, self._body_too_slow
+            )
         expect = raw.getRawHeaders(b"expect")
         if expect and expect[0].lower() == b"100-continue" and not self._answered_early:
             self._send100Continue()
+
+    @property
+    def holds_connection(self) -> bool:
+        """Whether this stream is work in progress that the idle timeout must wait for.
+
+        A finished response waiting for the client to read it, and a body that has
+        not been let through to an app, wait on the client only: they do not count.
+        """
+        return not self._response_done and (self._client_ended or self._admitted)
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        conn = self._conn
+        if self._client_ended or conn.streams.get(self.streamID) is not self:
+            return
+        _log.info("HTTP/2 stream {id}: request body too slow", id=self.streamID)
+        conn.answer(
+            self.streamID,
+            408,
+            b'{"error": "Request body took too long"}',
+            ended=False,
+            content_type=b"application/json",
+        )
+        self.connectionLost(Failure(ConnectionLost("request body too slow")))
+        conn._requestDone(self.streamID)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            if self._body_timer.active():
+                self._body_timer.cancel()
+            self._body_timer = None
 
     def answer_early(self, request: Any) -> None:
         """Render C{request} now, before its body; the body is then dropped.
@@ -218,14 +348,25 @@ class HardenedH2Stream(H2Stream):
 
     def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
         if self._answered_early:
-            self._conn.openStreamWindow(self.streamID, flowControlledLength)
+            # Dropped: the connection's window is given back (other streams need
+            # it), this stream's is not (the client is to stop sending).
+            self._conn.reopen_connection_window(flowControlledLength)
             return
         super().receiveDataChunk(data, flowControlledLength)
 
     def requestComplete(self) -> None:
         self._client_ended = True
+        self._cancel_body_timer()
         if not self._answered_early:
             super().requestComplete()
+
+    def requestDone(self, request: Any) -> None:
+        self._response_done = True
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_body_timer()
+        super().connectionLost(reason)
 
     # -- sending: the connection's pause reaches every stream ---------------------------
 
@@ -273,12 +414,20 @@ class HardenedH2Stream(H2Stream):
 
 
 class HardenedH2Connection(H2Connection):
-    """Twisted's C{H2Connection} with the fixes listed in the module docstring."""
+    """Twisted's C{H2Connection} with the fixes listed in the module docstring.
+
+    @ivar connection_limits: the process's L{portproxy.limits.ConnectionLimits} (or
+        C{None}): told when the connection has no open stream (L{evict} may then
+        close it to make room at C{--max-connections}) and when it has one again.
+    """
 
     streams: dict[int, Any]
+    connection_limits: Any = None
 
     def __init__(self, reactor: Any, limits: H2Limits) -> None:
         super().__init__(reactor)
+        self._h2 = _ServerH2(self.conn.config, limits.max_concurrent_streams)
+        self.conn = self._h2
         self.limits = limits
         self.timeOut = limits.idle_timeout  # type: ignore[assignment]
         self._closing = False
@@ -287,10 +436,45 @@ class HardenedH2Connection(H2Connection):
         )
         self._head_timer: Any = None
         self._send_timer: Any = None
+        self._first_timer: Any = None
+        self._preface_in = False
+        self._reported_idle = False
 
     def later(self, delay: float, f: Callable[[], object]) -> Any:
         """Schedule C{f} on the connection's reactor (for portproxy's own deadlines)."""
         return self._reactor.callLater(delay, f)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The head deadline of an h2 connection: its first request must come in time.
+        self._first_timer = self.later(self.limits.header_timeout, self._no_request)
+
+    def _no_request(self) -> None:
+        self._first_timer = None
+        self._shut(h2.errors.ErrorCodes.NO_ERROR, "no request within the head deadline")
+
+    # -- the connection cap ------------------------------------------------------------
+
+    def evict(self) -> None:
+        """Close this connection (it has no open stream) to make room for another.
+
+        GOAWAY NO_ERROR names the last stream processed: every request so far got its
+        answer, and the client may simply reconnect.
+        """
+        self._shut(h2.errors.ErrorCodes.NO_ERROR, "evicted at --max-connections")
+
+    def _report(self) -> None:
+        """Tell the limits whether this connection has an open stream now."""
+        limits = self.connection_limits
+        if limits is None or self._closing or not self._preface_in:
+            return
+        idle = not self.streams
+        if idle == self._reported_idle:
+            return
+        self._reported_idle = idle
+        hook = getattr(limits, "h2_idle" if idle else "h2_busy", None)
+        if hook is not None:
+            hook(self)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -303,9 +487,15 @@ class HardenedH2Connection(H2Connection):
             self._shut(h2.errors.ErrorCodes.PROTOCOL_ERROR, "protocol error")
             return
         self._watch_head()
+        for _ in range(self._h2.take_refused()):
+            if not self._budget.spend():
+                self._shut(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "refused stream flood")
+                return
         for event in events:
             if self._closing:
                 return
+            if isinstance(event, h2.events.RemoteSettingsChanged):
+                self._preface_in = True  # h2 checked the preface: SETTINGS comes first
             if isinstance(event, _CONTROL_EVENTS) or (
                 isinstance(event, h2.events.DataReceived)
                 and not event.data
@@ -331,6 +521,7 @@ class HardenedH2Connection(H2Connection):
                 self._shut(None, "client sent GOAWAY")
                 return
         self._tryToWriteControlData()
+        self._report()
 
     def _watch_head(self) -> None:
         """Start the head deadline while a header block is incomplete, stop it after."""
@@ -349,9 +540,15 @@ class HardenedH2Connection(H2Connection):
         self._shut(h2.errors.ErrorCodes.PROTOCOL_ERROR, "header block too slow")
 
     def _requestReceived(self, event: Any) -> None:
+        self._cancel("_first_timer")
         status = request_head_refusal(event.headers)
         if status is not None:
             self._refuse(event.stream_id, status, ended=event.stream_ended is not None)
+            return
+        if event.stream_ended is not None and _declared_length(event.headers):
+            # RFC 9113 8.1.1: content-length must match the DATA, and none can follow.
+            self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self._tryToWriteControlData()
             return
         stream = HardenedH2Stream(
             event.stream_id,
@@ -371,23 +568,48 @@ class HardenedH2Connection(H2Connection):
         else:
             self.priority.block(event.stream_id)
         stream._head_ended = event.stream_ended is not None  # END_STREAM on HEADERS
+        self._report()  # busy from now on: a stream is open
         stream.start()
 
     def _refuse(self, stream_id: int, status: int, *, ended: bool) -> None:
         """Answer a bad head with C{status} and drop the stream; no resource sees it."""
         body = b"Bad request\n" if status == 400 else b"Method not allowed\n"
-        self.conn.send_headers(
-            stream_id,
-            [
-                (b":status", b"%d" % status),
-                (b"content-type", b"text/plain; charset=utf-8"),
+        self.answer(stream_id, status, body, ended=ended)
+
+    def answer(
+        self,
+        stream_id: int,
+        status: int,
+        body: bytes,
+        *,
+        ended: bool,
+        content_type: bytes = b"text/plain; charset=utf-8",
+    ) -> None:
+        """Send a whole small response on C{stream_id} past Twisted's queues.
+
+        For a stream no request will answer. When the client has not ended its side,
+        RST_STREAM NO_ERROR follows: it may stop sending the body (RFC 9113 8.1). A
+        body that does not fit the stream's window is left out.
+        """
+        fits = len(body) <= self.conn.local_flow_control_window(stream_id)
+        fields = [(b":status", b"%d" % status)]
+        if fits:
+            fields += [
+                (b"content-type", content_type),
                 (b"content-length", b"%d" % len(body)),
-            ],
-        )
-        self.conn.send_data(stream_id, body, end_stream=True)
+            ]
+        self.conn.send_headers(stream_id, fields, end_stream=not fits)
+        if fits:
+            self.conn.send_data(stream_id, body, end_stream=True)
         if not ended:
             self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
         self._tryToWriteControlData()
+
+    def reopen_connection_window(self, size: int) -> None:
+        """Give back C{size} bytes of the connection's window (not of any stream's)."""
+        if size > 0:
+            self.conn.increment_flow_control_window(size)
+            self._tryToWriteControlData()
 
     def _requestDataReceived(self, event: Any) -> None:
         if event.stream_id not in self.streams:
@@ -396,8 +618,8 @@ class HardenedH2Connection(H2Connection):
                 event.flow_controlled_length, event.stream_id
             )
             return
-        if event.data:
-            self.resetTimeout()
+        if event.data and self.streams[event.stream_id]._admitted:
+            self.resetTimeout()  # bytes on their way to an app are activity
         super()._requestDataReceived(event)
 
     def _requestEnded(self, event: Any) -> None:
@@ -405,15 +627,22 @@ class HardenedH2Connection(H2Connection):
             super()._requestEnded(event)
 
     def _requestAborted(self, event: Any) -> None:
-        if event.stream_id in self.streams:
+        if event.stream_id not in self.streams:
+            if not self._budget.spend():
+                self._shut(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "reset flood")
+        elif not event.remote_reset:
+            # Reset by us (a malformed body, see _ServerH2): not the client's flood.
+            stream = self.streams[event.stream_id]
+            stream.connectionLost(Failure(ConnectionLost("malformed request body")))
+            self._requestDone(event.stream_id)
+        else:
             super()._requestAborted(event)
-        elif not self._budget.spend():
-            self._shut(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "reset flood")
 
     def _requestDone(self, streamID: int) -> None:
         stream = self.streams.get(streamID)
         if stream is not None:
             stream._cancel_stall()
+            stream._cancel_body_timer()
             if stream._answered_early and not stream._client_ended:
                 # The answer is out; ask the client to stop sending the body.
                 try:
@@ -422,6 +651,7 @@ class HardenedH2Connection(H2Connection):
                     pass
                 self._tryToWriteControlData()
         super()._requestDone(streamID)
+        self._report()  # idle again once the last open stream is done
 
     def _handleWindowUpdate(self, event: Any) -> None:
         super()._handleWindowUpdate(event)
@@ -457,8 +687,11 @@ class HardenedH2Connection(H2Connection):
     # -- closing -----------------------------------------------------------------------
 
     def timeoutConnection(self) -> None:
-        if self.streams:
-            # Open streams have their own deadlines (head, send, upstream).
+        # Only streams at work (for an app, or on a whole request) keep the
+        # connection. One that waits on the client alone (a body never sent, an
+        # answer never read) would otherwise hold it forever; such streams have
+        # their own deadlines (head, send) and go with the connection.
+        if any(stream.holds_connection for stream in self.streams.values()):
             self.resetTimeout()
             return
         self._shut(h2.errors.ErrorCodes.NO_ERROR, "idle")
@@ -503,8 +736,10 @@ class HardenedH2Connection(H2Connection):
         self._closing = True
         self._cancel("_head_timer")
         self._cancel("_send_timer")
+        self._cancel("_first_timer")
         for stream in list(self.streams.values()):
             stream._cancel_stall()
+        self.connection_limits = None  # they see the socket close
         super().connectionLost(reason, _cancelTimeouts=_cancelTimeouts)
 
     def _cancel(self, name: str) -> None:
@@ -547,10 +782,12 @@ class _HardenedSwitch(proxyForInterface(IProtocol, "inner")):  # type: ignore[mi
         network = old._networkProducer
         network.unregisterProducer()
         old.setTimeout(None)
+        connection_limits = getattr(old, "_limits", None)
         leave = getattr(old, "leave_http11", None)  # portproxy.site's head deadline
         if leave is not None:
             leave()
         h2conn: Any = HardenedH2Connection(self.reactor, self.limits)
+        h2conn.connection_limits = connection_limits
         h2conn.requestFactory = generic._requestFactory
         h2conn.site = generic._site
         h2conn.factory = generic._factory

@@ -224,9 +224,16 @@ def limited_proxy(tmp_path: Path) -> Iterator[Callable[..., int]]:
             http2_limits=H2Limits(**limits),
         )
         ports.append(listen(tls.wrap(site)))
+        limits = getattr(site, "limits", None)
+        if limits is not None:
+            limits.watch(ports[-1])  # as portproxy.service does: counted connections
+            watched.append((limits, ports[-1]))
         return int(ports[-1].getHost().port)
 
+    watched: list[Any] = []
     yield start
+    for limits, port in watched:
+        limits.unwatch(port)
     for port in ports:
         pytest_twisted.blockon(port.stopListening())
 

@@ -13,7 +13,7 @@ from portproxy.config import Config
 from portproxy.engine import ProxyEngine
 from portproxy.headers import ClientView, client_address, client_view
 from portproxy.health import Heartbeat
-from portproxy.limits import ConnectionLimits, fit_fd_limit
+from portproxy.limits import ConnectionLimits, current_upstream_budget, fit_fd_limit
 from portproxy.ports import IndexResource
 from portproxy.publicurl import public_url_for_port, url_template
 from portproxy.root import PortProxyRoot
@@ -116,6 +116,8 @@ def build_instance(
             session_cookie=authenticator.cookie_name,
             trusted_origins=config.trusted_origins,
         )
+        # WebSocket upstream legs count in the same budget as HTTP ones.
+        websocket.upstream_slots = engine.pool
     root = PortProxyRoot(
         config,
         engine=engine,
@@ -161,6 +163,9 @@ def build_service(
         # Each connection may need a descriptor for the app too: raise the file limit
         # to fit, or hold fewer connections (with a warning) when it cannot be raised.
         limits.max_connections = fit_fd_limit(config.max_connections, log=_log)
+        # HTTP/2 streams each hold an upstream: bound those by what the file limit
+        # leaves once every client connection has its descriptor.
+        instance.engine.pool.max_open = current_upstream_budget(limits.max_connections)
     service = PortProxyService(
         instance.engine.close,
         instance.engine.drain,

@@ -29,7 +29,7 @@ from portproxy.http11 import ProtocolError, ResponseHead, build_request_head
 from portproxy.rewrite import rewrite_location, rewrite_set_cookie
 from portproxy.setcookie import allowed_set_cookies
 from portproxy.uploads import StreamingUpload
-from portproxy.upstream import UpstreamConnection, UpstreamPool
+from portproxy.upstream import TooManyUpstreams, UpstreamConnection, UpstreamPool
 
 with warnings.catch_warnings():
     # twisted.web.proxy imports the deprecated HTTPClient; we only use the resource base.
@@ -436,7 +436,12 @@ class _Exchange:
         if self.gone:
             return
         port = self.resource.port
-        if failure.check(ConnectionRefusedError):
+        if failure.check(TooManyUpstreams):
+            # The file-descriptor budget of app connections is spent (HTTP/2 streams
+            # to a stalled app, say): the client may try again in a moment.
+            self.request.setHeader(b"retry-after", b"1")
+            self._answer(503, "Too many open connections to apps")
+        elif failure.check(ConnectionRefusedError):
             self._answer(502, f"Nothing is listening on port {port}")
         else:
             self._answer(502, f"Could not connect to port {port}")

@@ -42,6 +42,7 @@ __all__ = [
     "FdPlan",
     "Limited",
     "address_key",
+    "current_upstream_budget",
     "fit_fd_limit",
     "plan_fd_limit",
     "shared_address",
@@ -255,6 +256,16 @@ def fit_fd_limit(max_connections: int, *, log: Logger = _log) -> int:
             cap=plan.max_connections,
         )
     return plan.max_connections
+
+
+def current_upstream_budget(max_connections: int) -> int | None:
+    """L{upstream_budget} for this process's file limit now (after L{fit_fd_limit})."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return upstream_budget(soft, max_connections=max_connections)
 
 
 # -- the shell ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import enum
 from typing import IO, Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -38,6 +38,7 @@ __all__ = [
     "RequestState",
     "ResponseSink",
     "ResponseState",
+    "TooManyUpstreams",
     "UpstreamConnection",
     "UpstreamPool",
 ]
@@ -73,6 +74,10 @@ class LoopbackEndpoint:
 
         d.addErrback(try_v6)
         return d
+
+
+class TooManyUpstreams(Exception):
+    """The budget of open upstream connections (L{UpstreamPool.max_open}) is spent."""
 
 
 class ResponseSink(TypingProtocol):
@@ -138,6 +143,8 @@ class UpstreamConnection(Protocol):
         self.lost = False
         #: Fired by connectionLost when the pool closes this connection at shutdown.
         self.closed: Deferred[None] | None = None
+        #: Whether this connection counts in the pool's budget (until it is lost).
+        self.holds_slot = False
 
     def connectionMade(self) -> None:
         # Request heads and streamed uploads must not wait for Nagle's algorithm, nor
@@ -263,6 +270,9 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
         self.pool.forget(self)
+        if self.holds_slot:
+            self.holds_slot = False
+            self.pool.release_slot()
         if self.request_state is RequestState.SENDING:
             self.request_state = RequestState.BROKEN
         if self.closed is not None:
@@ -306,14 +316,28 @@ class UpstreamPool:
 
     The timeout is shorter than Node's 5 s keep-alive default so that a request is
     rarely written to a connection the app is closing (and a failed reuse is retried).
+
+    At most C{max_open} upstream connections (active, idle and connecting, WebSocket
+    legs included through L{acquire_slot}) are open at once, so that client
+    connections always keep their file descriptors (L{portproxy.limits.upstream_budget});
+    at the budget idle ones are closed first, then a new one is refused
+    (L{TooManyUpstreams}). C{None}: no budget.
     """
 
     def __init__(
-        self, reactor: Any, *, idle_timeout: float = 4.0, max_idle: int = 128
+        self,
+        reactor: Any,
+        *,
+        idle_timeout: float = 4.0,
+        max_idle: int = 128,
+        max_open: int | None = None,
     ) -> None:
         self.reactor = reactor
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
+        self.max_open = max_open
+        #: Upstream connections open or being opened now.
+        self.open_count = 0
         self._idle: dict[int, list[UpstreamConnection]] = {}
         self._sweeper: Any = None
         self.opened = 0
@@ -329,10 +353,58 @@ class UpstreamPool:
         return None
 
     def connect(self, port: int) -> Deferred[UpstreamConnection]:
-        """Open a new connection to C{port}."""
+        """Open a new connection to C{port} (L{TooManyUpstreams} over the budget)."""
+        if not self.acquire_slot():
+            return fail(TooManyUpstreams())
         self.opened += 1
         endpoint = LoopbackEndpoint(self.reactor, port)
-        return endpoint.connect(_ConnectionFactory(self, port))
+        d: Deferred[UpstreamConnection] = endpoint.connect(_ConnectionFactory(self, port))
+
+        def connected(connection: UpstreamConnection) -> UpstreamConnection:
+            connection.holds_slot = True  # given back in its connectionLost
+            if connection.lost:
+                connection.holds_slot = False
+                self.release_slot()
+            return connection
+
+        def failed(reason: Failure) -> Failure:
+            self.release_slot()
+            return reason
+
+        d.addCallbacks(connected, failed)
+        return d
+
+    def acquire_slot(self) -> bool:
+        """Count one more upstream connection, closing an idle one if the budget is spent.
+
+        C{False}: the budget is spent by connections in use. Each C{True} must be
+        matched by one L{release_slot} when that connection is gone.
+        """
+        if self.max_open is not None and self.open_count >= self.max_open:
+            if not self._close_one_idle():
+                return False
+        self.open_count += 1
+        return True
+
+    def release_slot(self) -> None:
+        """An upstream connection counted by L{acquire_slot} is gone."""
+        self.open_count -= 1
+
+    def _close_one_idle(self) -> bool:
+        """Close the idle connection unused longest (any port); its slot is free now."""
+        oldest: UpstreamConnection | None = None
+        for idle in self._idle.values():
+            for connection in idle:
+                if oldest is None or connection.idle_since < oldest.idle_since:
+                    oldest = connection
+        if oldest is None:
+            return False
+        # Its descriptor is released on the next reactor turn; the slot at once.
+        if oldest.holds_slot:
+            oldest.holds_slot = False
+            self.release_slot()
+        oldest.abort()
+        return True
 
     def release(self, connection: UpstreamConnection) -> None:
         """Keep C{connection} for the next request to its port, if it is reusable."""

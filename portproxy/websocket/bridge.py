@@ -56,11 +56,20 @@ KEEPALIVE = (60, 10, 6)
 USER_TIMEOUT = 120
 
 
+class _Slots(Protocol):
+    """The budget of open upstream connections (L{portproxy.upstream.UpstreamPool})."""
+
+    def acquire_slot(self) -> bool: ...
+
+    def release_slot(self) -> None: ...
+
+
 class _Relay(Protocol):
     """What a bridge needs from the relay that made it."""
 
     reactor: Any
     upstream_timeout: float
+    upstream_slots: _Slots | None
 
 
 class Phase(Enum):
@@ -109,6 +118,9 @@ def _keepalive(transport: Any) -> None:
 class Bridge:
     """One relayed WebSocket: its two legs and its lifecycle (see L{Phase})."""
 
+    #: The budget the upstream leg counts in, while it holds a place there.
+    slots: _Slots | None = None
+
     def __init__(
         self, relay: _Relay, request: Request, target: Target, client: ClientLeg
     ) -> None:
@@ -140,6 +152,13 @@ class Bridge:
         relay = self.relay
         self.phase = Phase.WAITING
         self.answer = Deferred()
+        slots = getattr(relay, "upstream_slots", None)
+        if slots is not None:
+            if not slots.acquire_slot():
+                answer = self.answer
+                self._deny(503, "Too many open connections to apps")
+                return answer
+            self.slots = slots
         self.timer = relay.reactor.callLater(relay.upstream_timeout, self._timed_out)
         factory = UpstreamLegFactory(
             self,
@@ -158,6 +177,7 @@ class Bridge:
 
     def _connect_failed(self, failure: Failure) -> None:
         self.connecting = None
+        self._release_slot()
         if failure.check(CancelledError, ConnectingCancelledError):
             return
         port = self.target.port
@@ -262,6 +282,7 @@ class Bridge:
     def upstream_lost(self, leg: UpstreamLeg) -> None:
         """The app's connection is gone: refuse the client (with the app's status, if it
         answered one), or close the client's side."""
+        self._release_slot()
         phase = self.phase
         if phase is Phase.WAITING:
             self.upstream = None
@@ -289,6 +310,11 @@ class Bridge:
     def _finished(self) -> None:
         self.phase = Phase.DONE
         self._cancel_timer()
+
+    def _release_slot(self) -> None:
+        slots, self.slots = self.slots, None
+        if slots is not None:
+            slots.release_slot()
 
     def _cancel_timer(self) -> None:
         timer, self.timer = self.timer, None

@@ -45,6 +45,10 @@ class AutobahnRelay:
     @raise ValueError: for a malformed trusted origin.
     """
 
+    #: The budget of open upstream connections the upstream legs count in (the HTTP
+    #: engine's L{portproxy.upstream.UpstreamPool}); C{None}: not counted.
+    upstream_slots: Any = None
+
     def __init__(
         self,
         reactor: Any,

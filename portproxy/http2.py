@@ -318,7 +318,9 @@ class HardenedH2Stream(H2Stream):
     def _body_too_slow(self) -> None:
         self._body_timer = None
         conn = self._conn
-        if self._client_ended or conn.streams.get(self.streamID) is not self:
+        if self._client_ended or self._answered_early:
+            return
+        if conn.streams.get(self.streamID) is not self:
             return
         _log.info("HTTP/2 stream {id}: request body too slow", id=self.streamID)
         conn.answer(
@@ -344,6 +346,7 @@ class HardenedH2Stream(H2Stream):
         and the stream is reset once the answer is out (RFC 9113 8.1).
         """
         self._answered_early = True
+        self._cancel_body_timer()  # answered: only the send timeout is left
         request.requestReceived(self.command, self.path, self._version)
 
     def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:

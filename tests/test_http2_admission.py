@@ -229,14 +229,15 @@ async def test_a_signed_in_h2_get_with_a_body_streams_it_to_the_app(
     assert spool_calls == []
 
 
-def _mismatched_body(port: int, method: bytes, path: bytes, declared: int) -> Any:
+def _mismatched_body(port: int, path: bytes, declared: int, body: int | None) -> Any:
+    """Declare C{declared} bytes, send C{body} (C{None}: END_STREAM on HEADERS)."""
     client = Client(port)
     extra = [(b"content-length", b"%d" % declared)]
-    if method == b"HEADERS only":  # END_STREAM on HEADERS: no DATA at all
+    if body is None:
         client.send(client.request(1, b"POST", path, extra=extra))
     else:
-        client.send(client.request(1, method, path, end_stream=False, extra=extra))
-        client.data(1, b"x" * 20, end=True)
+        client.send(client.request(1, b"POST", path, end_stream=False, extra=extra))
+        client.data(1, b"x" * body, end=True)
     client.wait(lambda: 1 in client.resets or client.goaway is not None, 5)
     client.send(client.request(3, b"GET", path))
     client.wait(lambda: 3 in client.statuses or client.goaway is not None, 5)
@@ -246,21 +247,21 @@ def _mismatched_body(port: int, method: bytes, path: bytes, declared: int) -> An
 
 
 @pytest.mark.parametrize(
-    ("method", "declared"),
+    ("declared", "body"),
     [
-        (b"POST", 10),  # DATA beyond the declared length
-        (b"GET", 30),  # END_STREAM before it
-        (b"HEADERS only", 5),
+        (10, 20),  # DATA beyond the declared length
+        (30, 20),  # END_STREAM before it
+        (5, None),  # no DATA at all
     ],
 )
 @pytest_twisted.ensureDeferred
 async def test_a_body_that_breaks_its_declared_length_resets_only_that_stream(
-    upstream: Any, limited_proxy: Any, method: bytes, declared: int
+    upstream: Any, limited_proxy: Any, declared: int, body: int | None
 ) -> None:
     up = upstream(rec := Recorder())
     port = limited_proxy()
     path = b"/proxy/%d/x" % up.port
-    reset, goaway, after = await in_thread(_mismatched_body, port, method, path, declared)
+    reset, goaway, after = await in_thread(_mismatched_body, port, path, declared, body)
     # RFC 9113 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
     assert (reset, goaway, after) == (PROTOCOL_ERROR, None, 200)
     assert [r["method"] for r in rec.requests] == [b"GET"]  # only the second stream

@@ -54,7 +54,9 @@ __all__ = [
 #: File descriptors kept aside for everything that is not a client connection and its
 #: upstream: listening sockets, the reactor, logs, pipes, idle pooled connections.
 FD_RESERVE = 64
-#: Each proxied client connection may hold one upstream connection too.
+#: Each client connection, plus room for one upstream connection per client connection
+#: (HTTP/2 streams may hold more: upstream connections have their own budget, see
+#: L{upstream_budget}).
 FDS_PER_CONNECTION = 2
 #: Seconds accepting pauses after accept() ran out of file descriptors.
 ACCEPT_BACKOFF = 0.5
@@ -186,7 +188,8 @@ def shared_address(key: str, trusted: Iterable[Network]) -> bool:
 
 
 class Limited(Protocol):
-    """An HTTP/1.1 client connection, as seen by L{ConnectionLimits}."""
+    """A client connection (HTTP/1.1, a TLS port's first-byte wait, an HTTP/2
+    connection's L{_H2Watch}), as seen by L{ConnectionLimits}."""
 
     #: The L{address_key} of the client.
     limit_key: str

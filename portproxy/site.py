@@ -4,7 +4,9 @@
 What changes from stock twisted.web, and why:
  - request bodies are never parsed as forms (the upstream owns them) and are kept in
    memory only while small, spilling to a temporary file beyond that;
- - an optional body size limit answers 413 before the body is read;
+ - an optional body size limit answers 413 before the body is read, and a request
+   that will be refused (not signed in, proxy disabled, bad port) is answered as soon
+   as its head is in, its body never read;
  - the access log can be the combined format, JSON lines, or off.
 """
 

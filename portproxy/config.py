@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_options -*-
+# -*- test-case-name: tests.test_docs -*-
 """The validated settings of one portproxy instance.
 
 L{portproxy.tap.Options} turns the command line into a L{Config}; everything else reads
@@ -61,7 +61,7 @@ class Config:
     access_log: str = "combined"
     #: Processes serving the listeners; above 1, a supervisor runs them (docs/workers.rst).
     workers: int = 1
-    #: Seconds a client has to send a whole request head (see L{portproxy.limits}).
+    #: Seconds a client has to send a whole request head (see L{portproxy.net.limits}).
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     #: Seconds a client may take no byte of a response before it is disconnected.
     send_timeout: float = DEFAULT_SEND_TIMEOUT

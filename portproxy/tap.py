@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_options -*-
+# -*- test-case-name: tests.test_docs -*-
 """The command line of C{twist portproxy} and the service it builds.
 
 L{makeService} is shared by the plugin, .tac files and the tests, so that all three run
@@ -276,8 +276,8 @@ class Options(usage.Options):
             raise SystemExit(0)
 
     def _print_url(self, value: str) -> None:
-        from portproxy.publicurl import public_url_for_port
-        from portproxy.routes import parse_port
+        from portproxy.routing.publicurl import public_url_for_port
+        from portproxy.routing.routes import parse_port
 
         port = parse_port(value)
         if port is None:
@@ -316,7 +316,7 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
         raise usage.UsageError(message) from None
     domains = tuple(options["proxy-domain"])
     if domains:
-        from portproxy.domains import DomainMatcher, DomainPatternError
+        from portproxy.routing.domains import DomainMatcher, DomainPatternError
 
         try:
             domains = DomainMatcher(domains).patterns
@@ -370,7 +370,7 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
 
 def _tls_fields(options: Mapping[str, Any]) -> dict[str, Any]:
     """Check the certificate options (reading --cert and --cert-key) for L{Config}."""
-    from portproxy.tls import TLSError, load_key_pair, parse_cert_hosts
+    from portproxy.runtime.tls import TLSError, load_key_pair, parse_cert_hosts
 
     cert = options.get("cert")
     cert_key = options.get("cert-key")
@@ -402,7 +402,7 @@ def _tls_fields(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def _workers(value: str, listen: tuple[str, ...]) -> int:
     """Check C{--workers}, and that workers can share every C{--listen}."""
-    from portproxy.workers import parse_workers, unshareable
+    from portproxy.runtime.supervisor import parse_workers, unshareable
 
     try:
         workers = parse_workers(value)
@@ -417,10 +417,10 @@ def _workers(value: str, listen: tuple[str, ...]) -> int:
 
 def makeService(options: Options) -> IService:
     """Build the portproxy service from parsed options (plugin, .tac and tests)."""
-    from portproxy.app import build_service
     from portproxy.auth import StartupError as AuthStartupError
-    from portproxy.service import StartupError
-    from portproxy.workers import service_for
+    from portproxy.runtime.app import build_service
+    from portproxy.runtime.service import StartupError
+    from portproxy.runtime.supervisor import service_for
 
     try:
         workers = service_for(

@@ -116,8 +116,8 @@ class RunningProxy:
 @pytest.fixture
 def make_proxy() -> Iterator[Callable[..., RunningProxy]]:
     """Build and start a portproxy instance (auth none unless told otherwise)."""
-    from portproxy.app import build_instance
     from portproxy.config import Config
+    from portproxy.runtime.app import build_instance
 
     running: list[RunningProxy] = []
 

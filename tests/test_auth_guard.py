@@ -177,7 +177,7 @@ def test_other_requests_get_401_json(method: bytes, accept: bytes | None) -> Non
 
 def test_websocket_denial_is_401_even_for_a_browser() -> None:
     request = make_request(headers={b"accept": BROWSER_ACCEPT, b"upgrade": b"websocket"})
-    body = authenticator().deny_websocket(request)
+    body = authenticator().deny_unauthorized(request)
     assert request.responseCode == 401 and json.loads(body) == {"error": "Unauthorized"}
 
 

@@ -1,4 +1,4 @@
-"""Tests for L{portproxy.domains}: proxy-domain patterns and host matching."""
+"""Tests for L{portproxy.routing.domains}: proxy-domain patterns and host matching."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portproxy.domains import (
+from portproxy.routing.domains import (
     DomainMatcher,
     DomainPatternError,
     base_domain,

@@ -29,8 +29,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from portproxy.setcookie import allowed_set_cookies, cookie_name
-from portproxy.upstream import UpstreamPool
+from portproxy.http.setcookie import allowed_set_cookies, cookie_name
+from portproxy.http.upstream import UpstreamPool
 from tests.support import dechunk, get, get_reactor, listen, parse_response, raw_request
 
 NODE = "/usr/bin/node"
@@ -263,7 +263,7 @@ async def test_early_answer_to_a_buffered_http2_sized_body_closes_the_connection
     proxy: Any,
 ) -> None:
     """The FileSender path (buffered bodies over 64 KiB) follows the same rule."""
-    from portproxy.upstream import UpstreamConnection
+    from portproxy.http.upstream import UpstreamConnection
 
     _EarlyThenRead.connections = []
     port = listen(Factory.forProtocol(_EarlyThenRead))

@@ -16,17 +16,17 @@ from hypothesis import strategies as st
 from portproxy.auth.cookiepolicy import cookie_domain, set_cookie_value
 from portproxy.auth.redirects import safe_redirect_target
 from portproxy.auth.sessions import MAX_CLOCK_SKEW, SessionSigner
-from portproxy.cookies import cookie_values, strip_cookie
-from portproxy.domains import (
+from portproxy.http.cookies import cookie_values, strip_cookie
+from portproxy.http.headers import BadRequest, client_view, request_authority
+from portproxy.http.rewrite import rewrite_location, rewrite_set_cookie
+from portproxy.routing.domains import (
     DomainMatcher,
     DomainPatternError,
     host_without_port,
     normalize_patterns,
 )
-from portproxy.headers import BadRequest, client_view, request_authority
-from portproxy.hosts import parse_authority
-from portproxy.rewrite import rewrite_location, rewrite_set_cookie
-from portproxy.routes import (
+from portproxy.routing.hosts import parse_authority
+from portproxy.routing.routes import (
     RouteKind,
     absolute_form,
     origin_form,

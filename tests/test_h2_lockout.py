@@ -1,8 +1,8 @@
 """HTTP/2 connections without a stream at the connection cap (second review, finding 3).
 
 Live: the TLS listener that C{twist portproxy} runs, h2 clients in threads. These need
-both halves: L{portproxy.limits.ConnectionLimits.h2_idle} / C{h2_busy} (the limits) and
-L{portproxy.http2.HardenedH2Connection} reporting to them (and its C{evict}).
+both halves: L{portproxy.net.limits.ConnectionLimits.h2_idle} / C{h2_busy} (the limits) and
+L{portproxy.http.http2.HardenedH2Connection} reporting to them (and its C{evict}).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.web.http_headers import Headers
 
-from portproxy.cookies import cookie_values
-from portproxy.headers import (
+from portproxy.http.cookies import cookie_values
+from portproxy.http.headers import (
     HOP_BY_HOP,
     ClientView,
     RawHeaders,
@@ -577,7 +577,7 @@ def test_response_headers_keep_everything_not_per_hop(headers: Raw) -> None:
 
 import ipaddress as _ipaddress  # noqa: E402
 
-from portproxy.headers import client_address  # noqa: E402
+from portproxy.http.headers import client_address  # noqa: E402
 
 _LOCAL = (_ipaddress.ip_network("127.0.0.0/8"), _ipaddress.ip_network("10.0.0.0/8"))
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portproxy.headers import response_header_pairs
-from portproxy.http11 import (
+from portproxy.http.headers import response_header_pairs
+from portproxy.http.wire import (
     BodyKind,
     ChunkedDecoder,
     ProtocolError,

@@ -31,10 +31,10 @@ from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from portproxy.app import build_instance
 from portproxy.config import Config
-from portproxy.limits import ConnectionLimits
-from portproxy.site import ProxySite
+from portproxy.net.limits import ConnectionLimits
+from portproxy.runtime.app import build_instance
+from portproxy.web.site import ProxySite
 from tests import test_http2_integrity as integrity
 from tests.support import Recorder, get_reactor
 from tests.test_http2_integrity import RawH2, _login, in_thread

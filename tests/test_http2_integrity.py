@@ -42,10 +42,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
-from portproxy.app import build_instance
 from portproxy.config import Config
-from portproxy.http2 import FrameBudget, H2Limits, request_head_refusal
-from portproxy.tlslistener import ServerTLS
+from portproxy.http.http2 import FrameBudget, H2Limits, request_head_refusal
+from portproxy.runtime.app import build_instance
+from portproxy.runtime.tlslistener import ServerTLS
 from tests.support import Recorder, get_reactor, listen
 from tests.test_tls import write_pair
 from tests.test_tls_live import PASSWORD, Running, tls_services
@@ -226,7 +226,9 @@ def limited_proxy(tmp_path: Path) -> Iterator[Callable[..., int]]:
         ports.append(listen(tls.wrap(site)))
         limits = getattr(site, "limits", None)
         if limits is not None:
-            limits.watch(ports[-1])  # as portproxy.service does: counted connections
+            limits.watch(
+                ports[-1]
+            )  # as portproxy.runtime.service does: counted connections
             watched.append((limits, ports[-1]))
         return int(ports[-1].getHost().port)
 

@@ -25,7 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from portproxy.limits import (
+from portproxy.net.limits import (
     FD_RESERVE,
     ConnectionLimits,
     address_key,
@@ -864,7 +864,7 @@ def test_listen_queue_is_lengthened_unless_the_endpoint_names_one(
 
 @pytest_twisted.ensureDeferred
 async def test_listener_uses_the_longer_listen_queue() -> None:
-    from portproxy.service import ListeningService
+    from portproxy.runtime.service import ListeningService
 
     reactor = get_reactor()
     service = ListeningService(

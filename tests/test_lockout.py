@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from portproxy.limits import ConnectionLimits
+from portproxy.net.limits import ConnectionLimits
 from tests.support import parse_response
 from tests.test_limits import closed_within, connect, sleep
 
@@ -253,7 +253,7 @@ def test_authorized_connection_is_never_evicted() -> None:
 
 
 class FakeH2:
-    """An HTTP/2 connection as the limits see it (portproxy.http2 implements evict)."""
+    """An HTTP/2 connection as the limits see it (portproxy.http.http2 implements evict)."""
 
     def __init__(self, host: str = "198.51.100.7") -> None:
         from twisted.internet.address import IPv4Address

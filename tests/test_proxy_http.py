@@ -141,7 +141,7 @@ async def test_dead_port_gives_502_json_or_html(proxy) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_error_pages_escape_echoed_values() -> None:
-    from portproxy.errors import error_body
+    from portproxy.http.errorpages import error_body
 
     page = error_body(502, "<script>alert(1)</script>", html_page=True).body
     assert b"<script>" not in page

@@ -12,15 +12,15 @@ from urllib.parse import quote
 import pytest
 import pytest_twisted
 
-from portproxy.domains import DomainMatcher
-from portproxy.headers import (
+from portproxy.http.headers import (
     BadRequest,
     ClientView,
     forward_request_headers,
     forward_websocket_headers,
     request_authority,
 )
-from portproxy.hosts import Authority, parse_authority
+from portproxy.routing.domains import DomainMatcher
+from portproxy.routing.hosts import Authority, parse_authority
 from tests import test_tls_live as _tls
 from tests import test_websocket_relay as _ws
 from tests.support import Recorder, get, parse_response, raw_request

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from portproxy.http11 import MAX_HEAD_SIZE, ProtocolError, ResponseHead
-from portproxy.response_reader import DATA, END, HEAD, ReaderState, ResponseReader
+from portproxy.http.response_reader import DATA, END, HEAD, ReaderState, ResponseReader
+from portproxy.http.wire import MAX_HEAD_SIZE, ProtocolError, ResponseHead
 
 
 def _read(wire: bytes, method: bytes = b"GET", cuts: tuple[int, ...] = ()) -> list:

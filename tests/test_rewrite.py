@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portproxy.rewrite import is_loopback_host, rewrite_location, rewrite_set_cookie
+from portproxy.http.rewrite import is_loopback_host, rewrite_location, rewrite_set_cookie
 
 PREFIX = b"/proxy/8080"
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portproxy.routes import (
+from portproxy.routing.routes import (
     Route,
     RouteKind,
     absproxy_upstream_path,

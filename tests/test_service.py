@@ -338,8 +338,8 @@ def test_print_url_refuses_a_bad_port(tmp_path: Path) -> None:
 def test_startup_logs_the_url_template(tmp_path: Path) -> None:
     from twisted.logger import globalLogPublisher
 
-    from portproxy.app import build_service
     from portproxy.config import Config
+    from portproxy.runtime.app import build_service
 
     seen: list[str] = []
 

@@ -25,8 +25,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portproxy.tap import Options
-from portproxy.tls import (
+from portproxy.runtime.tls import (
     RENEW_BEFORE,
     SELF_SIGNED_CERT_FILE,
     SELF_SIGNED_KEY_FILE,
@@ -39,6 +38,7 @@ from portproxy.tls import (
     parse_cert_hosts,
     wants_tls,
 )
+from portproxy.tap import Options
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
@@ -207,7 +207,7 @@ def test_common_key_types_and_pem_forms_load_and_serve(
 ) -> None:
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-    from portproxy.tlslistener import server_options
+    from portproxy.runtime.tlslistener import server_options
 
     key: Any = {
         "rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),

@@ -1,7 +1,7 @@
 """The connection limits on TLS listeners, before the first byte says TLS or plain HTTP.
 
 A TLS port waits for the client's first byte to choose TLS or the plain-HTTP redirect
-(L{portproxy.tlslistener.PlainOrTLSFactory}). That wait is part of the request head:
+(L{portproxy.runtime.tlslistener.PlainOrTLSFactory}). That wait is part of the request head:
 it ends at C{--header-timeout}, counts against C{--max-connections}, and a greedy
 address's silent connections make room at the cap like slow heads do.
 """
@@ -19,8 +19,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from portproxy.limits import ConnectionLimits
-from portproxy.tlslistener import PlainOrTLSFactory
+from portproxy.net.limits import ConnectionLimits
+from portproxy.runtime.tlslistener import PlainOrTLSFactory
 from tests.support import get_reactor
 from tests.test_limits import closed_within, connect, sleep
 from tests.test_tls import write_pair

@@ -29,11 +29,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 
-from portproxy.app import build_service
 from portproxy.config import Config
-from portproxy.service import ListeningService
-from portproxy.tls import SELF_SIGNED_CERT_FILE, SELF_SIGNED_KEY_FILE, fingerprint
-from portproxy.tlslistener import SNIFF_TIMEOUT, PlainOrTLSFactory
+from portproxy.runtime.app import build_service
+from portproxy.runtime.service import ListeningService
+from portproxy.runtime.tls import SELF_SIGNED_CERT_FILE, SELF_SIGNED_KEY_FILE, fingerprint
+from portproxy.runtime.tlslistener import SNIFF_TIMEOUT, PlainOrTLSFactory
 from tests.support import Recorder, get, get_reactor, listen, parse_response, raw_request
 from tests.test_tls import write_pair
 

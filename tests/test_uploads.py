@@ -16,7 +16,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portproxy.http11 import ChunkedDecoder
+from portproxy.http.wire import ChunkedDecoder
 from tests.support import get_reactor, listen, parse_response, rss_bytes
 
 MiB = 1024 * 1024

@@ -24,9 +24,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
-from portproxy.service import StartupError
-from portproxy.worker import AdoptedListener, _WorkerDuties, build_worker_service
-from portproxy.workers import (
+from portproxy.runtime.service import StartupError
+from portproxy.runtime.supervisor import (
     WORKER_ENV,
     Backoff,
     SharedListener,
@@ -38,6 +37,7 @@ from portproxy.workers import (
     unshareable,
     worker_command,
 )
+from portproxy.runtime.worker import AdoptedListener, _WorkerDuties, build_worker_service
 
 ROOT = Path(__file__).resolve().parent.parent
 

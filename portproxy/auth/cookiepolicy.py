@@ -15,7 +15,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-from portproxy.domains import base_domain, host_without_port
+from portproxy.routing.domains import base_domain, host_without_port
 
 __all__ = [
     "COOKIE_BASE_NAME",

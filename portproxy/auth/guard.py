@@ -41,9 +41,9 @@ from portproxy.auth.ratelimit import Clock, LoginRateLimiter
 from portproxy.auth.redirects import safe_redirect_target
 from portproxy.auth.sessions import SessionSigner
 from portproxy.config import Config
-from portproxy.cookies import cookie_values
-from portproxy.domains import DomainMatcher
-from portproxy.errors import accepts_html
+from portproxy.http.cookies import cookie_values
+from portproxy.http.errorpages import accepts_html
+from portproxy.routing.domains import DomainMatcher
 
 __all__ = [
     "RESERVED_LOGIN",
@@ -133,13 +133,17 @@ class Authenticator:
         Everything else gets C{401} JSON.
         """
         if not _is_navigation(request):
-            return self.deny_websocket(request)
+            return self.deny_unauthorized(request)
         login = MAIN_LOGIN if original_url.startswith(b"/") else RESERVED_LOGIN
         target = quote(original_url, safe="/:").encode("ascii")
         return redirect(request, login + b"?to=" + target)
 
-    def deny_websocket(self, request: Request) -> bytes:
-        """Answer a signed-out request with C{401} JSON, never a redirect."""
+    def deny_unauthorized(self, request: Request) -> bytes:
+        """Answer a signed-out request with C{401} JSON, never a redirect.
+
+        Used by L{deny} for every request that is not a page load (API calls, assets,
+        form posts), and directly for WebSocket upgrades.
+        """
         request.setResponseCode(401)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
@@ -235,7 +239,7 @@ class PasswordAuthenticator(Authenticator):
         return (
             self.skip_auth_preflight
             and request.method == b"OPTIONS"
-            # What the head announced (portproxy.site.ProxyRequest): None is unknown.
+            # What the head announced (portproxy.web.site.ProxyRequest): None is unknown.
             and getattr(request, "body_length", 0) == 0
             and headers.hasHeader(b"origin")
             and headers.hasHeader(b"access-control-request-method")

@@ -27,8 +27,8 @@ from portproxy.auth.guard import (
     redirect,
 )
 from portproxy.auth.loginpage import CONTENT_SECURITY_POLICY, render_login_page
-from portproxy.errors import reason_phrase, write_error
-from portproxy.routes import split_target
+from portproxy.http.errorpages import reason_phrase, write_error
+from portproxy.routing.routes import split_target
 
 __all__ = ["MAX_FORM_SIZE", "LoginResource", "LogoutResource", "login_pages"]
 

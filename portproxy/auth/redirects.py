@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import unquote
 
-from portproxy.hosts import parse_authority
+from portproxy.routing.hosts import parse_authority
 
 __all__ = ["MAX_TARGET_LENGTH", "safe_redirect_target"]
 
@@ -24,7 +24,7 @@ MAX_TARGET_LENGTH = 8192
 # Printable ASCII only: no space, no control characters, no DEL, no backslash.
 _PRINTABLE = re.compile(r"[!-\[\]-~]*")
 _ABSOLUTE = re.compile(r"(?i)(https?)://([^/?#]*)(.*)")
-# On top of portproxy.hosts: no empty label, none that starts or ends with '-'.
+# On top of portproxy.routing.hosts: no empty label, none that starts or ends with '-'.
 _NAME = re.compile(
     r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*"
 )

@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_websocket_relay -*-
 """WebSocket upgrades through portproxy: the Origin rules and the Autobahn relay.
 
-L{origin} and L{handshake} are pure; L{relay} (what the resource tree, L{portproxy.root},
-calls for an upgrade that passed its guards), L{bridge} (one relayed connection's
-lifecycle) and L{legs} (the Autobahn protocols on each side) are the Twisted shell.
+L{origin} is pure and L{handshake} nearly so (it takes its reason phrases from
+twisted.web); L{relay} (what the resource tree, L{portproxy.web.root}, calls for an
+upgrade that passed its guards), L{bridge} (one relayed connection's lifecycle) and
+L{legs} (the Autobahn protocols on each side) are the Twisted shell.
 See docs/websockets.rst.
 """
 

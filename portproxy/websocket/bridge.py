@@ -24,8 +24,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from portproxy.splice import eager_writer
-from portproxy.upstream import LoopbackEndpoint
+from portproxy.http.upstream import LoopbackEndpoint
+from portproxy.net.eager import eager_writer
 from portproxy.websocket.handshake import refusal_status
 from portproxy.websocket.legs import UpstreamLegFactory
 
@@ -57,7 +57,7 @@ USER_TIMEOUT = 120
 
 
 class _Slots(Protocol):
-    """The budget of open upstream connections (L{portproxy.upstream.UpstreamPool})."""
+    """The budget of open upstream connections (L{portproxy.http.upstream.UpstreamPool})."""
 
     def acquire_slot(self) -> bool: ...
 
@@ -91,7 +91,9 @@ class Target:
     host: bytes | None
     origin: bytes | None
     headers: list[tuple[bytes, list[bytes]]]
-    accept: bytes | None
+    #: The client's C{Accept} header (not C{Sec-WebSocket-Accept}): whether a refusal
+    #: is answered with an HTML or a JSON error page.
+    accept_header: bytes | None
 
 
 def _keepalive(transport: Any) -> None:

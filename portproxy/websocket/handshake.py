@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from twisted.web.http import RESPONSES
 
-from portproxy.errors import accepts_html, error_body
+from portproxy.http.errorpages import accepts_html, error_body
 
 __all__ = [
     "RawHeaders",

@@ -61,7 +61,7 @@ class ClientLeg(WebSocketServerProtocol):
                 code,
                 reason,
                 phrase=bridge.phrase,
-                accept=bridge.target.accept,
+                accept=bridge.target.accept_header,
                 extra=list(responseHeaders or ()),
             )
         )

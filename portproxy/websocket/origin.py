@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from portproxy.hosts import parse_authority
+from portproxy.routing.hosts import parse_authority
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -59,7 +59,7 @@ class Authority:
 
 
 def _authority(text: str) -> Authority | None:
-    # The one host[:port] parser (portproxy.hosts); hosts compare without case. No
+    # The one host[:port] parser (portproxy.routing.hosts); hosts compare without case. No
     # blank may hide inside an origin ("http:// a.test"), which that parser would strip.
     parsed = parse_authority(text)
     if parsed is None or text[:1] in (" ", "\t") or text[-1:] in (" ", "\t"):

@@ -25,8 +25,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET, Request
 
-from portproxy.errors import write_error
-from portproxy.headers import ClientView, forward_websocket_headers
+from portproxy.http.errorpages import write_error
+from portproxy.http.headers import ClientView, forward_websocket_headers
 from portproxy.websocket.bridge import Bridge, Target
 from portproxy.websocket.handshake import is_upgrade, request_target, server_leg_head
 from portproxy.websocket.legs import ClientLeg, ClientLegFactory
@@ -36,7 +36,9 @@ __all__ = ["AutobahnRelay"]
 
 
 class AutobahnRelay:
-    """Relay WebSocket upgrades to local ports (satisfies C{portproxy.root.WebSocketRelay}).
+    """Relay WebSocket upgrades to local ports.
+
+    Satisfies C{portproxy.web.root.WebSocketRelay}.
 
     @param upstream_timeout: seconds to wait for the upstream's handshake answer
         (connection included) before the client gets a 504.
@@ -46,7 +48,7 @@ class AutobahnRelay:
     """
 
     #: The budget of open upstream connections the upstream legs count in (the HTTP
-    #: engine's L{portproxy.upstream.UpstreamPool}); C{None}: not counted.
+    #: engine's L{portproxy.http.upstream.UpstreamPool}); C{None}: not counted.
     upstream_slots: Any = None
 
     def __init__(
@@ -114,7 +116,7 @@ class AutobahnRelay:
                 session_cookie=self.session_cookie,
                 prefix=prefix,
             ),
-            accept=request.getHeader(b"accept"),
+            accept_header=request.getHeader(b"accept"),
         )
         leg = cast(ClientLeg, self.factory.buildProtocol(channel.transport.getPeer()))
         leg.bridge = Bridge(self, request, target, leg)

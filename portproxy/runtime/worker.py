@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_workers -*-
 """The worker side of C{--workers}: serve on sockets inherited from the supervisor.
 
-A worker is a normal portproxy instance (L{portproxy.app.build_service}) whose listeners
-adopt the descriptors named in L{portproxy.workers.WORKER_ENV} instead of binding; it
-tells the supervisor when it serves and stops by itself if the supervisor is gone.
+A worker is a normal portproxy instance (L{portproxy.runtime.app.build_service}) whose
+listeners adopt the descriptors named in L{portproxy.runtime.supervisor.WORKER_ENV} instead
+of binding; it tells the supervisor when it serves and stops by itself if the
+supervisor is gone.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from portproxy.config import Config
-from portproxy.service import ListeningService
-from portproxy.workers import WORKER_ENV, WorkerSpec
+from portproxy.runtime.service import ListeningService
+from portproxy.runtime.supervisor import WORKER_ENV, WorkerSpec
 
 __all__ = ["AdoptedListener", "build_worker_service"]
 
-_log = Logger()
+# The namespace is pinned: log lines (and the docs that quote them) keep the name
+# this module had before the package was split into folders.
+_log = Logger(namespace="portproxy.worker")
 
 
 class AdoptedListener(ListeningService):
@@ -137,7 +140,7 @@ def build_worker_service(
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    from portproxy.app import build_service
+    from portproxy.runtime.app import build_service
 
     try:
         spec = WorkerSpec.decode(environ[WORKER_ENV])

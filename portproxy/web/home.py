@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ports -*-
+# -*- test-case-name: tests.test_home -*-
 """The signed-in user's start page: which local ports are listening, with links.
 
 Ports are read from the kernel's socket tables (C{/proc/net/tcp} and C{tcp6}), so the

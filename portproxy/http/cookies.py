@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cookies -*-
+# -*- test-case-name: tests.test_headers -*-
 """Reading and removing one cookie from raw ``Cookie`` header values.
 
 The proxy must hide its own session cookie from the apps behind it while every other

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest_twisted
 
-from portproxy.ports import parse_listening_ports, render_index
+from portproxy.web.home import parse_listening_ports, render_index
 from tests.support import get, parse_response, raw_request
 
 TABLE = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt

@@ -6,7 +6,7 @@ refused IPv4 connection is retried once on the IPv6 loopback before the port is 
 as dead.
 
 L{UpstreamConnection} speaks HTTP/1.1 to an app: it writes one request, feeds the
-response bytes to a L{portproxy.response_reader.ResponseReader}, hands the events to a
+response bytes to a L{portproxy.http.response_reader.ResponseReader}, hands the events to a
 L{ResponseSink}, and goes back to the L{UpstreamPool} when both sides are complete. It
 replaces twisted.web's C{Agent} on the hot path, whose per-request Deferreds,
 line-by-line parser and header objects cost more than the proxying itself.
@@ -27,10 +27,10 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portproxy.http11 import ProtocolError, ResponseHead
-from portproxy.response_reader import DATA, HEAD, ReaderState, ResponseReader
-from portproxy.splice import send_eagerly
-from portproxy.uploads import StreamingUpload
+from portproxy.http.response_reader import DATA, HEAD, ReaderState, ResponseReader
+from portproxy.http.uploads import StreamingUpload
+from portproxy.http.wire import ProtocolError, ResponseHead
+from portproxy.net.eager import send_eagerly
 
 __all__ = [
     "IDEMPOTENT",
@@ -319,8 +319,9 @@ class UpstreamPool:
 
     At most C{max_open} upstream connections (active, idle and connecting, WebSocket
     legs included through L{acquire_slot}) are open at once, so that client
-    connections always keep their file descriptors (L{portproxy.limits.upstream_budget});
-    at the budget idle ones are closed first, then a new one is refused
+    connections always keep their file descriptors
+    (L{portproxy.net.limits.upstream_budget}); at the budget idle ones are closed first,
+    then a new one is refused
     (L{TooManyUpstreams}). C{None}: no budget.
     """
 

@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from portproxy.limits import ConnectionLimits, address_key
-from portproxy.tls import (
+from portproxy.net.limits import ConnectionLimits, address_key
+from portproxy.runtime.tls import (
     SELF_SIGNED_CERT_FILE,
     KeyPair,
     TLSError,
@@ -122,7 +122,7 @@ class _Sniff(Protocol):
         self.inner: Any = None
         self.timer: Any = None
         self.limits: ConnectionLimits | None = None
-        #: The client's address group (L{portproxy.limits.address_key}).
+        #: The client's address group (L{portproxy.net.limits.address_key}).
         self.limit_key = address_key(str(getattr(addr, "host", None) or addr))
 
     def connectionMade(self) -> None:
@@ -174,7 +174,7 @@ class _Sniff(Protocol):
         if self.transport is not None:
             self.transport.abortConnection()
 
-    # -- portproxy.limits.Limited ------------------------------------------------------
+    # -- portproxy.net.limits.Limited ------------------------------------------------------
 
     def head_timed_out(self) -> None:
         """Nothing arrived by the header deadline (or room is needed): drop it."""
@@ -261,7 +261,7 @@ class ServerTLS:
         self.redirect = redirect
         self.log = log
         self.now = now
-        #: L{portproxy.http2.H2Limits} for HTTP/2 connections, or the Config to take
+        #: L{portproxy.http.http2.H2Limits} for HTTP/2 connections, or the Config to take
         #: them from (C{--header-timeout}, C{--send-timeout}); defaults when C{None}.
         self.http2_limits = http2_limits
         #: The process's connection limits: the first-byte wait is part of the head.
@@ -307,12 +307,12 @@ class ServerTLS:
         """C{factory} behind TLS, with the redirect for plain HTTP on the same port.
 
         With h2 installed, HTTP/2 connections get portproxy's hardened connection
-        class (L{portproxy.http2}) instead of twisted.web's own.
+        class (L{portproxy.http.http2}) instead of twisted.web's own.
         """
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         if http2_available():
-            from portproxy.http2 import H2Limits, HTTP2Site
+            from portproxy.http.http2 import H2Limits, HTTP2Site
 
             limits = self.http2_limits
             if not isinstance(limits, H2Limits):

@@ -3,7 +3,7 @@
 
 The proxy talks to apps on loopback over persistent HTTP/1.1 connections. These pure
 pieces build the request head and parse the response (status line, headers, body
-framing, chunked decoding); L{portproxy.upstream} wires them to sockets. Parsing is
+framing, chunked decoding); L{portproxy.http.upstream} wires them to sockets. Parsing is
 strict where laxness would let one message bleed into the next (RFC 9112 6.3, 11.2).
 """
 

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portproxy.config import Config
-from portproxy.service import StartupError
+from portproxy.runtime.service import StartupError
 
 __all__ = [
     "WORKER_ENV",
@@ -44,7 +44,9 @@ __all__ = [
     "worker_command",
 ]
 
-_log = Logger()
+# The namespace is pinned: log lines (and the docs that quote them) keep the name
+# this module had before the package was split into folders.
+_log = Logger(namespace="portproxy.workers")
 
 #: Set in a worker's environment only: which inherited descriptors to serve on.
 WORKER_ENV = "PORTPROXY_WORKER"
@@ -214,7 +216,7 @@ def bind_shared(reactor: Any, descriptions: Sequence[str]) -> list[SharedListene
     """Bind every endpoint now; raise L{StartupError} (one line) if one cannot be."""
     from twisted.internet.endpoints import serverFromString
 
-    from portproxy.limits import with_backlog
+    from portproxy.net.limits import with_backlog
 
     bound: list[SharedListener] = []
     idle = ServerFactory.forProtocol(Protocol)
@@ -222,7 +224,7 @@ def bind_shared(reactor: Any, descriptions: Sequence[str]) -> list[SharedListene
     try:
         for description in descriptions:
             try:
-                # Workers wait at --max-connections in this queue (portproxy.limits).
+                # Workers wait at --max-connections in this queue (portproxy.net.limits).
                 endpoint = serverFromString(reactor, with_backlog(description))
             except Exception as e:
                 raise StartupError(f"--listen {description}: {e}") from None
@@ -269,7 +271,11 @@ def prepare_shared(
         except PasswordError as e:
             raise StartupError(str(e)) from None
     if config.self_signed:
-        from portproxy.tls import TLSError, load_or_create_self_signed, parse_cert_hosts
+        from portproxy.runtime.tls import (
+            TLSError,
+            load_or_create_self_signed,
+            parse_cert_hosts,
+        )
 
         try:
             _, new = load_or_create_self_signed(
@@ -512,7 +518,7 @@ def service_for(config: Config, *, argv: Sequence[str], environ: Mapping[str, st
     """The worker's service in a worker, the supervisor when C{--workers} is above 1,
     else C{None} (one process, built as usual)."""
     if WORKER_ENV in environ:
-        from portproxy.worker import build_worker_service
+        from portproxy.runtime.worker import build_worker_service
 
         return build_worker_service(config, environ=environ)
     if config.workers <= 1:

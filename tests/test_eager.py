@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
-from portproxy.splice import eager_writer, send_eagerly
+from portproxy.net.eager import eager_writer, send_eagerly
 from tests.support import get_reactor, listen
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_splice -*-
+# -*- test-case-name: tests.test_eager -*-
 """Sending bytes now instead of on the next reactor turn.
 
 A Twisted transport's C{write} always queues the bytes and registers for writability;

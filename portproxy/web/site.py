@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_site -*-
+# -*- test-case-name: tests.test_pipelining -*-
 """The twisted.web C{Site} and C{Request} that portproxy serves with.
 
 What changes from stock twisted.web, and why:
@@ -27,13 +27,14 @@ from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from portproxy.errors import write_error
-from portproxy.headers import ClientView
-from portproxy.limits import ConnectionLimits, address_key, unsent_bytes
-from portproxy.splice import send_eagerly
-from portproxy.uploads import StreamingUpload
+from portproxy.http.errorpages import write_error
+from portproxy.http.headers import ClientView
+from portproxy.http.uploads import StreamingUpload
+from portproxy.net.eager import send_eagerly
+from portproxy.net.limits import ConnectionLimits, address_key, unsent_bytes
 
 __all__ = [
+    "ACCESS_LOG_NAMESPACE",
     "OWN_BODY_LIMIT",
     "PIPELINE_BUFFER_LIMIT",
     "SPOOL_MEMORY_LIMIT",
@@ -42,6 +43,9 @@ __all__ = [
     "ProxySite",
 ]
 
+#: The access log's namespace (docs/troubleshooting.rst quotes it): the name the site
+#: class had before the package was split into folders, so log filters keep working.
+ACCESS_LOG_NAMESPACE = "portproxy.site.ProxySite"
 #: Request bodies up to this size stay in memory; larger ones go to a temporary file.
 SPOOL_MEMORY_LIMIT = 1024 * 1024
 #: Bodies larger than this (or of unknown length) stream to the app as they arrive;
@@ -69,7 +73,7 @@ def _close_with(status: bytes, message: bytes) -> bytes:
 
 
 class ProxyChannel(HTTPChannel):
-    """twisted.web's HTTP/1.1 channel with portproxy's limits (L{portproxy.limits}).
+    """twisted.web's HTTP/1.1 channel with portproxy's limits (L{portproxy.net.limits}).
 
     Adds a deadline for each request head (HTTPChannel's idle timer restarts on every
     byte, so a byte every 20 s kept a connection forever) that also covers the body of
@@ -435,7 +439,8 @@ class ProxyRequest(Request):
         command = getattr(channel, "_command", None)
         path = getattr(channel, "_path", None)
         version = getattr(channel, "_version", None)
-        # An HTTP/2 stream has no socket: the stream itself is paused (portproxy.http2).
+        # An HTTP/2 stream has no socket: the stream itself is paused
+        # (portproxy.http.http2).
         transport = getattr(channel, "transport", None) or getattr(
             channel, "upload_client", None
         )
@@ -557,14 +562,13 @@ class ProxySite(Site):
     """A C{Site} with portproxy's body handling, limits and access log.
 
     @param limits: the process's head deadline, send timeout and connection cap (see
-        L{portproxy.limits}); C{None} for none.
+        L{portproxy.net.limits}); C{None} for none.
     """
 
     requestFactory = ProxyRequest
     protocol = _channel_protocol  # type: ignore[assignment]
     #: The HTTP/1.1 channel class (for wrappers that build their own protocol).
     make_channel = ProxyChannel
-    _access_log = Logger(namespace="portproxy.access")
 
     def __init__(
         self,
@@ -578,6 +582,9 @@ class ProxySite(Site):
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body_size = max_body_size
         self.access_log = access_log
+        # A Logger stored on the class would name itself after the class, module
+        # included; the access log's namespace is pinned so it does not move with it.
+        self._access_log = Logger(namespace=ACCESS_LOG_NAMESPACE, source=self)
         self.limits = limits
         if access_log == "json":
             self._logFormatter = _json_log_formatter

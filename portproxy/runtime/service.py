@@ -16,7 +16,9 @@ from twisted.python.failure import Failure
 
 __all__ = ["ListeningService", "PortProxyService", "StartupError"]
 
-_log = Logger()
+# The namespace is pinned: log lines (and the docs that quote them) keep the name
+# this module had before the package was split into folders.
+_log = Logger(namespace="portproxy.service")
 
 
 class StartupError(Exception):
@@ -61,7 +63,7 @@ class ListeningService(Service):
 
     def endpoint(self) -> Any:
         """The server endpoint to listen on (a worker adopts an inherited one)."""
-        from portproxy.limits import with_backlog
+        from portproxy.net.limits import with_backlog
 
         # A longer listen queue than Twisted's 50: clients wait there at the cap.
         return serverFromString(self.reactor, with_backlog(self.description))
@@ -83,7 +85,7 @@ class ListeningService(Service):
         self.port = result
         limits = getattr(self.factory, "limits", None)
         if limits is not None:
-            # The connection cap and the accept back-off (portproxy.limits).
+            # The connection cap and the accept back-off (portproxy.net.limits).
             limits.watch(result)
         host = result.getHost()
         port = getattr(host, "port", None)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_errors -*-
+# -*- test-case-name: tests.test_proxy_http -*-
 """Error answers: an HTML page for browsers, C{{"error": ...}} JSON for everything else.
 
 Each page is rendered from plain strings, and every value that came from the request or

@@ -14,9 +14,9 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from portproxy.cookies import strip_cookie
-from portproxy.hosts import parse_authority
-from portproxy.routes import absolute_form
+from portproxy.http.cookies import strip_cookie
+from portproxy.routing.hosts import parse_authority
+from portproxy.routing.routes import absolute_form
 
 __all__ = [
     "HOP_BY_HOP",
@@ -137,7 +137,7 @@ def request_authority(
     @param host_values: every C{Host} field value of the request.
     @param version: the request line's version (C{b"HTTP/1.1"}, C{b"HTTP/2"}...).
     @raise BadRequest: for HTTP/1.1 without C{Host}, more than one C{Host}, a malformed
-        C{Host} (see L{portproxy.hosts.parse_authority}) or a malformed authority in
+        C{Host} (see L{portproxy.routing.hosts.parse_authority}) or a malformed authority in
         an absolute-form target.
     """
     if len(host_values) > 1 and not (
@@ -447,7 +447,7 @@ def response_header_pairs(
 
     Groups repeated names (case-insensitively, first spelling and position kept) in the
     same pass; this runs once per proxied response. A repeated Content-Length, whose
-    values L{portproxy.http11.body_framing} has found equal, is passed on once.
+    values L{portproxy.http.wire.body_framing} has found equal, is passed on once.
     """
     options: set[bytes] | None = None
     grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}

@@ -6,7 +6,7 @@ final response head, pieces of the body, and the end of the response. It skips i
 1xx responses, frames the body by HEAD/204/304, Content-Length, chunked coding or the end
 of the connection, enforces the head and chunk-line limits, and raises L{ProtocolError}
 for anything a client could read differently (RFC 9112 6.3, 11.2). The connection in
-L{portproxy.upstream} only feeds it and acts on the events. Events are plain tuples
+L{portproxy.http.upstream} only feeds it and acts on the events. Events are plain tuples
 C{(kind, value)} so that the hot path allocates nothing heavier.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 
-from portproxy.http11 import (
+from portproxy.http.wire import (
     MAX_HEAD_SIZE,
     BodyKind,
     ChunkedDecoder,

@@ -10,20 +10,22 @@ from typing import Any
 from twisted.logger import Logger
 
 from portproxy.config import Config
-from portproxy.engine import ProxyEngine
-from portproxy.headers import ClientView, client_address, client_view
-from portproxy.health import Heartbeat
-from portproxy.limits import ConnectionLimits, current_upstream_budget, fit_fd_limit
-from portproxy.ports import IndexResource
-from portproxy.publicurl import public_url_for_port, url_template
-from portproxy.root import PortProxyRoot
-from portproxy.routes import RouteKind
-from portproxy.service import ListeningService, PortProxyService, StartupError
-from portproxy.site import ProxySite
+from portproxy.http.engine import ProxyEngine
+from portproxy.http.headers import ClientView, client_address, client_view
+from portproxy.net.limits import ConnectionLimits, current_upstream_budget, fit_fd_limit
+from portproxy.routing.publicurl import public_url_for_port, url_template
+from portproxy.routing.routes import RouteKind
+from portproxy.runtime.service import ListeningService, PortProxyService, StartupError
+from portproxy.web.health import Heartbeat
+from portproxy.web.home import IndexResource
+from portproxy.web.root import PortProxyRoot
+from portproxy.web.site import ProxySite
 
 __all__ = ["Instance", "build_instance", "build_service"]
 
-_log = Logger()
+# The namespace is pinned: log lines (and the docs that quote them) keep the name
+# this module had before the package was split into folders.
+_log = Logger(namespace="portproxy.app")
 
 
 @dataclass
@@ -200,8 +202,8 @@ def _tls_wrapper(
     """
     if config.cert is None and not config.self_signed:
         return lambda description: None
-    from portproxy.tls import TLSError, wants_tls
-    from portproxy.tlslistener import RedirectToHTTPS, ServerTLS
+    from portproxy.runtime.tls import TLSError, wants_tls
+    from portproxy.runtime.tlslistener import RedirectToHTTPS, ServerTLS
 
     if not any(wants_tls(d) for d in config.listen):
         _log.warn("--cert/--self-signed: no tcp: --listen to serve TLS on")

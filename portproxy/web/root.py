@@ -17,13 +17,12 @@ from twisted.web.server import Request
 
 from portproxy.auth.guard import is_reserved_path
 from portproxy.config import Config
-from portproxy.domains import DomainMatcher
-from portproxy.engine import PortProxyResource, ProxyEngine
-from portproxy.errors import write_error
-from portproxy.headers import BadRequest, ClientView, client_view, request_authority
-from portproxy.health import HealthResource, Heartbeat
-from portproxy.hosts import parse_authority
-from portproxy.routes import (
+from portproxy.http.engine import PortProxyResource, ProxyEngine
+from portproxy.http.errorpages import write_error
+from portproxy.http.headers import BadRequest, ClientView, client_view, request_authority
+from portproxy.routing.domains import DomainMatcher
+from portproxy.routing.hosts import parse_authority
+from portproxy.routing.routes import (
     RouteKind,
     absproxy_upstream_path,
     origin_form,
@@ -31,6 +30,7 @@ from portproxy.routes import (
     parse_route,
     split_target,
 )
+from portproxy.web.health import HealthResource, Heartbeat
 
 __all__ = ["Authenticator", "PortProxyRoot", "WebSocketRelay"]
 
@@ -44,7 +44,7 @@ class Authenticator(Protocol):
 
     def deny(self, request: Request, *, original_url: bytes) -> bytes: ...
 
-    def deny_websocket(self, request: Request) -> bytes: ...
+    def deny_unauthorized(self, request: Request) -> bytes: ...
 
 
 class WebSocketRelay(Protocol):
@@ -237,7 +237,7 @@ class _ProxyGate(Resource):
         auth = root.auth
         if not auth.is_signed_in(request):
             if upgrade:
-                return auth.deny_websocket, None
+                return auth.deny_unauthorized, None
             if not auth.allows_preflight(request):
                 return (lambda r: auth.deny(r, original_url=self._original_url(r))), None
         port = parse_port(self.label)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_publicurl -*-
+# -*- test-case-name: tests.test_domains -*-
 """The public address of a local port, for logs, scripts and apps.
 
 code-server tells apps where they are published through C{VSCODE_PROXY_URI}; portproxy
@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from portproxy.config import Config
-from portproxy.domains import DomainMatcher
+from portproxy.routing.domains import DomainMatcher
 
 __all__ = ["public_url_for_port", "url_template"]
 

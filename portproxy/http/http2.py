@@ -7,7 +7,7 @@ reads, spools request bodies before anyone checked the sender, forwards any byte
 method and target, lets PINGs and trickled header blocks hold a connection forever, and
 counts no cheap frames (docs/upstream-twisted-bugs.rst has each with a reproduction).
 L{HardenedH2Connection} and L{HardenedH2Stream} fix these in subclasses; L{HTTP2Site}
-puts them on a listener (L{portproxy.tlslistener.ServerTLS.wrap} is the one place).
+puts them on a listener (L{portproxy.runtime.tlslistener.ServerTLS.wrap} is the one place).
 
 The rules themselves (L{request_head_refusal}, L{FrameBudget}) are plain code with no
 reactor; the classes only wire them to Twisted.
@@ -46,7 +46,9 @@ __all__ = [
     "request_head_refusal",
 ]
 
-_log = Logger()
+# The namespace is pinned: log lines (and the docs that quote them) keep the name
+# this module had before the package was split into folders.
+_log = Logger(namespace="portproxy.http2")
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # RFC 9112 origin-form (and the query): visible ASCII only, no spaces or controls.
@@ -240,7 +242,7 @@ class HardenedH2Stream(H2Stream):
     content-length field, before later fields (the cookies of a sign-in) are in, and
     before the stream can write. Here L{start} adds every field, joins the split
     C{cookie} fields (RFC 9113 8.2.3), and only then announces the length, so
-    L{portproxy.site.ProxyRequest} can check sign-in and stream or refuse the body.
+    L{portproxy.web.site.ProxyRequest} can check sign-in and stream or refuse the body.
 
     A body whose request is not authorized to reach an app (portproxy's own routes, or
     a site that does not say: C{body_authorized} on the request) must arrive whole
@@ -295,7 +297,7 @@ class HardenedH2Stream(H2Stream):
         # unknown unless content-length gave it (h2 holds the DATA to that).
         request.gotLength(length)
         request.parseCookies()
-        # portproxy.site.ProxyRequest says whether sign-in and the route let the
+        # portproxy.web.site.ProxyRequest says whether sign-in and the route let the
         # request through to an app; until then its body is under the head deadline.
         self._admitted = bool(getattr(request, "body_authorized", False))
         if not (self._head_ended or self._answered_early or self._admitted):
@@ -419,7 +421,7 @@ class HardenedH2Stream(H2Stream):
 class HardenedH2Connection(H2Connection):
     """Twisted's C{H2Connection} with the fixes listed in the module docstring.
 
-    @ivar connection_limits: the process's L{portproxy.limits.ConnectionLimits} (or
+    @ivar connection_limits: the process's L{portproxy.net.limits.ConnectionLimits} (or
         C{None}): told when the connection has no open stream (L{evict} may then
         close it to make room at C{--max-connections}) and when it has one again.
     """
@@ -786,7 +788,7 @@ class _HardenedSwitch(proxyForInterface(IProtocol, "inner")):  # type: ignore[mi
         network.unregisterProducer()
         old.setTimeout(None)
         connection_limits = getattr(old, "_limits", None)
-        leave = getattr(old, "leave_http11", None)  # portproxy.site's head deadline
+        leave = getattr(old, "leave_http11", None)  # portproxy.web.site's head deadline
         if leave is not None:
             leave()
         h2conn: Any = HardenedH2Connection(self.reactor, self.limits)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_health -*-
+# -*- test-case-name: tests.test_proxy_http -*-
 """The heartbeat behind C{/healthz}: when was portproxy last used?"""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from portproxy.hosts import parse_authority
+from portproxy.routing.hosts import parse_authority
 
 __all__ = ["is_loopback_host", "rewrite_location", "rewrite_set_cookie"]
 

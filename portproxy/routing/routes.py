@@ -66,7 +66,7 @@ def absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
     """Split an absolute-form target (RFC 9112 3.2.2) into its authority and path.
 
     C{http://h:8080/x?y} -> C{(b"h:8080", b"/x?y")}; an empty path becomes C{/}. The
-    authority is not validated here (see L{portproxy.hosts.parse_authority}).
+    authority is not validated here (see L{portproxy.routing.hosts.parse_authority}).
     C{None} for an origin-form target or anything else.
     """
     if target[:1] == b"/":

@@ -18,7 +18,7 @@
 
 L{plan_fd_limit}, L{upstream_budget}, L{address_key} and L{shared_address} are plain
 functions. L{ConnectionLimits} is the one object per process that the HTTP channels
-(L{portproxy.site}, L{portproxy.http2}) report to and that accepts on the listening
+(L{portproxy.web.site}, L{portproxy.http.http2}) report to and that accepts on the listening
 ports; it only needs a clock.
 """
 
@@ -78,7 +78,9 @@ _OUT_OF_FILES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 _TRY_NEXT = frozenset((errno.ECONNABORTED, errno.EPERM, errno.EINTR, errno.EPROTO))
 _NO_MORE = frozenset((errno.EAGAIN, errno.EWOULDBLOCK))
 
-_log = Logger()
+# The namespace is pinned: log lines (and the docs that quote them) keep the name
+# this module had before the package was split into folders.
+_log = Logger(namespace="portproxy.limits")
 
 
 # -- pure parts -----------------------------------------------------------------------
@@ -390,7 +392,7 @@ class ConnectionLimits:
     def idle_ended(self, connection: Limited) -> None:
         self._idle.pop(connection, None)
 
-    # -- HTTP/2 connections (portproxy.http2 reports them) ------------------------------
+    # -- HTTP/2 connections (portproxy.http.http2 reports them) ----------------------
 
     def h2_idle(self, protocol: Any) -> None:
         """C{protocol} (an HTTP/2 connection) has no open stream (also after the preface).
@@ -712,7 +714,7 @@ class _H2Watch:
         self.reclaim()
 
     def reclaim(self) -> None:
-        """GOAWAY and close (L{portproxy.http2}), or just close."""
+        """GOAWAY and close (L{portproxy.http.http2}), or just close."""
         protocol = self.protocol
         evict = getattr(protocol, "evict", None)
         if evict is not None:
@@ -723,7 +725,7 @@ class _H2Watch:
             transport.loseConnection()
 
     def send_timed_out(self) -> None:
-        pass  # HTTP/2 has its own send timeout (portproxy.http2)
+        pass  # HTTP/2 has its own send timeout (portproxy.http.http2)
 
     def unsent_bytes(self) -> int | None:
         return None

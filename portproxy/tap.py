@@ -416,19 +416,30 @@ def _workers(value: str, listen: tuple[str, ...]) -> int:
 
 
 def makeService(options: Options) -> IService:
-    """Build the portproxy service from parsed options (plugin, .tac and tests)."""
+    """Build the portproxy service from parsed options (plugin, .tac and tests).
+
+    One command line runs three kinds of process: a worker (its supervisor set
+    L{portproxy.runtime.handoff.WORKER_ENV}), the supervisor of C{--workers} above 1,
+    or a single process that serves by itself. This is where they part.
+    """
     from portproxy.auth import StartupError as AuthStartupError
     from portproxy.runtime.app import build_service
+    from portproxy.runtime.handoff import WORKER_ENV
     from portproxy.runtime.service import StartupError
-    from portproxy.runtime.supervisor import service_for
 
+    config, environ = options.config, options.environ
     try:
-        workers = service_for(
-            options.config, argv=getattr(options, "argv", []), environ=options.environ
-        )
-        if workers is not None:
-            return workers  # type: ignore[no-any-return]
-        return build_service(options.config, environ=options.environ)
+        if WORKER_ENV in environ:
+            from portproxy.runtime.worker import build_worker_service
+
+            return build_worker_service(config, environ=environ)
+        if config.workers > 1:
+            from portproxy.runtime.supervisor import build_supervisor
+
+            return build_supervisor(
+                config, argv=getattr(options, "argv", []), environ=environ
+            )
+        return build_service(config, environ=environ)
     except (AuthStartupError, StartupError) as e:
         # A bad password source or certificate found while building: one line, no
         # traceback, nothing started.

@@ -24,12 +24,11 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
+from portproxy.runtime.handoff import WORKER_ENV, WorkerSpec
 from portproxy.runtime.service import StartupError
 from portproxy.runtime.supervisor import (
-    WORKER_ENV,
     Backoff,
     SharedListener,
-    WorkerSpec,
     WorkerSupervisor,
     bind_shared,
     parse_workers,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import datetime
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -29,17 +28,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portproxy.config import Config
+from portproxy.runtime.handoff import WORKER_ENV, WorkerSpec
 from portproxy.runtime.service import StartupError
 
 __all__ = [
-    "WORKER_ENV",
     "Backoff",
     "SharedListener",
-    "WorkerSpec",
     "WorkerSupervisor",
+    "build_supervisor",
     "parse_workers",
     "prepare_shared",
-    "service_for",
     "unshareable",
     "worker_command",
 ]
@@ -47,9 +45,6 @@ __all__ = [
 # The namespace is pinned: log lines (and the docs that quote them) keep the name
 # this module had before the package was split into folders.
 _log = Logger(namespace="portproxy.workers")
-
-#: Set in a worker's environment only: which inherited descriptors to serve on.
-WORKER_ENV = "PORTPROXY_WORKER"
 
 # Descriptors systemd passes to the supervisor; a worker gets its own list instead.
 _SYSTEMD_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
@@ -96,49 +91,6 @@ def unshareable(description: str) -> str | None:
         f"--listen {description}: workers can share only tcp:, tcp6: and systemd: "
         f"listeners{hint}"
     )
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker inherits, as passed in L{WORKER_ENV}.
-
-    @ivar listeners: C{(description, fd, family)} for each C{--listen}, in order;
-        family is C{"INET"} or C{"INET6"}.
-    @ivar ready_fd: the pipe on which the worker says it serves.
-    @ivar supervisor: the supervisor's pid; a worker whose parent changes stops.
-    """
-
-    index: int
-    supervisor: int
-    ready_fd: int
-    listeners: tuple[tuple[str, int, str], ...]
-
-    def encode(self) -> str:
-        return json.dumps(
-            {
-                "index": self.index,
-                "supervisor": self.supervisor,
-                "ready": self.ready_fd,
-                "listen": [list(item) for item in self.listeners],
-            }
-        )
-
-    @classmethod
-    def decode(cls, text: str) -> WorkerSpec:
-        """Parse L{encode}'s output; raise C{ValueError} for anything else."""
-        try:
-            data = json.loads(text)
-            listeners = tuple(
-                (str(d), int(fd), str(family)) for d, fd, family in data["listen"]
-            )
-            spec = cls(
-                int(data["index"]), int(data["supervisor"]), int(data["ready"]), listeners
-            )
-        except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"{WORKER_ENV} is malformed: {e}") from None
-        if any(family not in ("INET", "INET6") for _, _, family in listeners):
-            raise ValueError(f"{WORKER_ENV} is malformed: unknown address family")
-        return spec
 
 
 def _is_twist(program: str) -> bool:
@@ -514,15 +466,13 @@ class WorkerSupervisor(Service):
             self._all_ended.callback(None)
 
 
-def service_for(config: Config, *, argv: Sequence[str], environ: Mapping[str, str]) -> Any:
-    """The worker's service in a worker, the supervisor when C{--workers} is above 1,
-    else C{None} (one process, built as usual)."""
-    if WORKER_ENV in environ:
-        from portproxy.runtime.worker import build_worker_service
+def build_supervisor(
+    config: Config, *, argv: Sequence[str], environ: Mapping[str, str]
+) -> WorkerSupervisor:
+    """The supervisor of C{config.workers} worker processes (C{--workers} above 1).
 
-        return build_worker_service(config, environ=environ)
-    if config.workers <= 1:
-        return None
+    L{portproxy.tap.makeService} decides which kind of process this is.
+    """
     from twisted.internet import reactor
 
     return WorkerSupervisor(

@@ -2,7 +2,7 @@
 """The worker side of C{--workers}: serve on sockets inherited from the supervisor.
 
 A worker is a normal portproxy instance (L{portproxy.runtime.app.build_service}) whose
-listeners adopt the descriptors named in L{portproxy.runtime.supervisor.WORKER_ENV} instead
+listeners adopt the descriptors named in L{portproxy.runtime.handoff.WORKER_ENV} instead
 of binding; it tells the supervisor when it serves and stops by itself if the
 supervisor is gone.
 """
@@ -20,8 +20,8 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from portproxy.config import Config
+from portproxy.runtime.handoff import WORKER_ENV, WorkerSpec
 from portproxy.runtime.service import ListeningService
-from portproxy.runtime.supervisor import WORKER_ENV, WorkerSpec
 
 __all__ = ["AdoptedListener", "build_worker_service"]
 

@@ -12,9 +12,8 @@ aborted after L{CLOSE_TIMEOUT}) and C{DONE}.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import CancelledError, Deferred
@@ -26,11 +25,8 @@ from twisted.web.server import Request
 
 from portproxy.http.upstream import LoopbackEndpoint
 from portproxy.net.eager import eager_writer
-from portproxy.websocket.handshake import refusal_status
-from portproxy.websocket.legs import UpstreamLegFactory
-
-if TYPE_CHECKING:
-    from portproxy.websocket.legs import ClientLeg, UpstreamLeg
+from portproxy.websocket.handshake import Target, refusal_status
+from portproxy.websocket.legs import ClientLeg, UpstreamLeg, UpstreamLegFactory
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -39,7 +35,6 @@ __all__ = [
     "USER_TIMEOUT",
     "Bridge",
     "Phase",
-    "Target",
 ]
 
 #: Once one leg has ended, the other may take this long to flush and close before it is
@@ -82,20 +77,6 @@ class Phase(Enum):
     DONE = "done"
 
 
-@dataclass(frozen=True)
-class Target:
-    """What one upgrade sends upstream, computed before the connection is taken over."""
-
-    port: int
-    resource: str
-    host: bytes | None
-    origin: bytes | None
-    headers: list[tuple[bytes, list[bytes]]]
-    #: The client's C{Accept} header (not C{Sec-WebSocket-Accept}): whether a refusal
-    #: is answered with an HTML or a JSON error page.
-    accept_header: bytes | None
-
-
 def _keepalive(transport: Any) -> None:
     """Detect a vanished peer: L{KEEPALIVE} and L{USER_TIMEOUT}, where the OS has them."""
     while isinstance(transport, ProtocolWrapper):
@@ -118,7 +99,10 @@ def _keepalive(transport: Any) -> None:
 
 
 class Bridge:
-    """One relayed WebSocket: its two legs and its lifecycle (see L{Phase})."""
+    """One relayed WebSocket: its two legs and its lifecycle (see L{Phase}).
+
+    Implements L{portproxy.websocket.legs.LegEvents}, what the legs report to.
+    """
 
     #: The budget the upstream leg counts in, while it holds a place there.
     slots: _Slots | None = None

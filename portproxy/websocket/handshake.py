@@ -9,6 +9,7 @@ C{Host} and C{Origin} byte for byte, and the application headers the header poli
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from twisted.web.http import RESPONSES
 
@@ -16,6 +17,7 @@ from portproxy.http.errorpages import accepts_html, error_body
 
 __all__ = [
     "RawHeaders",
+    "Target",
     "error_response",
     "is_upgrade",
     "refusal_status",
@@ -25,6 +27,21 @@ __all__ = [
 ]
 
 RawHeaders = Iterable[tuple[bytes, Sequence[bytes]]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one upgrade sends upstream, computed before the connection is taken over."""
+
+    port: int
+    resource: str
+    host: bytes | None
+    origin: bytes | None
+    headers: list[tuple[bytes, list[bytes]]]
+    #: The client's C{Accept} header (not C{Sec-WebSocket-Accept}): whether a refusal
+    #: is answered with an HTML or a JSON error page.
+    accept_header: bytes | None
+
 
 # What Autobahn's server leg reads from the client's request; nothing else is fed to it.
 _HANDSHAKE_FIELDS = (b"host", b"upgrade", b"connection", b"origin")

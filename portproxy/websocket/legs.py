@@ -8,7 +8,7 @@ then both copy received bytes to the other socket (see L{portproxy.websocket.bri
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -20,18 +20,70 @@ from autobahn.websocket.types import ConnectingRequest, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from portproxy.websocket.handshake import error_response, upstream_head
+from portproxy.websocket.handshake import Target, error_response, upstream_head
 
-if TYPE_CHECKING:
-    from portproxy.websocket.bridge import Bridge
+__all__ = [
+    "ClientLeg",
+    "ClientLegFactory",
+    "LegEvents",
+    "UpstreamLeg",
+    "UpstreamLegFactory",
+]
 
-__all__ = ["ClientLeg", "ClientLegFactory", "UpstreamLeg", "UpstreamLegFactory"]
+
+class LegEvents(Protocol):
+    """What the two legs tell, and read from, the relayed connection they belong to.
+
+    L{portproxy.websocket.bridge.Bridge} implements it. It is declared here, by the
+    code that calls it, so that the legs need not import the bridge (which imports the
+    legs to build them): the coupling runs one way.
+    """
+
+    #: The upstream leg, once its factory has built it.
+    upstream: UpstreamLeg | None
+
+    @property
+    def target(self) -> Target:
+        """What the upgrade sends upstream."""
+
+    @property
+    def phrase(self) -> str | None:
+        """The upstream's reason phrase for a refusal, passed on to the client."""
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the upstream is being asked (the client's bytes must wait)."""
+
+    def ask_upstream(self, protocols: list[str]) -> Deferred[Any]:
+        """The client's handshake is valid: ask the app.
+
+        The result is the client leg's C{onConnect} answer (the subprotocol, or a
+        refusal).
+        """
+
+    def early_data(self, data: bytes) -> None:
+        """Bytes from the client before it has its 101: keep them, in order."""
+
+    def client_opened(self) -> None:
+        """The client has its 101: start copying bytes both ways."""
+
+    def client_lost(self) -> None:
+        """The client's connection ended."""
+
+    def upstream_opened(self, leg: UpstreamLeg) -> None:
+        """The app switched protocols: the client leg may answer 101."""
+
+    def upstream_lost(self, leg: UpstreamLeg) -> None:
+        """The app's connection ended."""
+
+    def log_access(self, code: int) -> None:
+        """Write the upgrade's access-log line, with status C{code}."""
 
 
 class ClientLeg(WebSocketServerProtocol):
     """Autobahn's server protocol on the browser's connection."""
 
-    bridge: Bridge
+    bridge: LegEvents
     #: Set once spliced: writes every received byte to the upstream socket.
     splice_to: Any = None
 
@@ -79,7 +131,7 @@ class ClientLegFactory(WebSocketServerFactory):
 class UpstreamLeg(WebSocketClientProtocol):
     """Autobahn's client protocol on the connection to the app."""
 
-    bridge: Bridge
+    bridge: LegEvents
     splice_to: Any = None
     #: True until the opening request has been written (and corrected).
     _head_pending = True
@@ -127,7 +179,7 @@ class UpstreamLeg(WebSocketClientProtocol):
 class UpstreamLegFactory(WebSocketClientFactory):
     protocol = UpstreamLeg
 
-    def __init__(self, bridge: Bridge, **kwargs: Any) -> None:
+    def __init__(self, bridge: LegEvents, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.bridge = bridge
 

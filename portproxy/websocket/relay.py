@@ -27,8 +27,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from portproxy.http.errorpages import write_error
 from portproxy.http.headers import ClientView, forward_websocket_headers
-from portproxy.websocket.bridge import Bridge, Target
-from portproxy.websocket.handshake import is_upgrade, request_target, server_leg_head
+from portproxy.websocket.bridge import Bridge
+from portproxy.websocket.handshake import (
+    Target,
+    is_upgrade,
+    request_target,
+    server_leg_head,
+)
 from portproxy.websocket.legs import ClientLeg, ClientLegFactory
 from portproxy.websocket.origin import origin_allowed, parse_trusted_origins
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "DEFAULT_LISTEN",
     "Config",
+    "StartupError",
     "env_flag",
     "normalize_base_path",
     "parse_trusted_proxies",
@@ -27,6 +28,17 @@ DEFAULT_SEND_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 10000
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class StartupError(ValueError):
+    """Start-up cannot go on: a bad setting, a password source, a port in use.
+
+    The message is one line meant for the user; C{portproxy.tap} prints it and exits
+    with status 1. It lives here, below every layer, because sign-in (passwords),
+    TLS and the listeners all raise it and the plugin catches it in one place. A
+    C{ValueError}, as most of its causes are bad values: code that catches
+    C{ValueError} around option checks sees it too.
+    """
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from portproxy.config import (
     DEFAULT_SESSION_TTL,
     DEFAULT_UPSTREAM_TIMEOUT,
     Config,
+    StartupError,
     env_flag,
     normalize_base_path,
     parse_trusted_proxies,
@@ -268,7 +269,7 @@ class Options(usage.Options):
 
             try:
                 line = print_auth_cookie(self.config, environ=self.environ)
-            except ValueError as e:
+            except ValueError as e:  # StartupError, or any other bad value
                 sys.stderr.write(f"portproxy: error: {e}\n")
                 raise SystemExit(1) from None
             sys.stdout.write(line + "\n")
@@ -422,10 +423,8 @@ def makeService(options: Options) -> IService:
     L{portproxy.runtime.handoff.WORKER_ENV}), the supervisor of C{--workers} above 1,
     or a single process that serves by itself. This is where they part.
     """
-    from portproxy.auth import StartupError as AuthStartupError
     from portproxy.runtime.app import build_service
     from portproxy.runtime.handoff import WORKER_ENV
-    from portproxy.runtime.service import StartupError
 
     config, environ = options.config, options.environ
     try:
@@ -440,7 +439,7 @@ def makeService(options: Options) -> IService:
                 config, argv=getattr(options, "argv", []), environ=environ
             )
         return build_service(config, environ=environ)
-    except (AuthStartupError, StartupError) as e:
+    except StartupError as e:
         # A bad password source or certificate found while building: one line, no
         # traceback, nothing started.
         sys.stderr.write(f"portproxy: error: {e}\n")

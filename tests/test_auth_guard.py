@@ -21,7 +21,6 @@ from portproxy.auth import (
     LoginResource,
     OpenAccess,
     PasswordAuthenticator,
-    StartupError,
     build_authenticator,
     is_reserved_path,
     print_auth_cookie,
@@ -29,7 +28,7 @@ from portproxy.auth import (
 from portproxy.auth.passwords import Credential
 from portproxy.auth.ratelimit import LoginRateLimiter
 from portproxy.auth.sessions import SessionSigner
-from portproxy.config import Config
+from portproxy.config import Config, StartupError
 
 NOW = 1_750_000_000.0
 BROWSER_ACCEPT = b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"

@@ -11,10 +11,10 @@ from argon2 import PasswordHasher
 
 from portproxy.auth.passwords import (
     Credential,
-    StartupError,
     resolve_credential,
     session_key_material,
 )
+from portproxy.config import StartupError
 
 # Cheap parameters: verification reads them from the hash, so tests stay fast.
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)

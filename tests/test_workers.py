@@ -24,8 +24,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
+from portproxy.config import StartupError
 from portproxy.runtime.handoff import WORKER_ENV, WorkerSpec
-from portproxy.runtime.service import StartupError
 from portproxy.runtime.supervisor import (
     Backoff,
     SharedListener,

@@ -20,7 +20,6 @@ from portproxy.auth.guard import (
     print_auth_cookie,
 )
 from portproxy.auth.pages import LoginResource, LogoutResource, login_pages
-from portproxy.auth.passwords import StartupError
 
 __all__ = [
     "RESERVED_LOGIN",
@@ -31,7 +30,6 @@ __all__ = [
     "LogoutResource",
     "OpenAccess",
     "PasswordAuthenticator",
-    "StartupError",
     "build_authenticator",
     "is_reserved_path",
     "login_pages",

@@ -33,14 +33,13 @@ from portproxy.auth.cookiepolicy import (
 )
 from portproxy.auth.passwords import (
     Credential,
-    StartupError,
     resolve_credential,
     session_key_material,
 )
 from portproxy.auth.ratelimit import Clock, LoginRateLimiter
 from portproxy.auth.redirects import safe_redirect_target
 from portproxy.auth.sessions import SessionSigner
-from portproxy.config import Config
+from portproxy.config import Config, StartupError
 from portproxy.http.cookies import cookie_values
 from portproxy.http.errorpages import accepts_html
 from portproxy.routing.domains import DomainMatcher

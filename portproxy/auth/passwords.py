@@ -24,10 +24,11 @@ import argon2
 from argon2 import low_level
 from argon2.exceptions import Argon2Error
 
+from portproxy.config import StartupError
+
 __all__ = [
     "GENERATED_PASSWORD_FILE",
     "Credential",
-    "StartupError",
     "resolve_credential",
     "session_key_material",
 ]
@@ -51,10 +52,6 @@ _ARGON2_HASH = re.compile(
     r"\$argon2(?:id|i|d)(?:\$v=[0-9]+)?\$m=[0-9]+,t=[0-9]+,p=[0-9]+"
     r"\$[A-Za-z0-9+/]{11,}\$[A-Za-z0-9+/]{11,}"
 )
-
-
-class StartupError(ValueError):
-    """A bad password setting: portproxy must not start. The message is one line."""
 
 
 @dataclass(frozen=True)

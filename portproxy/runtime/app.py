@@ -9,13 +9,13 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from portproxy.config import Config
+from portproxy.config import Config, StartupError
 from portproxy.http.engine import ProxyEngine
 from portproxy.http.headers import ClientView, client_address, client_view
 from portproxy.net.limits import ConnectionLimits, current_upstream_budget, fit_fd_limit
 from portproxy.routing.publicurl import public_url_for_port, url_template
 from portproxy.routing.routes import RouteKind
-from portproxy.runtime.service import ListeningService, PortProxyService, StartupError
+from portproxy.runtime.service import ListeningService, PortProxyService
 from portproxy.web.health import Heartbeat
 from portproxy.web.home import IndexResource
 from portproxy.web.root import PortProxyRoot

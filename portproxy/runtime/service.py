@@ -14,15 +14,13 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["ListeningService", "PortProxyService", "StartupError"]
+from portproxy.config import StartupError
+
+__all__ = ["ListeningService", "PortProxyService"]
 
 # The namespace is pinned: log lines (and the docs that quote them) keep the name
 # this module had before the package was split into folders.
 _log = Logger(namespace="portproxy.service")
-
-
-class StartupError(Exception):
-    """Start-up cannot go on; the message is one line meant for the user."""
 
 
 class ListeningService(Service):

@@ -27,9 +27,8 @@ from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from portproxy.config import Config
+from portproxy.config import Config, StartupError
 from portproxy.runtime.handoff import WORKER_ENV, WorkerSpec
-from portproxy.runtime.service import StartupError
 
 __all__ = [
     "Backoff",
@@ -211,17 +210,11 @@ def prepare_shared(
     """What the supervisor does before any worker starts: anything that must happen
     once (the generated password, the self-signed certificate), then the binding."""
     if config.auth == "password":
-        from portproxy.auth.passwords import StartupError as PasswordError
         from portproxy.auth.passwords import resolve_credential
 
-        try:
-            resolve_credential(
-                environ=environ,
-                password_file=config.password_file,
-                data_dir=config.data_dir,
-            )
-        except PasswordError as e:
-            raise StartupError(str(e)) from None
+        resolve_credential(
+            environ=environ, password_file=config.password_file, data_dir=config.data_dir
+        )
     if config.self_signed:
         from portproxy.runtime.tls import (
             TLSError,

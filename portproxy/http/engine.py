@@ -12,9 +12,10 @@ closes it.
 
 from __future__ import annotations
 
+import enum
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
@@ -40,7 +41,13 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from twisted.web.proxy import ReverseProxyResource
 
-__all__ = ["PortProxyResource", "ProxyEngine", "PublicURL"]
+__all__ = [
+    "ExchangeState",
+    "PendingExchange",
+    "PortProxyResource",
+    "ProxyEngine",
+    "PublicURL",
+]
 
 #: Builds the public URL of C{(port, path_and_query)} for Location rewriting.
 PublicURL = Callable[[int, bytes], "bytes | None"]
@@ -50,6 +57,36 @@ PublicURL = Callable[[int, bytes], "bytes | None"]
 _log = Logger(namespace="portproxy.engine")
 
 _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+
+
+class ExchangeState(enum.Enum):
+    """Where one exchange is, as seen from the client's side."""
+
+    #: The upload streams to the app, but twisted.web has not rendered the request
+    #: yet: response events wait in the queue (the app may answer early).
+    PENDING = "pending"
+    #: Rendered: waiting for the app's response head.
+    WAITING = "waiting"
+    #: The response head was written; the body streams to the client.
+    STREAMING = "streaming"
+    #: Nothing more goes to the client: answered, broken off, or the client left.
+    GONE = "gone"
+
+
+_PENDING = ExchangeState.PENDING
+_WAITING = ExchangeState.WAITING
+_STREAMING = ExchangeState.STREAMING
+_GONE = ExchangeState.GONE
+
+
+class PendingExchange(Protocol):
+    """What the request holds of an exchange whose upload started before rendering."""
+
+    def attach(self) -> None:
+        """The request is rendered: the response may be written now."""
+
+    def abandon(self) -> None:
+        """The request will never be rendered (client gone, body refused): end it."""
 
 
 class ProxyEngine:
@@ -75,6 +112,8 @@ class ProxyEngine:
         self.in_flight += 1
 
     def _ended(self, _: object = None) -> None:
+        # Only this module calls it: an exchange ends through its request's finish
+        # notification, or through L{_Exchange.abandon}.
         self.in_flight -= 1
         if not self.in_flight:
             waiting, self._drained = self._drained, []
@@ -140,37 +179,42 @@ class PortProxyResource(ReverseProxyResource):
         self.prefix = prefix
         self.public_url = public_url
 
+    #: The exchange L{start_upload} began, which L{render} attaches.
+    _upload: _Exchange | None = None
+
     def render(self, request: Request) -> bytes | int:
-        exchange: _Exchange | None = getattr(request, "upload_exchange", None)
+        exchange = self._upload
         if exchange is not None:
             # The upload already streams to the app (see start_upload).
+            self._upload = None
             exchange.attach()
             return NOT_DONE_YET
         body, length = _request_body(request)
         head = self._head(request, body_length=length)
         if head is None:
             return write_error(request, 400, "Malformed request header")
-        exchange = _Exchange(self, request, head, body, length or 0)
+        exchange = _Exchange(self, request, head, body, length or 0, _WAITING)
         exchange.begin()
         exchange.attach()
         return NOT_DONE_YET
 
     def start_upload(
         self, request: Request, upload: StreamingUpload, length: int | None
-    ) -> bool:
+    ) -> PendingExchange | None:
         """Start the exchange as soon as the request head is in, streaming the body.
 
-        Called by the request before its body is read; L{render} later attaches the
-        response side. Returns C{False} (nothing started) for a malformed head.
+        Called by the request before its body is read; rendering this resource later
+        attaches the response side. The request keeps the returned exchange, to
+        L{PendingExchange.abandon} it if it is never rendered. C{None} (nothing
+        started) for a malformed head.
         """
         head = self._head(request, body_length=length, chunked=length is None)
         if head is None:
-            return False
-        exchange = _Exchange(self, request, head, upload, 0)
-        exchange.attached = False
-        request.upload_exchange = exchange  # type: ignore[attr-defined]
+            return None
+        exchange = _Exchange(self, request, head, upload, 0, _PENDING)
+        self._upload = exchange
         exchange.begin()
-        return True
+        return exchange
 
     def _head(
         self, request: Request, *, body_length: int | None, chunked: bool = False
@@ -233,11 +277,9 @@ class _Exchange:
     """One request's journey: connect, wait for the head, stream the body."""
 
     __slots__ = (
-        "attached",
         "body",
         "connecting",
         "connection",
-        "gone",
         "head",
         "held",
         "length",
@@ -245,7 +287,7 @@ class _Exchange:
         "request",
         "resource",
         "retried",
-        "streaming",
+        "state",
         "timer",
     )
 
@@ -256,22 +298,24 @@ class _Exchange:
         head: bytes,
         body: Any,
         length: int,
+        state: ExchangeState,
     ) -> None:
         self.resource = resource
         self.request = request
         self.head = head
         self.body = body
         self.length = length
-        self.gone = False
+        #: L{ExchangeState.PENDING} for an upload started before rendering, else
+        #: L{ExchangeState.WAITING}.
+        self.state = state
+        #: Whether the one retry on a fresh connection has been used.
         self.retried = False
-        self.streaming = False
         self.connection: UpstreamConnection | None = None
         self.connecting: Deferred[UpstreamConnection] | None = None
         self.timer: Any = None
-        #: Whether the response may be written (the request has been rendered).
-        self.attached = True
-        #: Response events that came before the request finished arriving.
+        #: Response events that came while PENDING (see L{_defer}).
         self.queued: list[Callable[[], None]] = []
+        #: Whether the upstream socket is paused until the request is attached.
         self.held = False
 
     def begin(self) -> None:
@@ -297,13 +341,14 @@ class _Exchange:
             finished = request.notifyFinish()
             finished.addErrback(self.client_gone)
             finished.addBoth(self.resource.engine._ended)
-        self.attached = True
-        if not self.queued and not self.gone and self.timer is None:
+        if self.state is _PENDING:
+            self.state = _WAITING
+        if not self.queued and self.state is not _GONE and self.timer is None:
             engine = self.resource.engine
             self.timer = engine.reactor.callLater(engine.upstream_timeout, self.timed_out)
         queued, self.queued = self.queued, []
         for event in queued:
-            if self.gone:
+            if self.state is _GONE:
                 break
             event()
         connection = self.connection
@@ -311,9 +356,24 @@ class _Exchange:
             self.held = False
             connection.transport.resumeProducing()  # type: ignore[attr-defined]
 
+    def abandon(self) -> None:
+        """The request went away before it was rendered: close the app's side, end.
+
+        Does nothing once attached: from then on the request's finish notification
+        ends the exchange. Events still queued are dropped with it.
+        """
+        if self.state is not _PENDING:
+            return  # attached (or abandoned already)
+        self.client_gone()
+        self.resource.engine._ended()
+
+    def _defer(self, event: Callable[[], None]) -> None:
+        """Keep a response event until the request is attached (L{attach} plays it)."""
+        self.queued.append(event)
+
     def start(self) -> None:
         engine = self.resource.engine
-        if self.attached:
+        if self.state is not _PENDING:
             # An upload's wait for the answer starts when its last byte is in (attach).
             self.timer = engine.reactor.callLater(engine.upstream_timeout, self.timed_out)
         connection = engine.pool.take(self.resource.port)
@@ -329,7 +389,7 @@ class _Exchange:
 
     def connected(self, connection: UpstreamConnection) -> None:
         self.connecting = None
-        if self.gone:
+        if self.state is _GONE:
             connection.abort()
             return
         self.send(connection)
@@ -342,10 +402,10 @@ class _Exchange:
 
     def response_head(self, head: ResponseHead, connection: UpstreamConnection) -> None:
         self._stop_timer()
-        if not self.attached:
+        if self.state is _PENDING:
             # The app answered before the upload ended (an early 401 or 413, say).
             # twisted.web cannot respond yet; hold the response (and pause reading it).
-            self.queued.append(lambda: self.response_head(head, connection))
+            self._defer(lambda: self.response_head(head, connection))
             if connection.transport is not None:
                 self.held = True
                 connection.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -371,22 +431,22 @@ class _Exchange:
         if head.code == 204:
             # RFC 9110 8.6: a 204 carries no Content-Length (twisted.web would send it).
             out.removeHeader(b"content-length")
-        self.streaming = True
+        self.state = _STREAMING
         # A slow client pauses the upstream socket (and a vanished one stops it).
         request.registerProducer(connection.transport, True)
 
     def response_body(self, data: bytes) -> None:
-        if not self.attached:
-            self.queued.append(lambda: self.response_body(data))
+        if self.state is _PENDING:
+            self._defer(lambda: self.response_body(data))
             return
         self.request.write(data)
 
     def response_done(self) -> None:
-        if not self.attached:
-            self.queued.append(self.response_done)
+        if self.state is _PENDING:
+            self._defer(self.response_done)
             return
         request = self.request
-        if self.gone:
+        if self.state is _GONE:
             return
         request.unregisterProducer()
         request.finish()
@@ -396,19 +456,19 @@ class _Exchange:
             # The rest of the upload has nowhere to go; it cannot be replayed either.
             self.body.abandon()
             retryable = False
-        if not self.attached:
-            self.queued.append(lambda: self.response_failed(reason, retryable=False))
+        if self.state is _PENDING:
+            self._defer(lambda: self.response_failed(reason, retryable=False))
             return
-        if self.gone:
+        if self.state is _GONE:
             return
         request = self.request
-        if self.streaming:
+        if self.state is _STREAMING:
             request.unregisterProducer()
             if request.startedWriting:
                 # The upstream broke off mid-body: make the client see a broken
                 # response, never a clean but truncated one. An HTTP/2 stream must be
                 # reset (closing it would end it cleanly); HTTP/1.1 closes the socket.
-                self.gone = True
+                self.state = _GONE
                 abort = getattr(request.channel, "abortConnection", None)
                 if abort is not None:
                     abort()
@@ -436,10 +496,10 @@ class _Exchange:
         self.connecting = None
         if isinstance(self.body, StreamingUpload):
             self.body.abandon()
-        if not self.attached:
-            self.queued.append(lambda: self.connect_failed(failure))
+        if self.state is _PENDING:
+            self._defer(lambda: self.connect_failed(failure))
             return
-        if self.gone:
+        if self.state is _GONE:
             return
         port = self.resource.port
         if failure.check(TooManyUpstreams):
@@ -454,10 +514,10 @@ class _Exchange:
 
     def timed_out(self) -> None:
         self.timer = None
-        if not self.attached:
-            self.queued.append(self.timed_out)
+        if self.state is _PENDING:
+            self._defer(self.timed_out)
             return
-        if self.gone or self.streaming:
+        if self.state is _GONE or self.state is _STREAMING:
             return
         self._drop_upstream()
         self._answer(504, f"Port {self.resource.port} did not answer in time")
@@ -465,7 +525,7 @@ class _Exchange:
     def client_gone(self, failure: Failure | None = None) -> None:
         if isinstance(self.body, StreamingUpload):
             self.body.abandon()
-        self.gone = True
+        self.state = _GONE
         self._stop_timer()
         self._drop_upstream()
 
@@ -483,7 +543,7 @@ class _Exchange:
 
     def _answer(self, status: int, message: str) -> None:
         self._stop_timer()
-        self.gone = True
+        self.state = _GONE
         request = self.request
         body = write_error(request, status, message)
         request.write(body)

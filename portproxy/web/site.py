@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeGuard, runtime_checkable
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
@@ -27,6 +27,7 @@ from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from portproxy.http.engine import PendingExchange
 from portproxy.http.errorpages import write_error
 from portproxy.http.headers import ClientView
 from portproxy.http.uploads import StreamingUpload
@@ -38,9 +39,12 @@ __all__ = [
     "OWN_BODY_LIMIT",
     "PIPELINE_BUFFER_LIMIT",
     "SPOOL_MEMORY_LIMIT",
+    "Gate",
     "ProxyChannel",
     "ProxyRequest",
     "ProxySite",
+    "Router",
+    "UploadTarget",
 ]
 
 #: The access log's namespace (docs/troubleshooting.rst quotes it): the name the site
@@ -61,6 +65,38 @@ PIPELINE_BUFFER_LIMIT = 64 * 1024
 # Phases of an HTTP/1.1 connection, for the request-head deadline. _BODY: the body of a
 # request not authorized to reach an app, still under the head's deadline.
 _BUSY, _HEAD, _IDLE, _BETWEEN, _BODY = 0, 1, 2, 3, 4
+
+
+@runtime_checkable
+class Router(Protocol):
+    """What the site needs from its root resource (L{portproxy.web.root.PortProxyRoot}).
+
+    A root that has it is asked once per request for the leaf; a plain twisted.web
+    resource is walked segment by segment as usual.
+    """
+
+    def dispatch(self, request: ProxyRequest) -> IResource:
+        """The leaf that answers C{request}, chosen from its Host and raw target."""
+
+
+class UploadTarget(Protocol):
+    """What the request needs from the engine's resource to stream a body to an app."""
+
+    def start_upload(
+        self, request: ProxyRequest, upload: StreamingUpload, length: int | None
+    ) -> PendingExchange | None:
+        """Start the exchange before the body arrives; C{None} if nothing started."""
+
+    def render(self, request: ProxyRequest) -> bytes | int:
+        """Attach the response side once the body is in."""
+
+
+@runtime_checkable
+class Gate(Protocol):
+    """What the request needs from a leaf that guards an app (the root's proxy gate)."""
+
+    def proxy_target(self, request: ProxyRequest) -> UploadTarget | None:
+        """Where the request would go if every check passed, or C{None} (refused)."""
 
 
 def _close_with(status: bytes, message: bytes) -> bytes:
@@ -335,8 +371,11 @@ class _CachingChannel(ProxyChannel):
 class ProxyRequest(Request):
     """A request whose body is bounded and never form-parsed."""
 
-    #: What portproxy believes about the client; set by the root before rendering.
+    #: What portproxy believes about the client; set by the root's dispatch.
     client_view: ClientView | None = None
+    #: The exchange an upload started before rendering (L{_route_body}), abandoned if
+    #: the request never gets rendered.
+    upload_exchange: PendingExchange | None = None
     #: The body length the head announced (C{None}: unknown, chunked or HTTP/2 DATA to
     #: come); a CORS preflight must announce 0 (portproxy.auth.guard.allows_preflight).
     body_length: int | None = 0
@@ -347,7 +386,7 @@ class ProxyRequest(Request):
     _too_large = False
     #: The body on its way to the app, when it streams (see L{_stream_body}).
     _upload: StreamingUpload | None = None
-    _upload_target: Any = None
+    _upload_target: UploadTarget | None = None
     #: The body limit of portproxy's own routes, once the route is known to be one.
     _own_limit: int | None = None
     _own_received = 0
@@ -373,8 +412,8 @@ class ProxyRequest(Request):
         root is asked once and the walk is skipped.
         """
         site = self.channel.site  # type: ignore[attr-defined]
-        dispatch = getattr(site.resource, "dispatch", None)
-        if dispatch is None or self.path == b"*":
+        router = _router(site)
+        if router is None or self.path == b"*":
             super().process()
             return
         self.site = site
@@ -386,7 +425,7 @@ class ProxyRequest(Request):
             self.finish()
             return
         try:
-            resource = self._upload_target or dispatch(self)
+            resource = self._upload_target or router.dispatch(self)
             if not getattr(resource, "proxied", False):
                 # portproxy's own answers carry a Date (proxied ones keep the app's).
                 self.setHeader(b"date", http.datetimeToString())
@@ -444,17 +483,15 @@ class ProxyRequest(Request):
         transport = getattr(channel, "transport", None) or getattr(
             channel, "upload_client", None
         )
-        site = getattr(channel, "site", None)
-        dispatch = getattr(getattr(site, "resource", None), "dispatch", None)
-        if not (command and path and version and transport and dispatch):
+        router = _router(getattr(channel, "site", None))
+        if not (command and path and version and transport and router):
             return False
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
-        gate = dispatch(self)
-        target_of = getattr(gate, "proxy_target", None)
-        if target_of is None:
+        gate = router.dispatch(self)
+        if not _is_gate(gate):
             return self._own_route_body(length)  # portproxy's own page or API
-        target = target_of(self)
+        target = gate.proxy_target(self)
         if target is None:
             # Refused: answered now (HTTP/1.1 closes, HTTP/2 resets the stream); the
             # body is never read, so it cannot hold the connection.
@@ -470,7 +507,9 @@ class ProxyRequest(Request):
         # Nothing is buffered from here on: streamed, or read and dropped.
         self.content = _NullFile()
         upload = StreamingUpload(transport, chunked=length is None)
-        if target.start_upload(self, upload, length):
+        exchange = target.start_upload(self, upload, length)
+        if exchange is not None:
+            self.upload_exchange = exchange
             self._upload = upload
             self._upload_target = target
         return True
@@ -502,23 +541,20 @@ class ProxyRequest(Request):
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Failure) -> None:
-        exchange = getattr(self, "upload_exchange", None)
-        if exchange is not None and not exchange.attached:
-            # Gone mid-upload: nothing will render this request; close the app's side.
-            exchange.client_gone()
-            exchange.resource.engine._ended()
-            self.upload_exchange = None
+        # Gone mid-upload: nothing will render this request; close the app's side.
+        self._abandon_upload()
         super().connectionLost(reason)
+
+    def _abandon_upload(self) -> None:
+        exchange, self.upload_exchange = self.upload_exchange, None
+        if exchange is not None:
+            exchange.abandon()  # a no-op once rendered
 
     def _refuse_body(self) -> None:
         # There is no API for answering before the body is read, so write a minimal
         # response and close, as HTTPChannel does for its own 400.
         self._refused = True
-        exchange = getattr(self, "upload_exchange", None)
-        if exchange is not None and not exchange.attached:
-            exchange.client_gone()
-            exchange.resource.engine._ended()
-            self.upload_exchange = None
+        self._abandon_upload()
         transport = getattr(self.channel, "transport", None)
         if transport is None:
             # An HTTP/2 stream has no socket of its own to write a 413 on: drop the
@@ -537,6 +573,33 @@ class ProxyRequest(Request):
                 b'{"error": "Request body too large"}'
             )
             transport.loseConnection()
+
+
+def _router(site: object) -> Router | None:
+    """The site's root if it dispatches in one step (L{Router}), else C{None}."""
+    resource = getattr(site, "resource", None)
+    return resource if _is_router(resource) else None
+
+
+def _is_router(resource: object) -> TypeGuard[Router]:
+    return _conforms(resource, Router)
+
+
+def _is_gate(resource: object) -> TypeGuard[Gate]:
+    return _conforms(resource, Gate)
+
+
+#: Whether a class has what a Protocol asks, by class and Protocol: isinstance() with a
+#: runtime-checkable Protocol takes microseconds, and it is asked on every request.
+_CONFORMS: dict[tuple[type, object], bool] = {}
+
+
+def _conforms(value: object, protocol: Any) -> bool:
+    key = (type(value), protocol)
+    known = _CONFORMS.get(key)
+    if known is None:
+        known = _CONFORMS[key] = isinstance(value, protocol)
+    return known
 
 
 class _NullFile:

@@ -18,6 +18,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from portproxy.auth import (
     RESERVED_PREFIX,
+    Authenticator,
     LoginResource,
     OpenAccess,
     PasswordAuthenticator,
@@ -29,6 +30,7 @@ from portproxy.auth.passwords import Credential
 from portproxy.auth.ratelimit import LoginRateLimiter
 from portproxy.auth.sessions import SessionSigner
 from portproxy.config import Config, StartupError
+from portproxy.net.peer import peer_host
 
 NOW = 1_750_000_000.0
 BROWSER_ACCEPT = b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -379,3 +381,31 @@ def test_a_verified_session_is_remembered_until_it_expires() -> None:
     assert not auth.is_signed_in(with_cookie(b"portproxy-session=" + value[:-2] + b"xx"))
     clock.advance(3601)
     assert not auth.is_signed_in(request)
+
+
+# -- one contract, one peer rule, one start-up error ------------------------------------
+
+
+def test_both_authenticators_provide_the_one_contract_the_tree_uses() -> None:
+    # The tree (portproxy.web.root) types its authenticator with this very Protocol.
+    from portproxy.web import root
+
+    assert root.Authenticator is Authenticator
+    assert isinstance(OpenAccess(), Authenticator)
+    assert isinstance(authenticator(), Authenticator)
+
+
+def test_the_peer_host_is_the_address_host_or_empty() -> None:
+    request = DummyRequest([b""])
+    request.client = IPv4Address("TCP", "192.0.2.7", 4711)
+    assert peer_host(request) == "192.0.2.7"
+    request.client = None  # a UNIX socket, or no address at all
+    assert peer_host(request) == ""
+
+
+def test_password_and_listener_errors_are_the_one_startup_error() -> None:
+    from portproxy.runtime import service
+
+    assert service.StartupError is StartupError
+    with pytest.raises(StartupError):
+        print_auth_cookie(Config(auth="none"), environ={})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
@@ -42,6 +42,7 @@ from portproxy.auth.sessions import SessionSigner
 from portproxy.config import Config, StartupError
 from portproxy.http.cookies import cookie_values
 from portproxy.http.errorpages import accepts_html
+from portproxy.net.peer import peer_host
 from portproxy.routing.domains import DomainMatcher
 
 __all__ = [
@@ -68,10 +69,6 @@ MAIN_LOGIN = b"/login"
 _MAX_COOKIES_CHECKED = 4
 
 _UNAUTHORIZED = b'{"error": "Unauthorized"}'
-
-
-def _peer_host(request: Request) -> str:
-    return str(getattr(request.getClientAddress(), "host", "") or "")
 
 
 def _host_header(request: Request) -> str:
@@ -104,23 +101,23 @@ def redirect(request: Request, location: bytes | str) -> bytes:
     return b""
 
 
-class Authenticator:
-    """What the resource tree asks of the sign-in layer (a base; see the subclasses).
+@runtime_checkable
+class Authenticator(Protocol):
+    """What the resource tree (L{portproxy.web}) and the engine ask of sign-in.
+
+    The one contract: L{OpenAccess} and L{PasswordAuthenticator} provide it, and
+    C{portproxy.web} imports it from here (web sits above auth in the layers).
 
     @ivar cookie_name: the session cookie's name, which the proxy strips from requests.
-    @ivar enabled: false when everything is open (C{--auth none}).
     """
 
-    cookie_name: bytes = session_cookie_name("").encode("ascii")
-    enabled: bool = True
+    cookie_name: bytes
 
     def is_signed_in(self, request: Request) -> bool:
         """Tell whether C{request} carries a valid session (cheap: one HMAC)."""
-        raise NotImplementedError
 
     def allows_preflight(self, request: Request) -> bool:
         """Tell whether an unauthenticated CORS preflight may reach the upstream."""
-        raise NotImplementedError
 
     def deny(self, request: Request, *, original_url: bytes) -> bytes:
         """Answer a signed-out request; return the body.
@@ -128,14 +125,8 @@ class Authenticator:
         A browser navigation (GET or HEAD whose C{Accept} lists C{text/html}) is sent
         to the login page with C{to} set to C{original_url}: absolute for a proxy host,
         whose login page is the reserved one on that host, root-relative for the main
-        host.
-        Everything else gets C{401} JSON.
+        host. Everything else gets C{401} JSON.
         """
-        if not _is_navigation(request):
-            return self.deny_unauthorized(request)
-        login = MAIN_LOGIN if original_url.startswith(b"/") else RESERVED_LOGIN
-        target = quote(original_url, safe="/:").encode("ascii")
-        return redirect(request, login + b"?to=" + target)
 
     def deny_unauthorized(self, request: Request) -> bytes:
         """Answer a signed-out request with C{401} JSON, never a redirect.
@@ -143,16 +134,31 @@ class Authenticator:
         Used by L{deny} for every request that is not a page load (API calls, assets,
         form posts), and directly for WebSocket upgrades.
         """
+
+
+class _Denials:
+    """The answers to a signed-out request, shared by both authenticators."""
+
+    cookie_name: bytes = session_cookie_name("").encode("ascii")
+
+    def deny(self, request: Request, *, original_url: bytes) -> bytes:
+        """See L{Authenticator.deny}."""
+        if not _is_navigation(request):
+            return self.deny_unauthorized(request)
+        login = MAIN_LOGIN if original_url.startswith(b"/") else RESERVED_LOGIN
+        target = quote(original_url, safe="/:").encode("ascii")
+        return redirect(request, login + b"?to=" + target)
+
+    def deny_unauthorized(self, request: Request) -> bytes:
+        """See L{Authenticator.deny_unauthorized}."""
         request.setResponseCode(401)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return _UNAUTHORIZED
 
 
-class OpenAccess(Authenticator):
+class OpenAccess(_Denials):
     """C{--auth none}: every request is signed in."""
-
-    enabled = False
 
     def is_signed_in(self, request: Request) -> bool:
         return True
@@ -161,7 +167,7 @@ class OpenAccess(Authenticator):
         return True
 
 
-class PasswordAuthenticator(Authenticator):
+class PasswordAuthenticator(_Denials):
     """C{--auth password}: a signed session cookie, obtained on the login page.
 
     @param verify: checks a password, returning a C{Deferred} (to run argon2 off the
@@ -180,7 +186,7 @@ class PasswordAuthenticator(Authenticator):
         proxy_patterns: Sequence[str] = (),
         skip_auth_preflight: bool = False,
         is_https: Callable[[Request], bool] = _secure,
-        client_address: Callable[[Request], str] = _peer_host,
+        client_address: Callable[[Request], str] = peer_host,
         request_host: Callable[[Request], str] = _host_header,
         allowed_redirect_host: Callable[[str], bool] | None = None,
         verify: Callable[[str], Deferred[bool]] | None = None,
@@ -352,7 +358,7 @@ def build_authenticator(
     log: Logger,
     proxy_patterns: Sequence[str] | None = None,
     is_https: Callable[[Request], bool] = _secure,
-    client_address: Callable[[Request], str] = _peer_host,
+    client_address: Callable[[Request], str] = peer_host,
     request_host: Callable[[Request], str] = _host_header,
     allowed_redirect_host: Callable[[str], bool] | None = None,
     threads: Any = None,

@@ -13,6 +13,7 @@ from portproxy.config import Config, StartupError
 from portproxy.http.engine import ProxyEngine
 from portproxy.http.headers import ClientView, client_address, client_view
 from portproxy.net.limits import ConnectionLimits, current_upstream_budget, fit_fd_limit
+from portproxy.net.peer import peer_host
 from portproxy.routing.publicurl import public_url_for_port, url_template
 from portproxy.routing.routes import RouteKind
 from portproxy.runtime.service import ListeningService, PortProxyService
@@ -66,7 +67,7 @@ def build_instance(
         if view is None:
             view = client_view(
                 request.requestHeaders.getAllRawHeaders(),
-                peer=getattr(request.getClientAddress(), "host", "") or "",
+                peer=peer_host(request),
                 secure=request.isSecure(),
                 trusted_networks=trusted,
             )
@@ -75,7 +76,7 @@ def build_instance(
     def address_of(request: Any) -> str:
         return client_address(
             request.requestHeaders.getAllRawHeaders(),
-            peer=getattr(request.getClientAddress(), "host", "") or "",
+            peer=peer_host(request),
             trusted_networks=trusted,
         )
 

@@ -15,11 +15,12 @@ from typing import Protocol
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from portproxy.auth.guard import is_reserved_path
+from portproxy.auth.guard import Authenticator, is_reserved_path
 from portproxy.config import Config
 from portproxy.http.engine import PortProxyResource, ProxyEngine
 from portproxy.http.errorpages import write_error
 from portproxy.http.headers import BadRequest, ClientView, client_view, request_authority
+from portproxy.net.peer import peer_host
 from portproxy.routing.domains import DomainMatcher
 from portproxy.routing.hosts import parse_authority
 from portproxy.routing.routes import (
@@ -32,19 +33,7 @@ from portproxy.routing.routes import (
 )
 from portproxy.web.health import HealthResource, Heartbeat
 
-__all__ = ["Authenticator", "PortProxyRoot", "WebSocketRelay"]
-
-
-class Authenticator(Protocol):
-    """What the tree needs from the sign-in layer (see L{portproxy.auth})."""
-
-    def is_signed_in(self, request: Request) -> bool: ...
-
-    def allows_preflight(self, request: Request) -> bool: ...
-
-    def deny(self, request: Request, *, original_url: bytes) -> bytes: ...
-
-    def deny_unauthorized(self, request: Request) -> bytes: ...
+__all__ = ["PortProxyRoot", "WebSocketRelay"]
 
 
 class WebSocketRelay(Protocol):
@@ -119,7 +108,7 @@ class PortProxyRoot(Resource):
             headers.setRawHeaders(b"host", [host])
         view = client_view(
             request.requestHeaders.getAllRawHeaders(),
-            peer=_peer(request),
+            peer=peer_host(request),
             secure=request.isSecure(),
             trusted_networks=self.config.trusted_proxies,
         )
@@ -157,11 +146,6 @@ class PortProxyRoot(Resource):
 
     def render(self, request: Request) -> bytes:
         return write_error(request, 404, "Not found")
-
-
-def _peer(request: Request) -> str:
-    address = request.getClientAddress()
-    return getattr(address, "host", "") or ""
 
 
 class _ErrorLeaf(Resource):

@@ -89,6 +89,63 @@ def test_malformed_hosts_are_refused(value: bytes | str) -> None:
     assert parse_authority(value) is None
 
 
+@pytest.mark.parametrize(
+    "value",
+    [b"   ", b" localhost", b"localhost\t", b" [::1]:1 "],
+)
+def test_surrounding_blanks_are_malformed_where_no_field_value_allows_them(
+    value: bytes,
+) -> None:
+    assert parse_authority(value, blanks=False) is None
+
+
+# Hosts on which the copies of the host rule used to disagree (the TLS redirect took
+# '~', '%' and any hex in brackets; HTTP/2's :authority took sub-delims), beside plain ones.
+AUTHORITIES = [
+    b"localhost",
+    b"localhost:8443",
+    b"3000.dev.test",
+    b"a_b.test.",
+    b"127.0.0.1:80",
+    b"[::1]:8080",
+    b"[2001:db8::1]",
+    b"h.test:0",
+    b"a~b.test",
+    b"a%41.test",
+    b"a!b.test",
+    b"a,b.test",
+    b"[::1::]",
+    b"[1.2.3.4]",
+    b"[fe80::1%25eth0]",
+    b"h.test:99999",
+    b"h.test:",
+    b"h.test:port",
+    b"user@h.test",
+    b"h.test/x",
+    b"a b",
+    b"",
+    b"a" * 254,
+    b"a" * 253,
+]
+
+
+@pytest.mark.parametrize("value", AUTHORITIES)
+def test_the_host_checks_of_plain_http_tls_redirect_and_http2_agree(value: bytes) -> None:
+    from portproxy.http.http2 import request_head_refusal
+    from portproxy.runtime.tls import https_location
+
+    try:
+        request_authority([value], b"/", version=b"HTTP/1.1")
+    except BadRequest:
+        host_ok = False
+    else:
+        host_ok = True
+    h2_head = [(b":method", b"GET"), (b":path", b"/"), (b":authority", value)]
+    assert host_ok == (parse_authority(value) is not None)
+    assert (https_location(value, b"/") is not None) == host_ok
+    assert (request_head_refusal(h2_head) is None) == host_ok
+
+
 def test_a_request_without_host_or_with_two_is_bad() -> None:
     with pytest.raises(BadRequest, match="Missing"):
         request_authority([], b"/", version=b"HTTP/1.1")

@@ -37,6 +37,8 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection, H2Stream
 from zope.interface import implementer
 
+from portproxy.routing.hosts import parse_authority
+
 __all__ = [
     "FrameBudget",
     "H2Limits",
@@ -53,8 +55,6 @@ _log = Logger(namespace="portproxy.http2")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # RFC 9112 origin-form (and the query): visible ASCII only, no spaces or controls.
 _ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*\Z")
-_REG_NAME = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=%]+\Z")
-_IP_LITERAL = re.compile(rb"\[[0-9A-Fa-f:.]+\]\Z")
 
 
 @dataclass(frozen=True)
@@ -89,16 +89,6 @@ class H2Limits:
         )
 
 
-def _valid_authority(value: bytes) -> bool:
-    """Whether C{value} is C{host[:port]} (RFC 9113 8.3.1: no userinfo)."""
-    host, port = value, b""
-    if not value.endswith(b"]") and b":" in value:
-        host, _, port = value.rpartition(b":")
-        if not (port.isdigit() and len(port) <= 5 and int(port) <= 65535):
-            return False
-    return bool(_REG_NAME.match(host) or _IP_LITERAL.match(host))
-
-
 def request_head_refusal(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     """The status that refuses this request head at the HTTP/2 edge, or C{None}.
 
@@ -122,7 +112,9 @@ def request_head_refusal(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
         _ORIGIN_FORM.match(path) or (path == b"*" and method == b"OPTIONS")
     ):
         return 400
-    if authority is not None and not _valid_authority(authority):
+    # RFC 9113 8.3.1: host[:port], no userinfo; by the one parser, so what passes
+    # here is what the request's Host check (portproxy.http.headers) accepts.
+    if authority is not None and parse_authority(authority, blanks=False) is None:
         return 400
     return None
 

@@ -40,17 +40,23 @@ class Authority(NamedTuple):
     port: int | None
 
 
-def parse_authority(value: bytes | str) -> Authority | None:
+def parse_authority(value: bytes | str, *, blanks: bool = True) -> Authority | None:
     """Parse C{host[:port]} strictly (see the module docstring); C{None} if malformed.
 
-    Surrounding blanks (SP, HTAB) are ignored, as they are around a field value.
+    Surrounding blanks (SP, HTAB) are ignored, as they are around a field value
+    (C{Host}); with C{blanks=False} they make the value malformed, for an authority
+    that is not a field value of its own (HTTP/2's C{:authority}, inside an C{Origin},
+    the C{Host} of a plain request on a TLS port, which twisted.web has stripped).
     Never raises, whatever C{value} holds.
     """
     if isinstance(value, str):
         if not value.isascii():
             return None
         value = value.encode("ascii")
-    value = value.strip(b" \t")
+    if blanks:
+        value = value.strip(b" \t")
+    elif value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"):
+        return None
     if value[:1] == b"[":
         end = value.find(b"]")
         if end < 0:

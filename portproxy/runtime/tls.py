@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from portproxy.routing.hosts import parse_authority
+
 __all__ = [
     "RENEW_BEFORE",
     "SELF_SIGNED_CERT_FILE",
@@ -314,9 +316,6 @@ def _replace(path: str, data: bytes) -> None:
         raise
 
 
-_HOST_HEADER = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
-
-
 def https_location(host: bytes | None, target: bytes) -> bytes | None:
     """Where a plain-HTTP request on a TLS port is sent: the same URL over https.
 
@@ -324,7 +323,7 @@ def https_location(host: bytes | None, target: bytes) -> bytes | None:
     kept); C{None} when there is no usable Host header. A target that is not
     origin-form (C{*}, an absolute URL) goes to C{/}.
     """
-    if host is None or not _HOST_HEADER.fullmatch(host):
+    if host is None or parse_authority(host, blanks=False) is None:
         return None
     if not target.startswith(b"/"):
         target = b"/"

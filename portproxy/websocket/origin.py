@@ -60,9 +60,9 @@ class Authority:
 
 def _authority(text: str) -> Authority | None:
     # The one host[:port] parser (portproxy.routing.hosts); hosts compare without case. No
-    # blank may hide inside an origin ("http:// a.test"), which that parser would strip.
-    parsed = parse_authority(text)
-    if parsed is None or text[:1] in (" ", "\t") or text[-1:] in (" ", "\t"):
+    # blank may hide inside an origin ("http:// a.test").
+    parsed = parse_authority(text, blanks=False)
+    if parsed is None:
         return None
     return Authority(parsed.host.lower(), parsed.port)
 

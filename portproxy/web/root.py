@@ -9,8 +9,9 @@ and one engine.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Collection, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
@@ -32,8 +33,20 @@ from portproxy.routing.routes import (
     split_target,
 )
 from portproxy.web.health import HealthResource, Heartbeat
+from portproxy.web.site import Gate, ProxyRequest, Router, UploadTarget
 
-__all__ = ["PortProxyRoot", "WebSocketRelay"]
+__all__ = ["GateKind", "PortProxyRoot", "WebSocketRelay"]
+
+
+class GateKind(enum.Enum):
+    """Which kind of route brought a request to an app, for prefixes and public URLs."""
+
+    #: C{<port>.example.com}: the whole path goes to the app.
+    DOMAIN = "domain"
+    #: C{/proxy/<port>/...}: the prefix is stripped.
+    PROXY = "proxy"
+    #: C{/absproxy/<port>/...}: the full path is kept.
+    ABSPROXY = "absproxy"
 
 
 class WebSocketRelay(Protocol):
@@ -88,9 +101,11 @@ class PortProxyRoot(Resource):
     def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
         # Traversal stops here: every decision is made from the raw target and host.
         request.postpath = []
-        return self.dispatch(request)
+        # Only a site other than ProxySite walks the tree; dispatch sets client_view
+        # on its request all the same.
+        return self.dispatch(cast(ProxyRequest, request))
 
-    def dispatch(self, request: Request) -> IResource:
+    def dispatch(self, request: ProxyRequest) -> IResource:
         """Pick the leaf for C{request} from its Host and raw request target.
 
         A request without a usable host (RFC 9112 3.2: HTTP/1.1 without C{Host}, two
@@ -112,7 +127,7 @@ class PortProxyRoot(Resource):
             secure=request.isSecure(),
             trusted_networks=self.config.trusted_proxies,
         )
-        request.client_view = view  # type: ignore[attr-defined]
+        request.client_view = view
         uri = origin_form(request.uri)
         if uri[:2] == b"/." and is_reserved_path(split_target(uri)[0]):
             # portproxy's own pages on every host (sign-in for proxy hosts).
@@ -122,7 +137,7 @@ class PortProxyRoot(Resource):
         if self._has_domains and view.host:
             label = self.domains.match(view.host)
             if label is not None:
-                return _ProxyGate(self, view, label, None, uri, False, "domain")
+                return _ProxyGate(self, view, label, None, uri, False, GateKind.DOMAIN)
         route = parse_route(uri)
         if route.kind is RouteKind.PROXY:
             return _ProxyGate(
@@ -132,12 +147,12 @@ class PortProxyRoot(Resource):
                 route.prefix,
                 route.rest,
                 route.needs_slash,
-                "proxy",
+                GateKind.PROXY,
             )
         if route.kind is RouteKind.ABSPROXY:
             path = absproxy_upstream_path(route.rest, self.config.abs_proxy_base_path)
             return _ProxyGate(
-                self, view, route.port_label, route.prefix, path, False, "absproxy"
+                self, view, route.port_label, route.prefix, path, False, GateKind.ABSPROXY
             )
         page = self.pages.get(route.kind)
         if page is not None:
@@ -180,7 +195,7 @@ class _ProxyGate(Resource):
         prefix: bytes | None,
         path: bytes,
         needs_slash: bool,
-        kind: str,
+        kind: GateKind,
     ) -> None:
         self.root = root
         self.view = view
@@ -244,7 +259,7 @@ class _ProxyGate(Resource):
             port,
             self.path,
             view=self.view,
-            prefix=self.prefix if self.kind == "proxy" else None,
+            prefix=self.prefix if self.kind is GateKind.PROXY else None,
             public_url=self.public_url,
         )
 
@@ -257,7 +272,7 @@ class _ProxyGate(Resource):
         assert port is not None
         if upgrade:
             self.root.heartbeat.beat()
-            strip_prefix = self.prefix if self.kind == "proxy" else None
+            strip_prefix = self.prefix if self.kind is GateKind.PROXY else None
             return websocket.render(  # type: ignore[union-attr]
                 request, port=port, path=self.path, view=self.view, prefix=strip_prefix
             )
@@ -266,7 +281,7 @@ class _ProxyGate(Resource):
     def _original_url(self, request: Request) -> bytes:
         """The URL the browser asked for, for the round trip through sign-in."""
         target = origin_form(request.uri)
-        if self.kind == "domain":
+        if self.kind is GateKind.DOMAIN:
             host = (self.view.host or "").encode("ascii", "replace")
             return self.view.scheme.encode() + b"://" + host + target
         return target
@@ -278,10 +293,10 @@ class _ProxyGate(Resource):
         such a Location comes back, so nothing is built per request.
         """
         rest = rest if rest.startswith(b"/") else b"/" + rest
-        if self.kind == "proxy":
+        if self.kind is GateKind.PROXY:
             here = self.prefix if parse_port(self.label) == p else None
             return (here or b"/proxy/%d" % p) + rest
-        if self.kind == "absproxy":
+        if self.kind is GateKind.ABSPROXY:
             if parse_port(self.label) == p:
                 return rest
             return self.root.config.abs_proxy_base_path + b"/absproxy/%d" % p + rest
@@ -301,3 +316,12 @@ def _port_suffix(host: str) -> str:
     """The C{:port} part of a host header, if any (IPv6 literals handled)."""
     authority = parse_authority(host)
     return "" if authority is None or authority.port is None else f":{authority.port}"
+
+
+if TYPE_CHECKING:
+
+    def _seams(
+        root: PortProxyRoot, gate: _ProxyGate, target: PortProxyResource
+    ) -> tuple[Router, Gate, UploadTarget]:
+        # mypy checks here that each side keeps the contract the site relies on.
+        return root, gate, target

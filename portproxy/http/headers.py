@@ -308,60 +308,48 @@ def _ipv4_unmapped(peer: str) -> str:
 def _forward(
     headers: RawHeaders,
     view: ClientView,
+    *,
     session_cookie: bytes | None,
     prefix: bytes | None,
-    extra_drop: frozenset[bytes],
-    websocket: bool,
+    extra_drop: frozenset[bytes] = frozenset(),
+    websocket: bool = False,
 ) -> list[tuple[bytes, list[bytes]]]:
-    items = [(name, name.lower(), values) for name, values in headers if values]
-    options = _connection_options(items) - _NEVER_CONNECTION_OPTION
-    trusted = view.trusted
+    """The forwarding policy of L{forward_request_headers} and L{forward_websocket_headers}.
 
-    out: list[tuple[bytes, list[bytes]] | None] = []
-    cookie_at = xff_at = prefix_at = -1
-    cookie_name = b"Cookie"
+    In steps: drop what must not pass (L{_kept_fields}); keep the rest in order, the
+    fields that are merged into one (Cookie, X-Forwarded-For, X-Forwarded-Prefix) at the
+    place of their first occurrence; then fill in the merged values and add the
+    X-Forwarded-* fields that are missing. A merged field's entry holds the list its
+    values gather in, and that list is replaced by the merged value; one that comes to
+    nothing is left out.
+    """
+    out: list[tuple[bytes, list[bytes]]] = []
     cookies: list[bytes] = []
     xff: list[bytes] = []
     prefixes: list[bytes] = []
     have_proto = have_host = host_seen = False
-
-    for name, lower, values in items:
-        if (
-            is_hop_by_hop(lower)
-            or lower in _REQUEST_ONLY_DROP
-            or lower in options
-            or lower in extra_drop
-            or (websocket and lower.startswith(b"sec-websocket-"))
-            # CGI and WSGI read X_Forwarded_For as X-Forwarded-For (as nginx's
-            # underscores_in_headers off, such names are dropped).
-            or b"_" in lower
-            or (lower == _X_REAL_IP and not trusted)
-        ):
-            continue
+    kept = _kept_fields(
+        headers, trusted=view.trusted, extra_drop=extra_drop, websocket=websocket
+    )
+    for name, lower, values in kept:
         if lower == b"cookie":
-            if cookie_at < 0:
-                cookie_at = len(out)
-                cookie_name = name
-                out.append(None)
+            if not cookies:
+                out.append((name, cookies))
             cookies.extend(values)
         elif lower == b"host":
             if not host_seen:
                 host_seen = True
                 out.append((name, [values[0]]))
-        elif lower == b"forwarded" or lower.startswith(b"x-forwarded-"):
-            if not trusted:
-                continue
-            if lower == b"x-forwarded-for":
-                if xff_at < 0:
-                    xff_at = len(out)
-                    out.append(None)
+        elif lower.startswith(b"x-forwarded-"):  # only from a trusted peer
+            if lower == b"x-forwarded-for":  # appended to
+                if not xff:
+                    out.append((_XFF, xff))
                 xff.extend(values)
-            elif lower == b"x-forwarded-prefix" and prefix is not None:
-                if prefix_at < 0:
-                    prefix_at = len(out)
-                    out.append(None)
+            elif lower == b"x-forwarded-prefix" and prefix is not None:  # prepended
+                if not prefixes:
+                    out.append((_XFPREFIX, prefixes))
                 prefixes.extend(values)
-            else:
+            else:  # kept as sent
                 have_proto = have_proto or lower == b"x-forwarded-proto"
                 have_host = have_host or lower == b"x-forwarded-host"
                 out.append((name, list(values)))
@@ -369,37 +357,86 @@ def _forward(
             out.append((name, list(values)))
 
     if cookies:
-        if session_cookie is None:
-            joined: bytes | None = b"; ".join(v for v in cookies if v.strip(b" \t;"))
-        else:
-            joined = strip_cookie(cookies, session_cookie)
-        if joined:
-            out[cookie_at] = (cookie_name, [joined])
-
-    peer = _ipv4_unmapped(view.peer).encode("ascii", "replace")
-    chain = b", ".join(e for e in (v.strip(b" \t") for v in xff) if e)
-    if peer:
-        chain = chain + b", " + peer if chain else peer
-    if chain:
-        if xff_at >= 0:
-            out[xff_at] = (_XFF, [chain])
-        else:
-            out.append((_XFF, [chain]))
+        cookies[:] = _merged_cookies(cookies, session_cookie)
+    chain = _forwarded_for(xff, view.peer)
+    if xff:
+        xff[:] = chain
+    elif chain:
+        out.append((_XFF, chain))
     if not have_proto:
         out.append((_XFP, [view.scheme.encode("ascii")]))
     if not have_host and view.host is not None:
         out.append((_XFH, [view.host.encode("ascii")]))
-
-    # A trusted front proxy that mounted us under its own prefix said so; ours follows.
     if prefix is not None:
+        # A trusted front proxy that mounted us under its own prefix said so; ours
+        # follows.
         inbound = _inbound_prefix(prefixes)
-        combined = inbound + prefix if inbound is not None else prefix
-        if prefix_at >= 0:
-            out[prefix_at] = (_XFPREFIX, [combined])
+        combined = [inbound + prefix if inbound is not None else prefix]
+        if prefixes:
+            prefixes[:] = combined
         else:
-            out.append((_XFPREFIX, [combined]))
+            out.append((_XFPREFIX, combined))
+    return [entry for entry in out if entry[1]]
 
-    return [entry for entry in out if entry is not None]
+
+def _kept_fields(
+    headers: RawHeaders,
+    *,
+    trusted: bool,
+    extra_drop: frozenset[bytes],
+    websocket: bool,
+) -> list[tuple[bytes, bytes, Sequence[bytes]]]:
+    """The fields that may pass, as C{(name, lowercased name, values)}, in order.
+
+    Dropped: hop-by-hop fields and whatever a Connection field names, fields only for
+    this hop (L{_REQUEST_ONLY_DROP}), C{extra_drop}, Sec-WebSocket-* for a WebSocket,
+    names holding C{_}, and from an untrusted peer Forwarded, X-Forwarded-* and
+    X-Real-IP.
+    """
+    items = [(name, name.lower(), values) for name, values in headers if values]
+    options = _connection_options(items) - _NEVER_CONNECTION_OPTION
+    return [
+        item
+        for item in items
+        if not (
+            is_hop_by_hop(lower := item[1])
+            or lower in _REQUEST_ONLY_DROP
+            or lower in options
+            or lower in extra_drop
+            or (websocket and lower.startswith(b"sec-websocket-"))
+            # CGI and WSGI read X_Forwarded_For as X-Forwarded-For (as nginx's
+            # underscores_in_headers off, such names are dropped).
+            or b"_" in lower
+            or (
+                not trusted
+                and (
+                    lower == _X_REAL_IP
+                    or lower == b"forwarded"
+                    or lower.startswith(b"x-forwarded-")
+                )
+            )
+        )
+    ]
+
+
+def _merged_cookies(cookies: list[bytes], session_cookie: bytes | None) -> list[bytes]:
+    """The Cookie fields as one value, without portproxy's session cookie; or none."""
+    if session_cookie is None:
+        joined: bytes | None = b"; ".join(v for v in cookies if v.strip(b" \t;"))
+    else:
+        joined = strip_cookie(cookies, session_cookie)
+    return [joined] if joined else []
+
+
+def _forwarded_for(inbound: list[bytes], peer: str) -> list[bytes]:
+    """X-Forwarded-For: the trusted inbound chain, then the direct peer; or none."""
+    address = _ipv4_unmapped(peer).encode("ascii", "replace")
+    chain = (
+        b", ".join(e for e in (v.strip(b" \t") for v in inbound) if e) if inbound else b""
+    )
+    if address:
+        chain = chain + b", " + address if chain else address
+    return [chain] if chain else []
 
 
 def forward_request_headers(
@@ -422,7 +459,7 @@ def forward_request_headers(
 
     @param session_cookie: portproxy's cookie name, or C{None} when there is none.
     """
-    return _forward(headers, view, session_cookie, prefix, frozenset(), False)
+    return _forward(headers, view, session_cookie=session_cookie, prefix=prefix)
 
 
 def forward_websocket_headers(
@@ -437,7 +474,14 @@ def forward_websocket_headers(
     C{Host}, C{Origin}, C{Upgrade}, C{Connection} and C{Sec-WebSocket-*} are left out:
     the WebSocket client sets them (Host and Origin from the client's, by the caller).
     """
-    return _forward(headers, view, session_cookie, prefix, _WEBSOCKET_DROP, True)
+    return _forward(
+        headers,
+        view,
+        session_cookie=session_cookie,
+        prefix=prefix,
+        extra_drop=_WEBSOCKET_DROP,
+        websocket=True,
+    )
 
 
 def response_header_pairs(

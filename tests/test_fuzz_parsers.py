@@ -22,7 +22,7 @@ from portproxy.http.rewrite import rewrite_location, rewrite_set_cookie
 from portproxy.routing.domains import (
     DomainMatcher,
     DomainPatternError,
-    host_without_port,
+    host_name,
     normalize_patterns,
 )
 from portproxy.routing.hosts import parse_authority
@@ -195,7 +195,7 @@ _PATTERNS = [
 @example("K.test", "x")
 def test_domain_matching_never_raises_and_labels_are_digits(host: str, other: str) -> None:
     matcher = DomainMatcher(_PATTERNS)
-    host_without_port(host)
+    host_name(host)
     label = matcher.match(host)
     assert label is None or (label.isascii() and label.isdigit())
     if matcher.redirect_allowed(host, other):

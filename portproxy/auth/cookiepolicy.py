@@ -15,7 +15,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-from portproxy.routing.domains import base_domain, host_without_port
+from portproxy.routing.domains import base_domain, host_name
 
 __all__ = [
     "COOKIE_BASE_NAME",
@@ -28,7 +28,6 @@ __all__ = [
 COOKIE_BASE_NAME = "portproxy-session"
 
 _NOT_NAME = re.compile(r"[^A-Za-z0-9-]")
-_HOST_NAME = re.compile(r"[a-z0-9._-]+")
 # RFC 6265 cookie-octet: printable ASCII except space, '"', ',', ';' and '\'.
 _COOKIE_VALUE = re.compile(r"[!#-+\--:<-\[\]-~]*")
 
@@ -51,10 +50,8 @@ def cookie_domain(login_host: str, proxy_patterns: Sequence[str]) -> str | None:
     @return: the widest proxy domain (a fixed domain under a pattern, such as
         C{example.com} for C{{{port}}.example.com}) equal to or containing the host.
     """
-    if not login_host.isascii():
-        return None
-    host = host_without_port(login_host)
-    if not _HOST_NAME.fullmatch(host) or "." not in host or _is_local(host):
+    host = host_name(login_host)
+    if host is None or "." not in host or _is_local(host):
         return None
     widest: str | None = None
     for pattern in proxy_patterns:

@@ -6,12 +6,14 @@ request host into the local port it reaches (C{5173.dev.example.com} -> C{"5173"
 port back into the public host name used in redirects and by C{portproxy url}. Everything
 here is pure string work, so the per-request cost is one compiled regular expression.
 
-Request hosts are matched after these steps, in order: surrounding blanks removed, a
-C{:port} suffix dropped (unlike code-server, see its #7194), one trailing dot dropped,
-ASCII letters lower-cased. A host that is not a plain ASCII host name then never matches:
-IPv6 literals, hosts holding characters other than letters, digits, C{.}, C{-} and C{_},
-hosts longer than 253 characters, and hosts whose last label is a number (browsers treat
-those as IPv4 addresses, so C{{{port}}.{{host}}} must not swallow C{127.0.0.1}).
+Request hosts are matched after these steps, in order: C{host[:port]} parsed by
+L{portproxy.routing.hosts} (surrounding blanks removed, an empty port allowed; see
+L{host_name}), the port dropped (unlike code-server, see its #7194), one trailing dot
+dropped, ASCII letters lower-cased. A host that is not a plain ASCII host name then
+never matches: IPv6 literals, malformed hosts (characters other than letters, digits,
+C{.}, C{-} and C{_}, more than 253 characters, a port that is not one), and hosts whose
+last label is a number (browsers treat those as IPv4 addresses, so C{{{port}}.{{host}}}
+must not swallow C{127.0.0.1}).
 """
 
 from __future__ import annotations
@@ -19,22 +21,19 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from portproxy.routing.hosts import parse_authority
+
 __all__ = [
     "DomainMatcher",
     "DomainPatternError",
     "base_domain",
-    "host_without_port",
+    "host_name",
     "normalize_patterns",
-    "url_template",
 ]
 
 PORT = "{{port}}"
 HOST = "{{host}}"
 
-#: Longest host name DNS can carry (RFC 1035 255 octets, minus the length bytes).
-MAX_HOST_LENGTH = 253
-
-_DIGITS = frozenset("0123456789")
 _HOST_NAME = re.compile(r"[a-z0-9._-]+", re.ASCII)
 _PLACEHOLDER = re.compile(r"(\{\{port\}\}|\{\{host\}\})")
 # WHATWG URL "ends in a number": such a host is parsed as an IPv4 address by browsers.
@@ -49,44 +48,33 @@ class DomainPatternError(ValueError):
     """A C{--proxy-domain} value that cannot be a host-name pattern."""
 
 
-def _only_digits(text: str) -> bool:
-    # RFC 3986 "port = *DIGIT", so an empty port is allowed; str.isdigit() would also
-    # accept non-ASCII digits such as '\u0663'.
-    return all(c in _DIGITS for c in text)
+def host_name(host: str) -> str | None:
+    """The host name in C{host[:port]}, lower-cased, without one trailing dot.
 
+    C{host} is parsed by the one parser, L{portproxy.routing.hosts.parse_authority};
+    C{None} when it refuses it, or when the host is an IPv6 literal (which no pattern
+    and no cookie Domain can name). Only ASCII letters are lower-cased: Unicode case
+    mapping would turn the Kelvin sign into C{k} and let a non-ASCII host pass for an
+    ASCII one.
 
-def host_without_port(host: str) -> str:
-    """Return C{host} lower-cased, without a C{:port} suffix and without one trailing dot.
-
-    An IPv6 literal keeps its brackets (C{"[::1]:8080"} -> C{"[::1]"}); a bare IPv6
-    address (C{"::1"}) is returned unchanged, as a colon there is not a port separator.
-    A suffix that is not a decimal port (C{"a:b"}) is kept, so such a host matches nothing.
-    Only ASCII letters are lower-cased: Unicode case mapping would turn the Kelvin sign
-    into C{k} and let a non-ASCII host pass for an ASCII one.
+    The one leniency on top of that parser: an empty port (C{example.com:}) counts as
+    none, as RFC 3986 3.2.3 allows and as matching has always done (the parser refuses
+    it, because no client sends it in a C{Host}). It matters only to callers that hand
+    in a host no C{Host} check has seen; requests reach here with a parsed one.
     """
-    text = host.strip(" \t").translate(_ASCII_LOWER)
-    if text.startswith("["):
-        end = text.find("]")
-        rest = text[end + 1 :] if end != -1 else None
-        if rest is not None and (
-            rest == "" or (rest[:1] == ":" and _only_digits(rest[1:]))
-        ):
-            return text[: end + 1]
-        return text
-    if text.count(":") == 1:
-        name, _, port = text.partition(":")
-        if _only_digits(port):
-            text = name
-    text = text.removesuffix(".")
-    return text
+    text = host.strip(" \t")
+    if text[-1:] == ":":
+        text = text[:-1]
+    parsed = parse_authority(text, blanks=False)
+    if parsed is None or parsed.host[:1] == "[":
+        return None
+    return parsed.host.translate(_ASCII_LOWER).removesuffix(".")
 
 
 def _routable_host(host: str) -> str | None:
     """Normalise a request host for matching, or C{None} if it can never be a proxy host."""
-    name = host_without_port(host)
-    if not name or len(name) > MAX_HOST_LENGTH or not _HOST_NAME.fullmatch(name):
-        return None
-    if _NUMERIC_LABEL.fullmatch(name.rsplit(".", 1)[-1]):
+    name = host_name(host)
+    if name is None or _NUMERIC_LABEL.fullmatch(name.rsplit(".", 1)[-1]):
         return None
     return name
 
@@ -303,35 +291,3 @@ class DomainMatcher:
             if HOST in pattern and (found := regex.fullmatch(name)) is not None
         }
         return captured or {name}
-
-    def cookie_domain(self, host: str) -> str | None:
-        """Return the proxy domain that C{host} lies within, for a widened cookie C{Domain}.
-
-        That is the L{base_domain} of the first pattern such that C{host} (port ignored)
-        equals it or is below it. C{None} when there is none, when C{host} is not a host
-        name (IP addresses), or when the domain is a single label such as C{localhost},
-        which browsers do not accept as a cookie C{Domain}.
-        """
-        name = _routable_host(host)
-        if name is None:
-            return None
-        for pattern in self.patterns:
-            domain = base_domain(pattern)
-            if domain is None or "." not in domain:
-                continue
-            if name == domain or name.endswith("." + domain):
-                return domain
-        return None
-
-
-def url_template(patterns: Sequence[str], scheme: str = "https") -> str | None:
-    """Return the URL template of the first pattern, C{https://{{port}}.example.com/}.
-
-    This is what code-server exports as C{VSCODE_PROXY_URI}; C{None} without patterns.
-
-    @raise DomainPatternError: if a pattern is malformed.
-    """
-    normalized = normalize_patterns(patterns)
-    if not normalized:
-        return None
-    return f"{scheme}://{normalized[0]}/"

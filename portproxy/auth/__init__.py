@@ -19,7 +19,7 @@ from portproxy.auth.guard import (
     is_reserved_path,
     print_auth_cookie,
 )
-from portproxy.auth.pages import LoginResource, LogoutResource, login_pages
+from portproxy.auth.pages import LoginResource, LogoutResource
 
 __all__ = [
     "RESERVED_LOGIN",
@@ -32,6 +32,5 @@ __all__ = [
     "PasswordAuthenticator",
     "build_authenticator",
     "is_reserved_path",
-    "login_pages",
     "print_auth_cookie",
 ]

@@ -30,7 +30,7 @@ from portproxy.auth.loginpage import CONTENT_SECURITY_POLICY, render_login_page
 from portproxy.http.errorpages import reason_phrase, write_error
 from portproxy.routing.routes import split_target
 
-__all__ = ["MAX_FORM_SIZE", "LoginResource", "LogoutResource", "login_pages"]
+__all__ = ["MAX_FORM_SIZE", "LoginResource", "LogoutResource"]
 
 #: A login form is a password and a URL; anything bigger is not one.
 MAX_FORM_SIZE = 16 * 1024
@@ -174,14 +174,3 @@ class LogoutResource(Resource):
         if to:
             return redirect(request, auth.safe_target(to, request))
         return redirect(request, _login_path_for(request))
-
-
-def login_pages(authenticator: Authenticator) -> dict[str, Resource]:
-    """The main host's C{login} and C{logout} leaves, keyed by route word.
-
-    The same two leaves serve L{RESERVED_LOGIN} and L{RESERVED_LOGOUT} on every host.
-    """
-    return {
-        "login": LoginResource(authenticator),
-        "logout": LogoutResource(authenticator),
-    }

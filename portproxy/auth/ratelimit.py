@@ -100,11 +100,6 @@ class LoginRateLimiter:
                 break
             self._table.popitem(last=False)
 
-    def allowed(self, address: str) -> bool:
-        """May C{address} try a login now?"""
-        buckets = self._lookup(address)
-        return buckets is None or buckets.minute >= 1 or buckets.hour >= 1
-
     def retry_after(self, address: str) -> int:
         """Whole seconds until C{address} may try again (0 when it may now)."""
         buckets = self._lookup(address)
@@ -149,7 +144,3 @@ class LoginRateLimiter:
             buckets.hour = min(_HOUR_CAPACITY, buckets.hour + 1)
         if buckets.full():
             del self._table[_key(address)]
-
-    def record_failure(self, address: str) -> None:
-        """Count one failed attempt (a no-op when C{address} is already refused)."""
-        self.take(address)

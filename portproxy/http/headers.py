@@ -30,7 +30,6 @@ __all__ = [
     "is_trusted",
     "request_authority",
     "response_header_pairs",
-    "response_headers",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -487,11 +486,13 @@ def forward_websocket_headers(
 def response_header_pairs(
     pairs: Sequence[tuple[bytes, bytes]],
 ) -> list[tuple[bytes, list[bytes]]]:
-    """Like L{response_headers}, from header fields as parsed off the wire.
+    """The upstream's response headers to pass to the client, order and repeats kept.
 
-    Groups repeated names (case-insensitively, first spelling and position kept) in the
-    same pass; this runs once per proxied response. A repeated Content-Length, whose
-    values L{portproxy.http.wire.body_framing} has found equal, is passed on once.
+    C{pairs} are the header fields as parsed off the wire. Hop-by-hop fields and the
+    names in the upstream's C{Connection} are dropped. Repeated names are grouped
+    (case-insensitively, first spelling and position kept) in the same pass; this runs
+    once per proxied response. A repeated Content-Length, whose values
+    L{portproxy.http.wire.body_framing} has found equal, is passed on once.
     """
     options: set[bytes] | None = None
     grouped: dict[bytes, tuple[bytes, list[bytes]]] = {}
@@ -523,14 +524,6 @@ def response_header_pairs(
     if options:
         return [entry for lower, entry in grouped.items() if lower not in options]
     return list(grouped.values())
-
-
-def response_headers(headers: RawHeaders) -> list[tuple[bytes, list[bytes]]]:
-    """The upstream's response headers to pass to the client, order and repeats kept.
-
-    Hop-by-hop fields and the names in the upstream's C{Connection} are dropped.
-    """
-    return response_header_pairs([(name, v) for name, values in headers for v in values])
 
 
 def client_address(

@@ -111,15 +111,17 @@ class Proxy:
             **popen,
         )
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                if _request(self.port, b"/healthz", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
+        while not self.ready():
             assert self.proc.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, self.log.read_text()
             time.sleep(0.1)
+
+    def ready(self) -> bool:
+        """Whether the proxy answers /healthz."""
+        try:
+            return _request(self.port, b"/healthz", timeout=2)[0] == 200
+        except OSError:
+            return False
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()

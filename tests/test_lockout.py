@@ -300,7 +300,9 @@ def test_h2_connection_without_streams_makes_room_at_the_cap() -> None:
     clock = Clock()
     limits = _limits(clock, header_timeout=30.0)
     fresh = FakeH2()
-    limits.h2_idle(fresh)  # right after the preface
+    limits.h2_idle(fresh)  # right after the preface: a head still to come
+    assert not limits._make_room()  # not within its grace (limits.HEAD_GRACE)
+    clock.advance(1.0)
     assert limits._make_room()
     assert fresh.evicted == 1
     used = FakeH2()

@@ -292,6 +292,7 @@ class HardenedH2Stream(H2Stream):
         # portproxy.web.site.ProxyRequest says whether sign-in and the route let the
         # request through to an app; until then its body is under the head deadline.
         self._admitted = bool(getattr(request, "body_authorized", False))
+        self._conn._report()  # at work for an app, or waiting on the client
         if not (self._head_ended or self._answered_early or self._admitted):
             self._body_timer = self._conn.later(
                 self._conn.limits.header_timeout, self._body_too_slow
@@ -356,10 +357,16 @@ class HardenedH2Stream(H2Stream):
         self._cancel_body_timer()
         if not self._answered_early:
             super().requestComplete()
+        self._conn._report()
 
     def requestDone(self, request: Any) -> None:
         self._response_done = True
         super().requestDone(request)
+        self._conn._report()  # the rest waits on the client reading the answer
+
+    def trust(self) -> None:
+        """A request on this stream was signed in: trust the connection."""
+        self._conn.trust()
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_body_timer()
@@ -436,6 +443,8 @@ class HardenedH2Connection(H2Connection):
         self._first_timer: Any = None
         self._preface_in = False
         self._reported_idle = False
+        #: Whether a request on this connection was signed in (L{trust}).
+        self._trusted = False
 
     def later(self, delay: float, f: Callable[[], object]) -> Any:
         """Schedule C{f} on the connection's reactor (for portproxy's own deadlines)."""
@@ -460,12 +469,33 @@ class HardenedH2Connection(H2Connection):
         """
         self._shut(h2.errors.ErrorCodes.NO_ERROR, "evicted at --max-connections")
 
+    def trust(self) -> None:
+        """A request on this connection was signed in: it is the last to make room."""
+        if self._trusted:
+            return
+        self._trusted = True
+        limits = self.connection_limits
+        if limits is not None and not self._closing:
+            hook = getattr(limits, "h2_trusted", None)
+            if hook is not None:
+                hook(self)
+        self._report()
+
     def _report(self) -> None:
-        """Tell the limits whether this connection has an open stream now."""
+        """Tell the limits whether this connection has a stream at work now.
+
+        A trusted connection is at work while any stream is open; an untrusted one only
+        while a stream holds an app connection or a request being served
+        (L{HardenedH2Stream.holds_connection}): answers it does not read and bodies it
+        does not send wait on the client alone, and must not hold a place at the cap.
+        """
         limits = self.connection_limits
         if limits is None or self._closing or not self._preface_in:
             return
-        idle = not self.streams
+        if self._trusted or getattr(limits, "trust_all", False):
+            idle = not self.streams
+        else:
+            idle = not any(s.holds_connection for s in self.streams.values())
         if idle == self._reported_idle:
             return
         self._reported_idle = idle
@@ -565,7 +595,13 @@ class HardenedH2Connection(H2Connection):
         else:
             self.priority.block(event.stream_id)
         stream._head_ended = event.stream_ended is not None  # END_STREAM on HEADERS
-        self._report()  # busy from now on: a stream is open
+        limits = self.connection_limits
+        if limits is not None and not self._closing and self._preface_in:
+            # From now on the streams' own deadlines hold, not the connection's head's.
+            opened = getattr(limits, "h2_opened", None)
+            if opened is not None:
+                opened(self)
+        self._report()  # a stream is open (at work once start() says so)
         stream.start()
 
     def _refuse(self, stream_id: int, status: int, *, ended: bool) -> None:

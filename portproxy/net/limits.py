@@ -7,11 +7,14 @@
  - a request that is not yet authorized to reach an app (portproxy's own routes: the
    sign-in form...) must arrive whole, body included, by the same deadline;
  - at most C{--max-connections} client connections are held; when the cap is reached,
-   a connection still sending its head (or an unauthorized body) makes room: the
-   oldest from an address that holds several, else the oldest from any address; then
-   a kept-alive or HTTP/2 connection unused for 5 s; else accepting pauses until one
-   closes (the rest wait in the listen queue). A connection whose request is
-   authorized and under way is never closed to make room;
+   room is made by trust first (L{ConnectionLimits.trusted}: a request on the
+   connection was signed in): (a) an untrusted connection idle between requests, or
+   whose HTTP/2 streams only wait on the client, at once, oldest first; (b) a
+   connection still sending its head (or an unauthorized body) older than
+   L{head_grace}: from an address that holds several first, else the oldest; (c) a
+   trusted connection unused for 5 s, oldest first; else accepting pauses until one
+   closes or a head passes its grace (the rest wait in the listen queue). A trusted
+   connection with a request under way is never closed to make room;
  - when file descriptors run out, accepting backs off instead of spinning;
  - upstream connections have a budget of their own (L{upstream_budget}), so that the
    client connections always keep their descriptors.
@@ -44,6 +47,7 @@ __all__ = [
     "address_key",
     "current_upstream_budget",
     "fit_fd_limit",
+    "head_grace",
     "plan_fd_limit",
     "shared_address",
     "unsent_bytes",
@@ -64,8 +68,13 @@ ACCEPT_BACKOFF = 0.5
 ACCEPT_BATCH = 100
 #: How many of the oldest head-phase connections are looked at to make room.
 RECLAIM_SCAN = 256
-#: A kept-alive connection unused for this long may be closed to make room at the cap.
+#: A trusted kept-alive connection unused for this long may be closed to make room at
+#: the cap (an untrusted one may be closed at once).
 IDLE_RECLAIM_AFTER = 5.0
+#: A request head younger than this (at most a quarter of --header-timeout, see
+#: L{head_grace}) is never closed to make room: a distant client, or one just through
+#: a TLS handshake, has this long to send its head even while connections churn.
+HEAD_GRACE = 1.0
 #: While at the cap with clients waiting, how often to look for room again.
 FULL_RECHECK = 1.0
 #: Connections closed to make room whose socket is not closed yet, at most (each still
@@ -116,6 +125,15 @@ def plan_fd_limit(max_connections: int, soft: int, hard: int) -> FdPlan:
         return FdPlan(needed, max_connections, needed)
     cap = max(1, (hard - FD_RESERVE) // FDS_PER_CONNECTION)
     return FdPlan(hard, min(cap, max_connections), needed)
+
+
+def head_grace(header_timeout: float) -> float:
+    """How long a new request head is safe from being closed to make room.
+
+    L{HEAD_GRACE}, or a quarter of C{header_timeout} when that is shorter, so that the
+    head deadline itself still ends a slow head long before a grace would.
+    """
+    return min(HEAD_GRACE, header_timeout / 4)
 
 
 def upstream_budget(soft: int, *, max_connections: int) -> int | None:
@@ -282,12 +300,14 @@ class ConnectionLimits:
     Connections report their phase: L{head_started} / L{head_done} around each request
     head, L{idle_started} / L{idle_ended} while kept alive between requests,
     L{send_paused} / L{send_resumed} when the client's socket is full, and L{forget}
-    when they close. HTTP/2 connections report L{h2_idle} / L{h2_busy}. Each kind is an
-    insertion-ordered dict, so the oldest entry is the first: one timer serves all head
-    deadlines.
+    when they close. HTTP/2 connections report L{h2_idle} / L{h2_busy}. A connection
+    on which a request was signed in reports L{trusted} (L{h2_trusted}). Each kind is
+    an insertion-ordered dict, so the oldest entry is the first: one timer serves all
+    head deadlines.
 
     @param trusted_proxies: the C{--trusted-proxies} networks: their connections are
         never preferred for eviction because of how many they hold (L{shared_address}).
+    @param trust_all: every connection is trusted (C{--auth none}: no one signs in).
     """
 
     def __init__(
@@ -299,6 +319,7 @@ class ConnectionLimits:
         send_timeout: float,
         backoff: float = ACCEPT_BACKOFF,
         trusted_proxies: Iterable[Network] = (),
+        trust_all: bool = False,
     ) -> None:
         self.clock = clock
         self.max_connections = max_connections
@@ -310,8 +331,15 @@ class ConnectionLimits:
         self._heads: dict[Limited, float] = {}
         self._head_keys: dict[str, int] = {}
         self._head_timer: Any = None
+        #: Kept-alive connections between requests, untrusted and trusted, each in
+        #: order of the time they went idle.
         self._idle: dict[Limited, float] = {}
+        self._idle_trusted: dict[Limited, float] = {}
         self.idle_reclaim_after = IDLE_RECLAIM_AFTER
+        self.head_grace = head_grace(header_timeout)
+        self.trust_all = trust_all
+        #: Connections on which a request was signed in (L{trusted}), until they close.
+        self._signed_in: set[Limited] = set()
         self._sending: dict[Limited, list[Any]] = {}
         self._send_timer: Any = None
         self._ports: list[Any] = []
@@ -379,27 +407,45 @@ class ConnectionLimits:
                 self._head_timer = self.clock.callLater(deadline - now, self._expire_heads)
                 return
             self.head_done(connection)
-            self._idle.pop(connection, None)
+            self.idle_ended(connection)
             connection.head_timed_out()
 
     # -- kept-alive connections -----------------------------------------------------------
 
     def idle_started(self, connection: Limited) -> None:
+        """C{connection} waits for its next request (or, HTTP/2, only on the client)."""
         # Re-inserted, so that the dict stays in order of the time it went idle.
-        self._idle.pop(connection, None)
-        self._idle[connection] = self.clock.seconds()
+        self.idle_ended(connection)
+        idle = self._idle_trusted if self.is_trusted(connection) else self._idle
+        idle[connection] = self.clock.seconds()
 
     def idle_ended(self, connection: Limited) -> None:
         self._idle.pop(connection, None)
+        self._idle_trusted.pop(connection, None)
+
+    # -- trust ----------------------------------------------------------------------------
+
+    def trusted(self, connection: Limited) -> None:
+        """A request on C{connection} was signed in: it is the last to make room."""
+        if self.trust_all or connection in self._signed_in:
+            return
+        self._signed_in.add(connection)
+        since = self._idle.pop(connection, None)
+        if since is not None:
+            self._idle_trusted[connection] = since
+
+    def is_trusted(self, connection: Limited) -> bool:
+        """Whether a request on C{connection} was signed in (L{trusted})."""
+        return self.trust_all or connection in self._signed_in
 
     # -- HTTP/2 connections (portproxy.http.http2 reports them) ----------------------
 
     def h2_idle(self, protocol: Any) -> None:
-        """C{protocol} (an HTTP/2 connection) has no open stream (also after the preface).
+        """C{protocol} (an HTTP/2 connection) has no stream at work (or just started).
 
         It may make room at the cap like an idle kept-alive connection; one that never
         opened a stream is a head still to come: it is closed at the head deadline and
-        makes room at once.
+        makes room like a head.
         """
         watch = self._h2_watch(protocol)
         if watch is None:
@@ -408,8 +454,22 @@ class ConnectionLimits:
             self.head_started(watch)
         self.idle_started(watch)
 
+    def h2_opened(self, protocol: Any) -> None:
+        """C{protocol} opened a stream: no head still to come (the streams' deadlines
+        hold from now on), whether or not the stream is at work."""
+        watch = self._h2_watch(protocol)
+        if watch is not None and not watch.opened:
+            watch.opened = True
+            self.head_done(watch)
+
+    def h2_trusted(self, protocol: Any) -> None:
+        """A request on C{protocol} (an HTTP/2 connection) was signed in (L{trusted})."""
+        watch = self._h2_watch(protocol)
+        if watch is not None:
+            self.trusted(watch)
+
     def h2_busy(self, protocol: Any) -> None:
-        """C{protocol} has an open stream: it is never closed to make room."""
+        """C{protocol} has a stream at work: it is never closed to make room."""
         watch = self._h2_watch(protocol)
         if watch is None:
             return
@@ -485,7 +545,8 @@ class ConnectionLimits:
     def forget(self, connection: Limited) -> None:
         """The connection closed (or left HTTP/1.1): drop it everywhere."""
         self.head_done(connection)
-        self._idle.pop(connection, None)
+        self.idle_ended(connection)
+        self._signed_in.discard(connection)
         self.send_resumed(connection)
 
     # -- accepting ------------------------------------------------------------------------
@@ -539,7 +600,7 @@ class ConnectionLimits:
                 # later (a kept-alive connection may have become unused).
                 victim = self._room_candidate()
                 if victim is None:
-                    self._pause(FULL_RECHECK)
+                    self._pause(self._recheck_after())
                     return
             try:
                 skt, addr = port.socket.accept()
@@ -607,31 +668,50 @@ class ConnectionLimits:
     def _room_candidate(self) -> Limited | None:
         """The connection to close for a newcomer at the cap, if any may be closed.
 
-        First one still in its head (or an unauthorized body): the oldest from an
-        address that holds several (the likeliest attacker, so one user is not pushed
-        out by another's flood; L{shared_address}es never count as several), else the
-        oldest of all, so that attackers spread over many addresses cannot keep
-        newcomers waiting either. Then the kept-alive or HTTP/2 connection unused
-        longest, if for L{IDLE_RECLAIM_AFTER}.
+        Trust first, then age: (a) an untrusted connection idle between requests (or,
+        HTTP/2, whose streams only wait on the client), the one idle longest; (b) a
+        connection still in its head (or an unauthorized body) older than
+        L{head_grace}, from an address that holds several first (the likeliest
+        attacker; L{shared_address}es never count as several), else the oldest; (c) a
+        trusted connection unused for L{IDLE_RECLAIM_AFTER}, the one unused longest.
         """
         if len(self._leaving) >= min(MAX_LEAVING, 1 + self.max_connections // 4):
             # Wait for those already closing to free their descriptors (and never
             # churn through the whole cap before a newcomer's head is read).
             return None
-        keys = self._head_keys
-        for index, connection in enumerate(self._heads):
+        heads = self._heads
+        for index, connection in enumerate(self._idle):
             if index >= RECLAIM_SCAN:
                 break
+            if connection not in heads:  # an HTTP/2 preface only: a head, see (b)
+                return connection
+        # Heads are in order of their deadline, so of their age: stop at a young one.
+        young = self.clock.seconds() - self.head_grace + self.header_timeout
+        keys = self._head_keys
+        oldest: Limited | None = None
+        for index, (connection, deadline) in enumerate(heads.items()):
+            if index >= RECLAIM_SCAN or deadline > young:
+                break
+            if oldest is None:
+                oldest = connection
             if keys.get(connection.limit_key, 0) > 1:
                 return connection
-        for connection in self._heads:
-            return connection
+        if oldest is not None:
+            return oldest
         now = self.clock.seconds()
-        for connection, since in self._idle.items():
+        for connection, since in self._idle_trusted.items():
             if now - since < self.idle_reclaim_after:
                 break  # the first is the one unused longest
             return connection
         return None
+
+    def _recheck_after(self) -> float:
+        """Seconds until room may be made at the cap: when the oldest head passes its
+        grace, else L{FULL_RECHECK}."""
+        for deadline in self._heads.values():
+            left = deadline - self.header_timeout + self.head_grace - self.clock.seconds()
+            return min(FULL_RECHECK, max(0.05, left))
+        return FULL_RECHECK
 
     def _evict(self, connection: Limited) -> None:
         """Close C{connection} to make room (see L{_room_candidate})."""
@@ -640,10 +720,10 @@ class ConnectionLimits:
             self._leaving.add(socket_transport)
         if connection in self._heads:
             self.head_done(connection)
-            self._idle.pop(connection, None)
+            self.idle_ended(connection)
             connection.head_timed_out()
         else:
-            self._idle.pop(connection, None)
+            self.idle_ended(connection)
             connection.reclaim()
 
     def _socket_of(self, connection: Any) -> Any:

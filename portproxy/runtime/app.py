@@ -137,6 +137,7 @@ def build_instance(
         header_timeout=config.header_timeout,
         send_timeout=config.send_timeout,
         trusted_proxies=config.trusted_proxies,
+        trust_all=config.auth == "none",
     )
     site = ProxySite(
         root,

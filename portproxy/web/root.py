@@ -226,7 +226,8 @@ class _ProxyGate(Resource):
         """Run the checks in order: C{(None, port)}, or the answer that refuses.
 
         The one place the order of the checks lives, for L{render} and for
-        L{proxy_target}; it writes nothing, the returned answer does.
+        L{proxy_target}; it writes nothing, the returned answer does. (A signed-in
+        request marks its connection trusted, for the connection cap: idempotent.)
         """
         root = self.root
         if root.config.disable_proxy:
@@ -234,7 +235,11 @@ class _ProxyGate(Resource):
         if upgrade and not root.websocket.origin_allowed(request, self.view):  # type: ignore[union-attr]
             return _error(403, "Origin not allowed"), None
         auth = root.auth
-        if not auth.is_signed_in(request):
+        if auth.is_signed_in(request):
+            signed_in = getattr(request, "signed_in", None)
+            if signed_in is not None:
+                signed_in()  # its connection is trusted at the cap (portproxy.net.limits)
+        else:
             if upgrade:
                 return auth.deny_unauthorized, None
             if not auth.allows_preflight(request):

@@ -271,6 +271,11 @@ class ProxyChannel(HTTPChannel):
         transport.write(_close_with(status, message))
         self.loseConnection()
 
+    def trust(self) -> None:
+        """A request on this connection was signed in: it is the last to make room."""
+        if self._limits is not None:
+            self._limits.trusted(self)
+
     def head_timed_out(self) -> None:
         """The head did not arrive in time (or room was needed): 408 and close."""
         body, self._phase = self._phase == _BODY, _BUSY
@@ -539,6 +544,16 @@ class ProxyRequest(Request):
         if self._upload is not None:
             self._upload.finish()
         super().requestReceived(command, path, version)
+
+    def signed_in(self) -> None:
+        """The gate found a valid session on this request: trust its connection.
+
+        At the connection cap, connections that never signed in make room first
+        (L{portproxy.net.limits.ConnectionLimits.trusted}).
+        """
+        trust = getattr(self.channel, "trust", None)
+        if trust is not None:
+            trust()
 
     def connectionLost(self, reason: Failure) -> None:
         # Gone mid-upload: nothing will render this request; close the app's side.

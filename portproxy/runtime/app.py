@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from twisted.application.service import IService
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
+from twisted.web.server import Request
 
 from portproxy.config import Config, StartupError
 from portproxy.http.engine import ProxyEngine
 from portproxy.http.headers import ClientView, client_address, client_view
 from portproxy.net.limits import ConnectionLimits, current_upstream_budget, fit_fd_limit
 from portproxy.net.peer import peer_host
+from portproxy.net.reactor import IInstanceReactor, installed_reactor
 from portproxy.routing.publicurl import public_url_for_port, url_template
 from portproxy.routing.routes import RouteKind
 from portproxy.runtime.service import ListeningService, PortProxyService
@@ -34,7 +37,7 @@ class Instance:
     """The parts of a running instance that tests and the service need to reach."""
 
     config: Config
-    reactor: Any
+    reactor: IInstanceReactor
     engine: ProxyEngine
     root: PortProxyRoot
     site: ProxySite
@@ -43,13 +46,11 @@ class Instance:
 
 
 def build_instance(
-    config: Config, *, environ: Mapping[str, str], reactor: Any = None
+    config: Config, *, environ: Mapping[str, str], reactor: IInstanceReactor | None = None
 ) -> Instance:
     """Build everything but the listeners."""
     if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
+        reactor = installed_reactor()
     from portproxy.auth import (
         RESERVED_LOGIN,
         RESERVED_LOGOUT,
@@ -62,7 +63,7 @@ def build_instance(
     own_ports: set[int] = set()
     trusted = config.trusted_proxies
 
-    def view_of(request: Any) -> ClientView:
+    def view_of(request: Request) -> ClientView:
         view = getattr(request, "client_view", None)
         if view is None:
             view = client_view(
@@ -73,7 +74,7 @@ def build_instance(
             )
         return view
 
-    def address_of(request: Any) -> str:
+    def address_of(request: Request) -> str:
         return client_address(
             request.requestHeaders.getAllRawHeaders(),
             peer=peer_host(request),
@@ -153,8 +154,8 @@ def build_service(
     config: Config,
     *,
     environ: Mapping[str, str],
-    reactor: Any = None,
-    listener: Callable[..., Any] = ListeningService,
+    reactor: IInstanceReactor | None = None,
+    listener: Callable[..., IService] = ListeningService,
 ) -> PortProxyService:
     """The service that C{twist portproxy}, C{twistd} and .tac files run.
 
@@ -191,11 +192,12 @@ def build_service(
     return service
 
 
-Wrap = Callable[[Any], Any]
+#: Puts a listening factory behind TLS (L{portproxy.runtime.tlslistener.ServerTLS.wrap}).
+Wrap = Callable[[IProtocolFactory], IProtocolFactory]
 
 
 def _tls_wrapper(
-    config: Config, reactor: Any, limits: ConnectionLimits | None = None
+    config: Config, reactor: IInstanceReactor, limits: ConnectionLimits | None = None
 ) -> Callable[[str], Wrap | None]:
     """For each C{--listen} description, what puts TLS on it, or C{None} (plain).
 
@@ -231,7 +233,7 @@ def _tls_wrapper(
         limits=limits,  # the wait for the first byte is part of the request head
     )
 
-    def wrap(factory: Any) -> Any:
+    def wrap(factory: IProtocolFactory) -> IProtocolFactory:
         try:
             return tls.wrap(factory)
         except TLSError as e:

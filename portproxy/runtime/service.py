@@ -10,11 +10,16 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portproxy.config import StartupError
+from portproxy.net.reactor import IInstanceReactor
 
 __all__ = ["ListeningService", "PortProxyService"]
 
@@ -37,11 +42,11 @@ class ListeningService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IInstanceReactor,
         description: str,
-        factory: Any,
+        factory: IProtocolFactory,
         on_port: Callable[[int], None],
-        wrap: Callable[[Any], Any] | None = None,
+        wrap: Callable[[IProtocolFactory], IProtocolFactory] | None = None,
     ) -> None:
         self.reactor = reactor
         self.description = description
@@ -59,7 +64,7 @@ class ListeningService(Service):
         if self.port is None:
             self._listen()
 
-    def endpoint(self) -> Any:
+    def endpoint(self) -> IStreamServerEndpoint:
         """The server endpoint to listen on (a worker adopts an inherited one)."""
         from portproxy.net.limits import with_backlog
 
@@ -72,7 +77,7 @@ class ListeningService(Service):
         except Exception as e:
             raise StartupError(f"--listen {self.description}: {e}") from None
         factory = self.factory if self.wrap is None else self.wrap(self.factory)
-        outcome: list[Any] = []
+        outcome: list[IListeningPort | Failure] = []
         endpoint.listen(factory).addBoth(outcome.append)
         if not outcome:
             # An endpoint that binds asynchronously (rare): log failures later.
@@ -103,10 +108,11 @@ class ListeningService(Service):
         limits = getattr(self.factory, "limits", None)
         if limits is not None:
             limits.unwatch(port)
+        # No overload of maybeDeferred takes "a Deferred or None" (Twisted's own type).
         return maybeDeferred(port.stopListening)  # type: ignore[call-overload]
 
 
-def _describe(host: Any) -> str:
+def _describe(host: Any) -> str:  # an IAddress: its fields depend on the family
     if hasattr(host, "port"):
         return f"{host.host}:{host.port}"
     name = getattr(host, "name", host)
@@ -148,6 +154,7 @@ class PortProxyService(MultiService):
     def stopService(self) -> Deferred[None]:
         # Stop accepting first, then let in-flight requests finish (bounded), then
         # close the idle upstream connections.
+        # Any: each step's result is dropped; the caller only waits for the end.
         d: Deferred[Any] = maybeDeferred(super().stopService)
         if self._drain is not None:
             drain = self._drain

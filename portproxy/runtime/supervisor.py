@@ -18,16 +18,21 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+if TYPE_CHECKING:
+    from twisted.internet.tcp import Port
+
 from portproxy.config import Config, StartupError
+from portproxy.net.reactor import ISupervisorReactor, installed_reactor
 from portproxy.runtime.handoff import WORKER_ENV, WorkerSpec
 
 __all__ = [
@@ -148,12 +153,12 @@ class SharedListener:
     """A listening socket the supervisor holds (not reading) for its workers."""
 
     description: str
-    port: Any
+    port: Port  # a TCP port (a UNIX one is refused by bind_shared)
     fd: int
     family: str
 
 
-def _family(host: Any) -> str | None:
+def _family(host: IAddress) -> str | None:
     from twisted.internet.address import IPv4Address, IPv6Address
 
     if isinstance(host, IPv4Address):
@@ -163,7 +168,9 @@ def _family(host: Any) -> str | None:
     return None
 
 
-def bind_shared(reactor: Any, descriptions: Sequence[str]) -> list[SharedListener]:
+def bind_shared(
+    reactor: ISupervisorReactor, descriptions: Sequence[str]
+) -> list[SharedListener]:
     """Bind every endpoint now; raise L{StartupError} (one line) if one cannot be."""
     from twisted.internet.endpoints import serverFromString
 
@@ -179,7 +186,7 @@ def bind_shared(reactor: Any, descriptions: Sequence[str]) -> list[SharedListene
                 endpoint = serverFromString(reactor, with_backlog(description))
             except Exception as e:
                 raise StartupError(f"--listen {description}: {e}") from None
-            outcome: list[Any] = []
+            outcome: list[Any] = []  # the Port, or the Failure (checked below)
             endpoint.listen(idle).addBoth(outcome.append)
             if not outcome or isinstance(outcome[0], Failure):
                 reason = outcome[0].getErrorMessage() if outcome else "did not bind"
@@ -205,7 +212,7 @@ def bind_shared(reactor: Any, descriptions: Sequence[str]) -> list[SharedListene
 
 
 def prepare_shared(
-    config: Config, environ: Mapping[str, str], reactor: Any
+    config: Config, environ: Mapping[str, str], reactor: ISupervisorReactor
 ) -> list[SharedListener]:
     """What the supervisor does before any worker starts: anything that must happen
     once (the generated password, the self-signed certificate), then the binding."""
@@ -267,7 +274,7 @@ class _Worker(ProcessProtocol):
         self.pid: int | None = None
 
     def connectionMade(self) -> None:
-        process: Any = self.transport
+        process = cast(IProcessTransport, self.transport)
         self.pid = process.pid
         process.closeStdin()
 
@@ -277,7 +284,7 @@ class _Worker(ProcessProtocol):
             self.supervisor._ready(self)
 
     def signal(self, name: str) -> None:
-        process: Any = self.transport
+        process = cast(IProcessTransport, self.transport)
         try:
             process.signalProcess(name)
         except (ProcessExitedAlready, OSError):
@@ -299,7 +306,7 @@ class WorkerSupervisor(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: ISupervisorReactor,
         *,
         count: int,
         command: Sequence[str],
@@ -318,7 +325,7 @@ class WorkerSupervisor(Service):
         self.listeners: list[SharedListener] | None = None
         self.workers: dict[int, _Worker] = {}
         self.backoff = {slot: Backoff() for slot in range(1, count + 1)}
-        self.restarts: dict[int, Any] = {}
+        self.restarts: dict[int, IDelayedCall] = {}
         self.served = False
         self.failed = False
         self.stopping = False
@@ -466,8 +473,7 @@ def build_supervisor(
 
     L{portproxy.tap.makeService} decides which kind of process this is.
     """
-    from twisted.internet import reactor
-
+    reactor = installed_reactor()
     return WorkerSupervisor(
         reactor,
         count=config.workers,

@@ -14,12 +14,14 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from types import FrameType
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from portproxy.config import Config
+from portproxy.net.reactor import IWorkerReactor, installed_reactor
 from portproxy.runtime.handoff import WORKER_ENV, WorkerSpec
 from portproxy.runtime.service import ListeningService
 
@@ -40,11 +42,11 @@ class AdoptedListener(ListeningService):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IWorkerReactor,
         description: str,
-        factory: Any,
+        factory: IProtocolFactory,
         on_port: Callable[[int], None],
-        wrap: Callable[[Any], Any] | None = None,
+        wrap: Callable[[IProtocolFactory], IProtocolFactory] | None = None,
         *,
         fd: int,
         family: str,
@@ -57,7 +59,7 @@ class AdoptedListener(ListeningService):
         # Nothing to bind: the socket is adopted when the service starts.
         Service.privilegedStartService(self)
 
-    def endpoint(self) -> Any:
+    def endpoint(self) -> IStreamServerEndpoint:
         from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 
         return AdoptedStreamServerEndpoint(
@@ -70,7 +72,7 @@ def _first_signal_only() -> None:
     stops = (signal.SIGTERM, signal.SIGINT)
     previous = {number: signal.getsignal(number) for number in stops}
 
-    def handle(number: int, frame: Any) -> None:
+    def handle(number: int, frame: FrameType | None) -> None:
         for each in stops:
             signal.signal(each, signal.SIG_IGN)
         handler = previous[signal.Signals(number)]
@@ -92,7 +94,7 @@ class _WorkerDuties(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IWorkerReactor,
         spec: WorkerSpec,
         getppid: Callable[[], int] = os.getppid,
         check_every: float = 1.0,
@@ -133,13 +135,11 @@ class _WorkerDuties(Service):
 
 
 def build_worker_service(
-    config: Config, *, environ: Mapping[str, str], reactor: Any = None
-) -> Any:
+    config: Config, *, environ: Mapping[str, str], reactor: IWorkerReactor | None = None
+) -> MultiService:
     """The service a worker runs: a normal instance on the inherited listeners."""
     if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
+        reactor = installed_reactor()
     from portproxy.runtime.app import build_service
 
     try:
@@ -152,11 +152,11 @@ def build_worker_service(
     pending = list(spec.listeners)
 
     def listener(
-        reactor: Any,
+        reactor: IWorkerReactor,
         description: str,
-        factory: Any,
+        factory: IProtocolFactory,
         on_port: Callable[[int], None],
-        wrap: Callable[[Any], Any] | None = None,
+        wrap: Callable[[IProtocolFactory], IProtocolFactory] | None = None,
     ) -> AdoptedListener:
         _, fd, family = pending.pop(0)
         return AdoptedListener(

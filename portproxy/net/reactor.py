@@ -1,0 +1,63 @@
+"""The reactor as portproxy types it: Twisted's interfaces, combined in this one place.
+
+A part that calls one kind of reactor method takes the narrowest Twisted interface
+for it (C{IReactorTime} for C{callLater} and C{seconds}, C{IReactorFDSet},
+C{IReactorProcess}, ...). The objects that are handed one reactor and pass it on to
+several such parts need the sum of what those parts call; Python typing has no
+intersection type, so each sum is a zope interface here that extends the ones it
+combines (mypy-zope checks it). Real reactors provide all of them; tests pass
+C{MemoryReactorClock} and the like, which provide the methods the tested path calls.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorFDSet,
+    IReactorProcess,
+    IReactorSocket,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+)
+
+__all__ = [
+    "IInstalledReactor",
+    "IInstanceReactor",
+    "ISupervisorReactor",
+    "IWorkerReactor",
+    "installed_reactor",
+]
+
+
+class IInstanceReactor(
+    IReactorCore, IReactorTime, IReactorTCP, IReactorThreads, IReactorFDSet
+):
+    """What one instance's parts call: timers (everywhere), upstream TCP connections
+    (the pool, the WebSocket legs), the thread pool (password checks), the writers
+    (the drain at shutdown) and the listeners' endpoints."""
+
+
+class IWorkerReactor(IInstanceReactor, IReactorSocket):
+    """An instance in a C{--workers} worker: it also adopts inherited sockets."""
+
+
+class ISupervisorReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorProcess):
+    """The C{--workers} supervisor: binds the TCP listeners, spawns and times workers."""
+
+
+class IInstalledReactor(IWorkerReactor, ISupervisorReactor):
+    """The process's own reactor, which provides each of the above."""
+
+
+def installed_reactor() -> IInstalledReactor:
+    """The process's reactor (imported here, when called, never at module level).
+
+    C{twisted.internet.reactor} is a module attribute replaced at install time, so its
+    type is not visible to mypy: this is the one cast that states what it provides.
+    """
+    from twisted.internet import reactor
+
+    return cast(IInstalledReactor, reactor)

@@ -16,14 +16,24 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from portproxy.net.limits import ConnectionLimits, address_key
+from portproxy.net.reactor import IInstanceReactor
 from portproxy.runtime.tls import (
     SELF_SIGNED_CERT_FILE,
     KeyPair,
@@ -34,6 +44,12 @@ from portproxy.runtime.tls import (
     load_or_create_self_signed,
     parse_cert_hosts,
 )
+
+if TYPE_CHECKING:
+    from twisted.internet.ssl import CertificateOptions
+
+    from portproxy.config import Config
+    from portproxy.http.http2 import H2Limits
 
 __all__ = [
     "SNIFF_TIMEOUT",
@@ -57,7 +73,7 @@ def http2_available() -> bool:
     return bool(H2_ENABLED)
 
 
-def server_options(pair: KeyPair) -> Any:
+def server_options(pair: KeyPair) -> CertificateOptions:
     """Twisted's C{CertificateOptions} for C{pair}; raises L{TLSError} if OpenSSL balks.
 
     ALPN needs nothing here: C{CertificateOptions} always installs the selection
@@ -114,13 +130,13 @@ class _Sniff(Protocol):
     room at the cap); without, a timer of its own ends it.
     """
 
-    transport: Any
+    transport: ITCPTransport
 
-    def __init__(self, factory: PlainOrTLSFactory, addr: Any) -> None:
+    def __init__(self, factory: PlainOrTLSFactory, addr: IAddress | None) -> None:
         self.owner = factory
         self.addr = addr
-        self.inner: Any = None
-        self.timer: Any = None
+        self.inner: IProtocol | None = None
+        self.timer: IDelayedCall | None = None
         self.limits: ConnectionLimits | None = None
         #: The client's address group (L{portproxy.net.limits.address_key}).
         self.limit_key = address_key(str(getattr(addr, "host", None) or addr))
@@ -142,11 +158,13 @@ class _Sniff(Protocol):
         self._stop_waiting()
         owner = self.owner
         chosen = owner.tls if data[0] == _TLS_HANDSHAKE else owner.plain
-        inner = chosen.buildProtocol(self.addr)
+        # Factory allows no address; a listening port always passes the peer's.
+        inner = chosen.buildProtocol(cast(IAddress, self.addr))
         if inner is None:
             self.transport.abortConnection()
             return
         self.inner = inner
+        # Any: its protocol attribute is not in ITCPTransport.
         transport: Any = self.transport
         if getattr(transport, "protocol", None) is self:
             transport.protocol = inner  # the reactor now calls it directly
@@ -202,10 +220,10 @@ class PlainOrTLSFactory(Factory):
 
     def __init__(
         self,
-        tls: Any,
-        plain: Any,
+        tls: IProtocolFactory,
+        plain: IProtocolFactory,
         *,
-        clock: Any,
+        clock: IReactorTime,
         timeout: float = SNIFF_TIMEOUT,
         limits: ConnectionLimits | None = None,
     ) -> None:
@@ -225,7 +243,7 @@ class PlainOrTLSFactory(Factory):
         self.plain.doStop()
         super().doStop()
 
-    def buildProtocol(self, addr: Any) -> _Sniff:
+    def buildProtocol(self, addr: IAddress | None) -> _Sniff:
         return _Sniff(self, addr)
 
 
@@ -244,11 +262,11 @@ class ServerTLS:
         self_signed: bool,
         cert_hosts: tuple[str, ...],
         data_dir: str,
-        reactor: Any,
-        redirect: Any,
-        log: Any,
+        reactor: IInstanceReactor,
+        redirect: IProtocolFactory,
+        log: Logger,
         now: Callable[[], datetime.datetime] = _utcnow,
-        http2_limits: Any = None,
+        http2_limits: H2Limits | Config | None = None,
         limits: ConnectionLimits | None = None,
     ) -> None:
         self.cert = cert
@@ -267,9 +285,9 @@ class ServerTLS:
         #: The process's connection limits: the first-byte wait is part of the head.
         self.limits = limits
         self.pair: KeyPair | None = None
-        self._options: Any = None
+        self._options: CertificateOptions | None = None
 
-    def options(self) -> Any:
+    def options(self) -> CertificateOptions:
         """The C{CertificateOptions}; raises L{TLSError} naming the option at fault."""
         if self._options is not None:
             return self._options
@@ -303,7 +321,7 @@ class ServerTLS:
             self.log.warn("the TLS certificate {path} has expired", path=where)
         return self._options
 
-    def wrap(self, factory: Any) -> PlainOrTLSFactory:
+    def wrap(self, factory: IProtocolFactory) -> PlainOrTLSFactory:
         """C{factory} behind TLS, with the redirect for plain HTTP on the same port.
 
         With h2 installed, HTTP/2 connections get portproxy's hardened connection

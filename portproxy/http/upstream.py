@@ -15,13 +15,20 @@ line-by-line parser and header objects cost more than the proxying itself.
 from __future__ import annotations
 
 import enum
-from typing import IO, Any
+from typing import IO, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
@@ -31,6 +38,7 @@ from portproxy.http.response_reader import DATA, HEAD, ReaderState, ResponseRead
 from portproxy.http.uploads import StreamingUpload
 from portproxy.http.wire import ProtocolError, ResponseHead
 from portproxy.net.eager import send_eagerly
+from portproxy.net.reactor import IClientReactor, ITCPConnection
 
 __all__ = [
     "IDEMPOTENT",
@@ -52,22 +60,22 @@ INLINE_BODY = 64 * 1024
 class LoopbackEndpoint:
     """Connect to C{port} on 127.0.0.1, falling back to ::1 when IPv4 is refused."""
 
-    def __init__(self, reactor: Any, port: int) -> None:
+    def __init__(self, reactor: IReactorTCP, port: int) -> None:
         self._reactor = reactor
         self._port = port
 
-    def connect(self, factory: Any) -> Deferred[Any]:
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         v4 = TCP4ClientEndpoint(
             self._reactor, "127.0.0.1", self._port, timeout=CONNECT_TIMEOUT
         )
-        d: Deferred[Any] = v4.connect(factory)
+        d: Deferred[IProtocol] = v4.connect(factory)
 
-        def try_v6(failure: Failure) -> Deferred[Any]:
+        def try_v6(failure: Failure) -> Deferred[IProtocol]:
             failure.trap(ConnectionRefusedError)
             v6 = TCP6ClientEndpoint(
                 self._reactor, "::1", self._port, timeout=CONNECT_TIMEOUT
             )
-            d6: Deferred[Any] = v6.connect(factory)
+            d6: Deferred[IProtocol] = v6.connect(factory)
             # Report the IPv4 refusal: "nothing listens" is the useful message.
             d6.addErrback(lambda _: failure)
             return d6
@@ -124,6 +132,8 @@ class UpstreamConnection(Protocol):
     DONE). An app that answers before it has read the whole upload would otherwise read
     the rest of that upload as the next client's request.
     """
+
+    transport: ITCPConnection | None
 
     def __init__(self, pool: UpstreamPool, port: int) -> None:
         self.pool = pool
@@ -214,7 +224,7 @@ class UpstreamConnection(Protocol):
         self.lost = True
         self.pool.forget(self)
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     # -- receiving ------------------------------------------------------------------
 
@@ -307,7 +317,7 @@ class _ConnectionFactory(Factory):
         self.pool = pool
         self.port = port
 
-    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection:
         return UpstreamConnection(self.pool, self.port)
 
 
@@ -327,7 +337,7 @@ class UpstreamPool:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IClientReactor,
         *,
         idle_timeout: float = 4.0,
         max_idle: int = 128,
@@ -340,7 +350,7 @@ class UpstreamPool:
         #: Upstream connections open or being opened now.
         self.open_count = 0
         self._idle: dict[int, list[UpstreamConnection]] = {}
-        self._sweeper: Any = None
+        self._sweeper: IDelayedCall | None = None
         self.opened = 0
 
     def take(self, port: int) -> UpstreamConnection | None:
@@ -359,7 +369,10 @@ class UpstreamPool:
             return fail(TooManyUpstreams())
         self.opened += 1
         endpoint = LoopbackEndpoint(self.reactor, port)
-        d: Deferred[UpstreamConnection] = endpoint.connect(_ConnectionFactory(self, port))
+        # The factory builds UpstreamConnections; the endpoint's type says IProtocol.
+        d = cast(
+            Deferred[UpstreamConnection], endpoint.connect(_ConnectionFactory(self, port))
+        )
 
         def connected(connection: UpstreamConnection) -> UpstreamConnection:
             connection.holds_slot = True  # given back in its connectionLost

@@ -1,4 +1,5 @@
-"""The reactor as portproxy types it: Twisted's interfaces, combined in this one place.
+"""The reactor (and a TCP transport) as portproxy types them: Twisted's interfaces,
+combined in this one place.
 
 A part that calls one kind of reactor method takes the narrowest Twisted interface
 for it (C{IReactorTime} for C{callLater} and C{seconds}, C{IReactorFDSet},
@@ -7,6 +8,9 @@ several such parts need the sum of what those parts call; Python typing has no
 intersection type, so each sum is a zope interface here that extends the ones it
 combines (mypy-zope checks it). Real reactors provide all of them; tests pass
 C{MemoryReactorClock} and the like, which provide the methods the tested path calls.
+
+A TCP connection's transport is the same case: C{ITCPTransport} for the socket, and
+the C{IPushProducer} the reactor's connection also is (flow control pauses it).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from typing import cast
 
 from twisted.internet.interfaces import (
+    IPushProducer,
     IReactorCore,
     IReactorFDSet,
     IReactorProcess,
@@ -21,20 +26,26 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorThreads,
     IReactorTime,
+    ITCPTransport,
 )
 
 __all__ = [
+    "IClientReactor",
     "IInstalledReactor",
     "IInstanceReactor",
     "ISupervisorReactor",
+    "ITCPConnection",
     "IWorkerReactor",
     "installed_reactor",
 ]
 
 
-class IInstanceReactor(
-    IReactorCore, IReactorTime, IReactorTCP, IReactorThreads, IReactorFDSet
-):
+class IClientReactor(IReactorTime, IReactorTCP):
+    """What connects to the apps and times them out: the upstream pool, the engine and
+    the WebSocket relay."""
+
+
+class IInstanceReactor(IReactorCore, IClientReactor, IReactorThreads, IReactorFDSet):
     """What one instance's parts call: timers (everywhere), upstream TCP connections
     (the pool, the WebSocket legs), the thread pool (password checks), the writers
     (the drain at shutdown) and the listeners' endpoints."""
@@ -50,6 +61,10 @@ class ISupervisorReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorProces
 
 class IInstalledReactor(IWorkerReactor, ISupervisorReactor):
     """The process's own reactor, which provides each of the above."""
+
+
+class ITCPConnection(ITCPTransport, IPushProducer):
+    """The transport of a TCP connection: the socket, and the producer of its bytes."""
 
 
 def installed_reactor() -> IInstalledReactor:

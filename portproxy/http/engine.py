@@ -15,10 +15,11 @@ from __future__ import annotations
 import enum
 import warnings
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import IO, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -35,6 +36,7 @@ from portproxy.http.setcookie import allowed_set_cookies
 from portproxy.http.uploads import StreamingUpload
 from portproxy.http.upstream import TooManyUpstreams, UpstreamConnection, UpstreamPool
 from portproxy.http.wire import ProtocolError, ResponseHead, build_request_head
+from portproxy.net.reactor import IClientReactor
 
 with warnings.catch_warnings():
     # twisted.web.proxy imports the deprecated HTTPClient; we only use the resource base.
@@ -94,7 +96,7 @@ class ProxyEngine:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IClientReactor,
         *,
         upstream_timeout: float,
         session_cookie: bytes | None = None,
@@ -238,7 +240,7 @@ class PortProxyResource(ReverseProxyResource):
             return None
 
 
-def _request_body(request: Request) -> tuple[Any, int | None]:
+def _request_body(request: Request) -> tuple[IO[bytes] | None, int | None]:
     """The buffered body and the Content-Length to send (C{None}: send no framing)."""
     content = request.content
     size = 0
@@ -296,7 +298,7 @@ class _Exchange:
         resource: PortProxyResource,
         request: Request,
         head: bytes,
-        body: Any,
+        body: IO[bytes] | StreamingUpload | None,
         length: int,
         state: ExchangeState,
     ) -> None:
@@ -312,7 +314,7 @@ class _Exchange:
         self.retried = False
         self.connection: UpstreamConnection | None = None
         self.connecting: Deferred[UpstreamConnection] | None = None
-        self.timer: Any = None
+        self.timer: IDelayedCall | None = None
         #: Response events that came while PENDING (see L{_defer}).
         self.queued: list[Callable[[], None]] = []
         #: Whether the upstream socket is paused until the request is attached.
@@ -354,7 +356,7 @@ class _Exchange:
         connection = self.connection
         if self.held and connection is not None and connection.transport is not None:
             self.held = False
-            connection.transport.resumeProducing()  # type: ignore[attr-defined]
+            connection.transport.resumeProducing()
 
     def abandon(self) -> None:
         """The request went away before it was rendered: close the app's side, end.
@@ -408,7 +410,7 @@ class _Exchange:
             self._defer(lambda: self.response_head(head, connection))
             if connection.transport is not None:
                 self.held = True
-                connection.transport.pauseProducing()  # type: ignore[attr-defined]
+                connection.transport.pauseProducing()
             return
         request = self.request
         request.setResponseCode(head.code, head.reason)

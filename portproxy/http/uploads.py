@@ -12,10 +12,13 @@ upstream, and is the upstream transport's producer, so a slow app slows the clie
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from portproxy.net.reactor import ITCPConnection
 
 __all__ = ["PENDING_LIMIT", "StreamingUpload"]
 
@@ -33,10 +36,10 @@ class StreamingUpload:
         is unknown); otherwise it is passed as is under the client's Content-Length.
     """
 
-    def __init__(self, client: Any, *, chunked: bool) -> None:
+    def __init__(self, client: IPushProducer, *, chunked: bool) -> None:
         self.client = client
         self.chunked = chunked
-        self.upstream: Any = None
+        self.upstream: ITCPConnection | None = None
         #: Told when the last byte has been written to the upstream (see L{connect}).
         self.on_sent: Callable[[], None] | None = None
         self.pending: list[bytes] = []
@@ -79,7 +82,9 @@ class StreamingUpload:
 
     # -- from the upstream side --------------------------------------------------------
 
-    def connect(self, upstream: Any, on_sent: Callable[[], None] | None = None) -> None:
+    def connect(
+        self, upstream: ITCPConnection, on_sent: Callable[[], None] | None = None
+    ) -> None:
         """The request head went out on C{upstream}: send what waited, then stream.
 
         C{on_sent} is called once the whole body has been written, and never if it is

@@ -10,7 +10,7 @@ combines (mypy-zope checks it). Real reactors provide all of them; tests pass
 C{MemoryReactorClock} and the like, which provide the methods the tested path calls.
 
 A TCP connection's transport is the same case: C{ITCPTransport} for the socket, and
-the C{IPushProducer} the reactor's connection also is (flow control pauses it).
+the C{IConsumer} and C{IPushProducer} the reactor's connection also is (flow control).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import cast
 
 from twisted.internet.interfaces import (
+    IConsumer,
     IPushProducer,
     IReactorCore,
     IReactorFDSet,
@@ -63,8 +64,9 @@ class IInstalledReactor(IWorkerReactor, ISupervisorReactor):
     """The process's own reactor, which provides each of the above."""
 
 
-class ITCPConnection(ITCPTransport, IPushProducer):
-    """The transport of a TCP connection: the socket, and the producer of its bytes."""
+class ITCPConnection(ITCPTransport, IConsumer, IPushProducer):
+    """The transport of a TCP connection: the socket, the consumer of what is written
+    to it (a producer streams there) and the producer of what it reads."""
 
 
 def installed_reactor() -> IInstalledReactor:

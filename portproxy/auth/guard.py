@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.web.server import Request
 
@@ -327,7 +328,7 @@ _VERIFIED_CACHE_SIZE = 4096
 
 
 def _threaded_verify(
-    threads: Any, credential: Credential
+    threads: IReactorThreads, credential: Credential
 ) -> Callable[[str], Deferred[bool]]:
     """Check argon2 passwords one at a time in the reactor's thread pool.
 
@@ -361,7 +362,7 @@ def build_authenticator(
     client_address: Callable[[Request], str] = peer_host,
     request_host: Callable[[Request], str] = _host_header,
     allowed_redirect_host: Callable[[str], bool] | None = None,
-    threads: Any = None,
+    threads: IReactorThreads | None = None,
 ) -> Authenticator:
     """Make the authenticator that C{config} asks for.
 

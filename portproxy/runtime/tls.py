@@ -20,7 +20,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PrivateKeyTypes,
+    PublicKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -103,7 +104,7 @@ def _read(path: str, option: str) -> bytes:
         raise TLSError(f"{option}: {path}: cannot read: {e.strerror}") from None
 
 
-def _public(key: Any) -> bytes:
+def _public(key: PublicKeyTypes) -> bytes:
     return bytes(
         key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -288,6 +288,8 @@ class Options(usage.Options):
         raise SystemExit(0)
 
 
+# Any in this module: parsed option values (strings, lists, flags) and the Config
+# fields built from them are heterogeneous; Config's own fields are the typed ones.
 def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     """Validate parsed options into a L{Config}; raise C{UsageError} naming the option."""
     auth = options["auth"]

@@ -27,6 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from portproxy.http.errorpages import write_error
 from portproxy.http.headers import ClientView, forward_websocket_headers
+from portproxy.net.reactor import IClientReactor
 from portproxy.websocket.bridge import Bridge
 from portproxy.websocket.handshake import (
     Target,
@@ -58,7 +59,7 @@ class AutobahnRelay:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IClientReactor,
         *,
         upstream_timeout: float,
         session_cookie: bytes | None,

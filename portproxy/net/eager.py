@@ -18,6 +18,8 @@ from typing import Any
 
 from twisted.internet import tcp
 
+from portproxy.net.internals import has_queued_writes, swap_class
+
 __all__ = ["eager_writer", "send_eagerly"]
 
 
@@ -32,8 +34,7 @@ class _EagerWrites:
         # TLS started on the connection encrypts in write().
         if (
             (producer is not None and not own.streamingProducer)
-            or own.dataBuffer
-            or own._tempDataBuffer
+            or has_queued_writes(own)
             or own.disconnecting
             or not own.connected
             or getattr(own, "TLS", False)
@@ -77,7 +78,7 @@ def send_eagerly(transport: Any) -> bool:
     eager = _EAGER.get(cls)
     if eager is None:
         return False
-    transport.__class__ = eager
+    swap_class(transport, eager)
     return True
 
 

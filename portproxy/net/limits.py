@@ -39,6 +39,8 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from portproxy.net.internals import port_address, queued_write_bytes
+
 __all__ = [
     "FD_RESERVE",
     "ConnectionLimits",
@@ -239,8 +241,7 @@ def unsent_bytes(transport: Any) -> int | None:
         depth += 1
     if transport is None or not hasattr(transport, "dataBuffer"):
         return None
-    queued = len(transport.dataBuffer) - getattr(transport, "offset", 0)
-    queued += getattr(transport, "_tempDataLen", 0)
+    queued = queued_write_bytes(transport)
     try:
         fd = transport.fileno()
         if fd >= 0:
@@ -626,7 +627,7 @@ class ConnectionLimits:
             # IPv6: the numeric host with its scope, as Twisted reports it.
             host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
             addr = (host[0], *addr[1:])
-        protocol = port.factory.buildProtocol(port._buildAddr(addr))
+        protocol = port.factory.buildProtocol(port_address(port, addr))
         if protocol is None:
             skt.close()
             return

@@ -23,7 +23,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -32,6 +32,19 @@ from portproxy.http.errorpages import write_error
 from portproxy.http.headers import ClientView
 from portproxy.http.uploads import StreamingUpload
 from portproxy.net.eager import send_eagerly
+from portproxy.net.internals import (
+    GenericHTTPChannelProtocol,
+    access_log_line,
+    arm_abort_timer,
+    channel_network_producer,
+    channel_request_line,
+    current_channel,
+    is_handling_request,
+    negotiated_protocol,
+    pending_client_bytes,
+    swap_class,
+    unparsed_line_bytes,
+)
 from portproxy.net.limits import ConnectionLimits, address_key, unsent_bytes
 
 __all__ = [
@@ -121,6 +134,8 @@ class ProxyChannel(HTTPChannel):
 
     _limits: ConnectionLimits | None = None
     _phase = _BUSY
+    #: Named after the class, as HTTPChannel's own (private) logger would be.
+    _send_log = Logger()
     #: HTTPChannel's buffer of pipelined bytes last counted, and its size.
     _counted: list[bytes] | None = None
     _counted_size = 0
@@ -154,7 +169,7 @@ class ProxyChannel(HTTPChannel):
         super().dataReceived(data)
 
     def rawDataReceived(self, data: bytes) -> None:
-        if not self._handlingRequest:  # type: ignore[attr-defined]
+        if not is_handling_request(self):
             super().rawDataReceived(data)  # a request body
             return
         # Bytes of later (pipelined) requests, kept until this one is answered.
@@ -162,7 +177,7 @@ class ProxyChannel(HTTPChannel):
         # behind with the response; while it is, its pauseProducing skips the
         # socket (a request is in progress) and every byte piled up here. Pausing
         # the socket is always safe: requestDone and resumeProducing resume it.
-        buffered: list[bytes] = self._dataBuffer  # type: ignore[attr-defined]
+        buffered = pending_client_bytes(self)
         if buffered is not self._counted:
             # HTTPChannel starts a new list for each request (and may have put the
             # rest of a request body in it): count it once, then keep count.
@@ -171,7 +186,7 @@ class ProxyChannel(HTTPChannel):
         buffered.append(data)
         self._counted_size += len(data)
         if self._counted_size >= PIPELINE_BUFFER_LIMIT:
-            self._networkProducer.pauseProducing()  # type: ignore[attr-defined]
+            channel_network_producer(self).pauseProducing()
 
     def allHeadersReceived(self) -> None:
         heading = self._phase == _HEAD
@@ -210,7 +225,9 @@ class ProxyChannel(HTTPChannel):
         self._forget_limits()
         self.persistent = False
         request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-        request.requestReceived(self._command, self._path, self._version)
+        line = channel_request_line(self)
+        assert line is not None  # _route_body read it before asking for this
+        request.requestReceived(*line)
         request.answered_early = True  # the body, if it comes, is dropped
 
     def _send100Continue(self) -> None:
@@ -231,7 +248,7 @@ class ProxyChannel(HTTPChannel):
             return
         if not self.persistent:
             self._phase = _BUSY
-        elif self._buffer or self.requests:  # type: ignore[attr-defined]
+        elif unparsed_line_bytes(self) or self.requests:
             # A pipelined request has started arriving already.
             self._phase = _HEAD
             limits.head_started(self)
@@ -286,8 +303,7 @@ class ProxyChannel(HTTPChannel):
         transport.write(_close_with(b"408 Request Timeout", message))
         self.loseConnection()
         # A client that does not read even the 408 is dropped (as Twisted's timeout does).
-        if self.abortTimeout is not None and self._abortingCall is None:
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        arm_abort_timer(self)
 
     def reclaim(self) -> None:
         """Close this idle kept-alive connection: a new one needs its place."""
@@ -299,7 +315,7 @@ class ProxyChannel(HTTPChannel):
         """The client took no byte of the response for --send-timeout: disconnect."""
         transport: Any = self.transport
         if transport is not None:
-            self._log.info(
+            self._send_log.info(
                 "client {peer} stopped reading: disconnected", peer=str(self.getPeer())
             )
             transport.abortConnection()
@@ -327,7 +343,7 @@ class ProxyChannel(HTTPChannel):
             self._limits.forget(self)
 
 
-class _ChannelProtocol(_GenericHTTPChannelProtocol):  # type: ignore[misc]
+class _ChannelProtocol(GenericHTTPChannelProtocol):  # type: ignore[misc]
     """twisted.web's protocol switcher, with a L{ProxyChannel} for HTTP/1.1.
 
     When ALPN chose HTTP/2, the HTTP/1.1 channel is dropped without being told; it
@@ -335,11 +351,11 @@ class _ChannelProtocol(_GenericHTTPChannelProtocol):  # type: ignore[misc]
     """
 
     def dataReceived(self, data: bytes) -> None:
-        if self._negotiatedProtocol is not None:
-            return self._channel.dataReceived(data)  # type: ignore[no-any-return]
-        channel: Any = self._channel
+        if negotiated_protocol(self) is not None:
+            return current_channel(self).dataReceived(data)  # type: ignore[no-any-return]
+        channel: Any = current_channel(self)
         result = super().dataReceived(data)
-        if self._channel is not channel:
+        if current_channel(self) is not channel:
             channel.leave_http11()
         return result  # type: ignore[no-any-return]
 
@@ -405,7 +421,7 @@ class ProxyRequest(Request):
         # On a connection's first request: cache what never changes, and let
         # responses leave now rather than on the next reactor turn.
         if type(channel) is ProxyChannel and getattr(channel, "transport", None):
-            channel.__class__ = _CachingChannel
+            swap_class(channel, _CachingChannel)
             send_eagerly(channel.transport)
         super().__init__(channel, *args, **kwargs)
 
@@ -476,21 +492,20 @@ class ProxyRequest(Request):
         one is buffered, which lets the request be retried on a fresh connection.
 
         The request line is only handed to the request after the body (in
-        C{requestReceived}); here it is read from the channel's private state, so a
-        Twisted that changes it just loses this (tests/test_uploads.py pins it).
+        C{requestReceived}); here it is read from the channel's private state
+        (L{portproxy.net.internals.channel_request_line}, pinned by a test).
         """
         channel = self.channel
-        command = getattr(channel, "_command", None)
-        path = getattr(channel, "_path", None)
-        version = getattr(channel, "_version", None)
+        line = channel_request_line(channel)
         # An HTTP/2 stream has no socket: the stream itself is paused
         # (portproxy.http.http2).
         transport = getattr(channel, "transport", None) or getattr(
             channel, "upload_client", None
         )
         router = _router(getattr(channel, "site", None))
-        if not (command and path and version and transport and router):
+        if not (line and all(line) and transport and router):
             return False
+        command, path, version = line
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
         gate = router.dispatch(self)
@@ -657,15 +672,18 @@ class ProxySite(Site):
         max_body_size: int | None = None,
         limits: ConnectionLimits | None = None,
     ) -> None:
-        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
+        super().__init__(
+            resource,
+            reactor=reactor,
+            parsePOSTFormSubmission=False,
+            logFormatter=_json_log_formatter if access_log == "json" else None,
+        )
         self.max_body_size = max_body_size
         self.access_log = access_log
         # A Logger stored on the class would name itself after the class, module
         # included; the access log's namespace is pinned so it does not move with it.
         self._access_log = Logger(namespace=ACCESS_LOG_NAMESPACE, source=self)
         self.limits = limits
-        if access_log == "json":
-            self._logFormatter = _json_log_formatter
 
     def close_connections(self, timeout: float) -> Deferred[None]:
         """Wait (at most C{timeout} s) until no client connection has unsent bytes.
@@ -697,7 +715,7 @@ class ProxySite(Site):
     def log(self, request: http.Request) -> None:
         if self.access_log == "off":
             return
-        self._access_log.info("{line}", line=self._logFormatter(self._logDateTime, request))
+        self._access_log.info("{line}", line=access_log_line(self, request))
 
 
 def _json_log_formatter(timestamp: str, request: http.Request) -> str:

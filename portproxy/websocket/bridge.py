@@ -25,6 +25,11 @@ from twisted.web.server import Request
 
 from portproxy.http.upstream import LoopbackEndpoint
 from portproxy.net.eager import eager_writer
+from portproxy.net.internals import (
+    handshake_status_line,
+    pending_client_bytes,
+    take_unparsed_bytes,
+)
 from portproxy.websocket.handshake import Target, refusal_status
 from portproxy.websocket.legs import ClientLeg, UpstreamLeg, UpstreamLegFactory
 
@@ -198,7 +203,7 @@ class Bridge:
             return
         self._cancel_timer()
         # Frames the upstream sent right behind its 101 wait for the client's 101.
-        self.upstream_rest, leg.data = leg.data, b""
+        self.upstream_rest = take_unparsed_bytes(leg)
         answer.callback(leg.websocket_protocol_in_use)
         if self.phase is not Phase.OPEN:
             # Autobahn refused to send the 101 (it logged why): end both legs.
@@ -213,10 +218,10 @@ class Bridge:
         upstream_socket: Any = upstream.transport
         # Bytes a client sent without waiting for its 101, in arrival order: those that
         # came with the request stayed in HTTPChannel's buffer (never replayed there).
-        pipelined = getattr(self.channel, "_dataBuffer", None) or []
-        pending = b"".join([*pipelined, self.client.data, *self.early])
+        channel = self.channel
+        pipelined = pending_client_bytes(channel) if channel is not None else []
+        pending = b"".join([*pipelined, take_unparsed_bytes(self.client), *self.early])
         self.channel = None
-        self.client.data = b""
         self.early = []
         self.client.splice_to = eager_writer(upstream_socket)
         upstream.splice_to = eager_writer(client_socket)
@@ -272,7 +277,7 @@ class Bridge:
         phase = self.phase
         if phase is Phase.WAITING:
             self.upstream = None
-            code, phrase = refusal_status(getattr(leg, "http_status_line", None))
+            code, phrase = refusal_status(handshake_status_line(leg))
             port = self.target.port
             if code == 502:
                 message = f"Port {port} did not accept the WebSocket upgrade"

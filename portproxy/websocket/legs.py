@@ -20,6 +20,7 @@ from autobahn.websocket.types import ConnectingRequest, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from portproxy.net.internals import set_opening_request
 from portproxy.websocket.handshake import Target, error_response, upstream_head
 
 __all__ = [
@@ -165,7 +166,7 @@ class UpstreamLeg(WebSocketClientProtocol):
             data = upstream_head(
                 data, host=target.host, origin=target.origin, headers=target.headers
             )
-            self.http_request_data = data
+            set_opening_request(self, data)
         super().sendData(data, sync, chopsize)
 
     def onOpen(self) -> None:

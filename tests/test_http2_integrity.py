@@ -43,7 +43,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from portproxy.config import Config
-from portproxy.http.http2 import FrameBudget, H2Limits, request_head_refusal
+from portproxy.http.h2rules import FrameBudget, H2Limits, request_head_refusal
 from portproxy.runtime.app import build_instance
 from portproxy.runtime.tlslistener import ServerTLS
 from tests.support import Recorder, get_reactor, listen

@@ -131,7 +131,7 @@ AUTHORITIES = [
 
 @pytest.mark.parametrize("value", AUTHORITIES)
 def test_the_host_checks_of_plain_http_tls_redirect_and_http2_agree(value: bytes) -> None:
-    from portproxy.http.http2 import request_head_refusal
+    from portproxy.http.h2rules import request_head_refusal
     from portproxy.runtime.tls import https_location
 
     try:

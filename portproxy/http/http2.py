@@ -6,225 +6,56 @@ keeps parsing after its own GOAWAY, buffers a whole response for a reader that n
 reads, spools request bodies before anyone checked the sender, forwards any bytes as
 method and target, lets PINGs and trickled header blocks hold a connection forever, and
 counts no cheap frames (docs/upstream-twisted-bugs.rst has each with a reproduction).
-L{HardenedH2Connection} and L{HardenedH2Stream} fix these in subclasses; L{HTTP2Site}
-puts them on a listener (L{portproxy.runtime.tlslistener.ServerTLS.wrap} is the one place).
+L{HardenedH2Connection} and L{HardenedH2Stream} fix these in subclasses;
+L{portproxy.http.h2install.HTTP2Site} puts them on a listener
+(L{portproxy.runtime.tlslistener.ServerTLS.wrap} is the one place).
 
-The rules themselves (L{request_head_refusal}, L{FrameBudget}) are plain code with no
-reactor; the classes only wire them to Twisted.
+The rules themselves (L{portproxy.http.h2rules}: the request-head check, the frame
+budget, the limits) are plain code with no reactor; the classes only wire them to
+Twisted. Twisted's HTTP/2 classes live in a private module: what they rely on of it is
+listed in L{portproxy.net.internals}.
 """
 
 from __future__ import annotations
 
-import re
-from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
-import h2.settings
 import priority
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IProtocol, IProtocolNegotiationFactory
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
-from twisted.web._http2 import H2Connection, H2Stream
-from zope.interface import implementer
 
-from portproxy.routing.hosts import parse_authority
+from portproxy.http.h2rules import (
+    CONTROL_EVENTS,
+    FrameBudget,
+    H2Limits,
+    ServerH2,
+    declared_length,
+    request_head_refusal,
+)
+from portproxy.net.internals import (
+    H2Connection,
+    H2Stream,
+    arm_abort_timer,
+    h2_header_block_pending,
+    h2_reactor,
+    h2_register_stream,
+    h2_socket_full,
+    h2_stream_connection,
+    h2_stream_request,
+    h2_wake_sender,
+    pause_stream_producer,
+)
 
-__all__ = [
-    "FrameBudget",
-    "H2Limits",
-    "HTTP2Site",
-    "HardenedH2Connection",
-    "HardenedH2Stream",
-    "request_head_refusal",
-]
+__all__ = ["HardenedH2Connection", "HardenedH2Stream"]
 
 # The namespace is pinned: log lines (and the docs that quote them) keep the name
 # this module had before the package was split into folders.
 _log = Logger(namespace="portproxy.http2")
-
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-# RFC 9112 origin-form (and the query): visible ASCII only, no spaces or controls.
-_ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*\Z")
-
-
-@dataclass(frozen=True)
-class H2Limits:
-    """The deadlines and frame budget of HTTP/2 connections.
-
-    @ivar header_timeout: seconds a header block may take to arrive in full.
-    @ivar send_timeout: seconds a connection may stay unwritable, or a stream's
-        response stay stuck behind a closed flow-control window.
-    @ivar idle_timeout: seconds a connection with no open stream stays open (PINGs
-        do not count as activity).
-    @ivar frame_budget: control frames (PING, SETTINGS, PRIORITY, empty DATA,
-        unknown types, refused streams) allowed per C{frame_window} seconds before
-        GOAWAY.
-    @ivar max_concurrent_streams: the SETTINGS_MAX_CONCURRENT_STREAMS advertised; a
-        stream beyond it is refused (REFUSED_STREAM), the connection lives on.
-    """
-
-    header_timeout: float = 30.0
-    send_timeout: float = 60.0
-    idle_timeout: float = 60.0
-    frame_budget: int = 1000
-    frame_window: float = 10.0
-    max_concurrent_streams: int = 100
-
-    @classmethod
-    def from_config(cls, config: Any) -> H2Limits:
-        """The limits for a L{portproxy.config.Config}: the HTTP/1.1 deadlines apply."""
-        return cls(
-            header_timeout=getattr(config, "header_timeout", None) or cls.header_timeout,
-            send_timeout=getattr(config, "send_timeout", None) or cls.send_timeout,
-        )
-
-
-def request_head_refusal(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
-    """The status that refuses this request head at the HTTP/2 edge, or C{None}.
-
-    Method and target become the app's HTTP/1.1 request line, so anything that could
-    split or bend it is refused here (400), before any header reaches a resource;
-    CONNECT is not proxied (405). h2 has already checked which pseudo-headers appear.
-    """
-    method = path = authority = None
-    for name, value in headers:
-        if name == b":method":
-            method = value
-        elif name == b":path":
-            path = value
-        elif name == b":authority":
-            authority = value
-    if method is None or not _TOKEN.match(method):
-        return 400
-    if method == b"CONNECT":
-        return 405
-    if path is None or not (
-        _ORIGIN_FORM.match(path) or (path == b"*" and method == b"OPTIONS")
-    ):
-        return 400
-    # RFC 9113 8.3.1: host[:port], no userinfo; by the one parser, so what passes
-    # here is what the request's Host check (portproxy.http.headers) accepts.
-    if authority is not None and parse_authority(authority, blanks=False) is None:
-        return 400
-    return None
-
-
-def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int:
-    """The content-length of a request head, 0 when absent (h2 checked its syntax)."""
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value)
-    return 0
-
-
-class FrameBudget:
-    """Counts frames in a sliding window of C{window} seconds; over C{limit} is abuse.
-
-    Memory is bounded by C{limit}: only the times of the last C{limit + 1} frames are kept.
-    """
-
-    def __init__(self, limit: int, window: float, now: Callable[[], float]) -> None:
-        self.limit = limit
-        self.window = window
-        self.now = now
-        self._times: deque[float] = deque(maxlen=limit + 1)
-
-    def spend(self) -> bool:
-        """Count one frame; C{False} once more than C{limit} fell in the window."""
-        now = self.now()
-        times = self._times
-        times.append(now)
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        return len(times) <= self.limit
-
-
-class _ServerH2(h2.connection.H2Connection):
-    """h2's server connection, with stream errors where RFC 9113 asks for them.
-
-    h2 raises a connection error (GOAWAY, every stream lost) for a HEADERS frame beyond
-    SETTINGS_MAX_CONCURRENT_STREAMS and for DATA that does not match content-length.
-    RFC 9113 5.1.2 and 8.1.1 make both stream errors: here the one stream is reset
-    (REFUSED_STREAM, PROTOCOL_ERROR) and the connection goes on.
-    """
-
-    #: Streams refused since the owner last looked (they count against its budget).
-    refused = 0
-    _admit_over_limit = False
-
-    def __init__(self, config: Any, max_concurrent_streams: int) -> None:
-        super().__init__(config=config)
-        # Advertised in the first SETTINGS frame (initiate_connection sends them all).
-        self.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: (
-                    self.DEFAULT_MAX_HEADER_LIST_SIZE
-                ),
-            },
-        )
-
-    @property
-    def open_inbound_streams(self) -> int:
-        count = int(super().open_inbound_streams)  # also prunes closed streams
-        return 0 if self._admit_over_limit else count
-
-    def _receive_headers_frame(self, frame: Any) -> Any:
-        limit = self.local_settings.max_concurrent_streams
-        if frame.stream_id in self.streams or self.open_inbound_streams < limit:
-            return super()._receive_headers_frame(frame)
-        # The block must still be decoded (the HPACK context is shared), so h2 opens
-        # the stream as usual, and it is reset at once; the request is never seen.
-        self._admit_over_limit = True
-        try:
-            frames, events = super()._receive_headers_frame(frame)
-        finally:
-            self._admit_over_limit = False
-        self.reset_stream(frame.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-        self.refused += 1
-        own = [e for e in events if getattr(e, "stream_id", None) != frame.stream_id]
-        return frames, own
-
-    def _receive_data_frame(self, frame: Any) -> Any:
-        try:
-            return super()._receive_data_frame(frame)
-        except h2.exceptions.InvalidBodyLengthError:
-            pass
-        # More DATA than content-length said, or less of it by END_STREAM.
-        self.reset_stream(frame.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-        # The connection's window was spent on bytes nobody will read: give it back.
-        self.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
-        reset = h2.events.StreamReset(
-            stream_id=frame.stream_id,
-            error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR,
-            remote_reset=False,
-        )
-        return [], [reset]
-
-    def take_refused(self) -> int:
-        """How many streams were refused since the last call."""
-        count, self.refused = self.refused, 0
-        return count
-
-
-# Frames that cost the server work and carry nothing for a request.
-_CONTROL_EVENTS = (
-    h2.events.PingReceived,
-    h2.events.RemoteSettingsChanged,
-    h2.events.PriorityUpdated,
-    h2.events.UnknownFrameReceived,
-)
 
 
 class HardenedH2Stream(H2Stream):
@@ -241,7 +72,8 @@ class HardenedH2Stream(H2Stream):
     within the head deadline, else 408.
     """
 
-    #: Read by ProxyRequest._stream_body like HTTPChannel's own fields.
+    #: The request line, in the fields where HTTPChannel keeps it while the head is
+    #: read (portproxy.net.internals.channel_request_line reads both alike).
     _version = b"HTTP/2"
     _answered_early = False
     _client_ended = False
@@ -255,13 +87,18 @@ class HardenedH2Stream(H2Stream):
         self._head = headers
 
     @property
+    def connection(self) -> HardenedH2Connection:
+        """The connection this stream belongs to."""
+        return h2_stream_connection(self)  # type: ignore[no-any-return]
+
+    @property
     def upload_client(self) -> HardenedH2Stream:
         """What a streamed upload pauses: this stream (it stops granting window)."""
         return self
 
     def start(self) -> None:
         """Hand the head to the request (the stream is registered by now)."""
-        request = self._request
+        request = h2_stream_request(self)
         cookies: list[bytes] = []
         length: int | None = None
         raw = request.requestHeaders
@@ -292,10 +129,10 @@ class HardenedH2Stream(H2Stream):
         # portproxy.web.site.ProxyRequest says whether sign-in and the route let the
         # request through to an app; until then its body is under the head deadline.
         self._admitted = bool(getattr(request, "body_authorized", False))
-        self._conn._report()  # at work for an app, or waiting on the client
+        self.connection._report()  # at work for an app, or waiting on the client
         if not (self._head_ended or self._answered_early or self._admitted):
-            self._body_timer = self._conn.later(
-                self._conn.limits.header_timeout, self._body_too_slow
+            self._body_timer = self.connection.later(
+                self.connection.limits.header_timeout, self._body_too_slow
             )
         expect = raw.getRawHeaders(b"expect")
         if expect and expect[0].lower() == b"100-continue" and not self._answered_early:
@@ -312,7 +149,7 @@ class HardenedH2Stream(H2Stream):
 
     def _body_too_slow(self) -> None:
         self._body_timer = None
-        conn = self._conn
+        conn = self.connection
         if self._client_ended or self._answered_early:
             return
         if conn.streams.get(self.streamID) is not self:
@@ -348,7 +185,7 @@ class HardenedH2Stream(H2Stream):
         if self._answered_early:
             # Dropped: the connection's window is given back (other streams need
             # it), this stream's is not (the client is to stop sending).
-            self._conn.reopen_connection_window(flowControlledLength)
+            self.connection.reopen_connection_window(flowControlledLength)
             return
         super().receiveDataChunk(data, flowControlledLength)
 
@@ -357,16 +194,16 @@ class HardenedH2Stream(H2Stream):
         self._cancel_body_timer()
         if not self._answered_early:
             super().requestComplete()
-        self._conn._report()
+        self.connection._report()
 
     def requestDone(self, request: Any) -> None:
         self._response_done = True
         super().requestDone(request)
-        self._conn._report()  # the rest waits on the client reading the answer
+        self.connection._report()  # the rest waits on the client reading the answer
 
     def trust(self) -> None:
         """A request on this stream was signed in: trust the connection."""
-        self._conn.trust()
+        self.connection.trust()
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_body_timer()
@@ -375,40 +212,38 @@ class HardenedH2Stream(H2Stream):
     # -- sending: the connection's pause reaches every stream ---------------------------
 
     def windowUpdated(self) -> None:
-        if self._conn._consumerBlocked is not None:
+        if h2_socket_full(self.connection):
             return  # the socket is full: stay paused whatever the window says
-        if self._conn.remainingOutboundWindow(self.streamID) > 0:
+        if self.connection.remainingOutboundWindow(self.streamID) > 0:
             self._cancel_stall()
         super().windowUpdated()
 
     def flowControlBlocked(self) -> None:
         super().flowControlBlocked()
-        if self._conn.remainingOutboundWindow(self.streamID) <= 0:
+        if self.connection.remainingOutboundWindow(self.streamID) <= 0:
             # Twisted leaves the stream schedulable and retries it every reactor turn
             # (a busy loop) while the window stays shut; park it until WINDOW_UPDATE.
-            self._conn.priority.block(self.streamID)
+            self.connection.priority.block(self.streamID)
             if self._stall is None:
-                self._stall = self._conn.later(
-                    self._conn.limits.send_timeout, self._stalled
+                self._stall = self.connection.later(
+                    self.connection.limits.send_timeout, self._stalled
                 )
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         super().registerProducer(producer, streaming)
-        if self._conn._consumerBlocked is not None:
+        if h2_socket_full(self.connection):
             self.pause_sending()
 
     def pause_sending(self) -> None:
         """Pause the response's producer (the connection's socket is full)."""
-        if self.producer is not None and self._producerProducing:
-            self._producerProducing = False
-            self.producer.pauseProducing()
+        pause_stream_producer(self)
 
     def _stalled(self) -> None:
         self._stall = None
-        if self._conn._streamIsActive(self.streamID):
+        if self.connection._streamIsActive(self.streamID):
             _log.info("HTTP/2 stream {id}: window shut for too long", id=self.streamID)
             self.connectionLost(Failure(ConnectionLost("send timeout")))
-            self._conn.abortRequest(self.streamID)
+            self.connection.abortRequest(self.streamID)
 
     def _cancel_stall(self) -> None:
         if self._stall is not None:
@@ -430,7 +265,7 @@ class HardenedH2Connection(H2Connection):
 
     def __init__(self, reactor: Any, limits: H2Limits) -> None:
         super().__init__(reactor)
-        self._h2 = _ServerH2(self.conn.config, limits.max_concurrent_streams)
+        self._h2 = ServerH2(self.conn.config, limits.max_concurrent_streams)
         self.conn = self._h2
         self.limits = limits
         self.timeOut = limits.idle_timeout  # type: ignore[assignment]
@@ -448,7 +283,7 @@ class HardenedH2Connection(H2Connection):
 
     def later(self, delay: float, f: Callable[[], object]) -> Any:
         """Schedule C{f} on the connection's reactor (for portproxy's own deadlines)."""
-        return self._reactor.callLater(delay, f)
+        return h2_reactor(self).callLater(delay, f)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -523,7 +358,7 @@ class HardenedH2Connection(H2Connection):
                 return
             if isinstance(event, h2.events.RemoteSettingsChanged):
                 self._preface_in = True  # h2 checked the preface: SETTINGS comes first
-            if isinstance(event, _CONTROL_EVENTS) or (
+            if isinstance(event, CONTROL_EVENTS) or (
                 isinstance(event, h2.events.DataReceived)
                 and not event.data
                 and event.stream_ended is None
@@ -552,9 +387,7 @@ class HardenedH2Connection(H2Connection):
 
     def _watch_head(self) -> None:
         """Start the head deadline while a header block is incomplete, stop it after."""
-        # h2 keeps HEADERS and CONTINUATION frames here until END_HEADERS.
-        pending = getattr(self.conn.incoming_buffer, "_headers_buffer", None)
-        if pending:
+        if h2_header_block_pending(self.conn):
             if self._head_timer is None:
                 self._head_timer = self.later(
                     self.limits.header_timeout, self._head_too_slow
@@ -572,7 +405,7 @@ class HardenedH2Connection(H2Connection):
         if status is not None:
             self._refuse(event.stream_id, status, ended=event.stream_ended is not None)
             return
-        if event.stream_ended is not None and _declared_length(event.headers):
+        if event.stream_ended is not None and declared_length(event.headers):
             # RFC 9113 8.1.1: content-length must match the DATA, and none can follow.
             self.conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             self._tryToWriteControlData()
@@ -585,9 +418,7 @@ class HardenedH2Connection(H2Connection):
             self.site,
             self.factory,
         )
-        self.streams[event.stream_id] = stream
-        self._streamCleanupCallbacks[event.stream_id] = Deferred()
-        self._outboundStreamQueues[event.stream_id] = deque()
+        h2_register_stream(self, event.stream_id, stream)
         try:
             self.priority.insert_stream(event.stream_id)
         except priority.DuplicateStreamError:
@@ -664,7 +495,7 @@ class HardenedH2Connection(H2Connection):
             if not self._budget.spend():
                 self._shut(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "reset flood")
         elif not event.remote_reset:
-            # Reset by us (a malformed body, see _ServerH2): not the client's flood.
+            # Reset by us (a malformed body, see ServerH2): not the client's flood.
             stream = self.streams[event.stream_id]
             stream.connectionLost(Failure(ConnectionLost("malformed request body")))
             self._requestDone(event.stream_id)
@@ -689,9 +520,7 @@ class HardenedH2Connection(H2Connection):
     def _handleWindowUpdate(self, event: Any) -> None:
         super()._handleWindowUpdate(event)
         # Streams parked on a shut window are schedulable again: wake the sender.
-        if self._sendingDeferred is not None and self._consumerBlocked is None:
-            d, self._sendingDeferred = self._sendingDeferred, None
-            d.callback(None)
+        h2_wake_sender(self)
 
     # -- writing: the socket's pause reaches every stream ------------------------------
 
@@ -706,7 +535,7 @@ class HardenedH2Connection(H2Connection):
         self._cancel("_send_timer")
         super().resumeProducing()
         for stream in list(self.streams.values()):
-            if self._consumerBlocked is not None:
+            if h2_socket_full(self):
                 break
             stream.windowUpdated()
 
@@ -759,8 +588,7 @@ class HardenedH2Connection(H2Connection):
         lower = getattr(transport, "transport", None)
         if lower is not None:
             lower.loseConnection()  # the client's close_notify will not be read
-        if self.abortTimeout is not None and self._abortingCall is None:
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        arm_abort_timer(self)
         self.connectionLost(Failure(ConnectionLost(why)), _cancelTimeouts=False)
 
     def connectionLost(  # type: ignore[override]
@@ -781,84 +609,3 @@ class HardenedH2Connection(H2Connection):
             if timer.active():
                 timer.cancel()
             setattr(self, name, None)
-
-
-class _HardenedSwitch(proxyForInterface(IProtocol, "inner")):  # type: ignore[misc]
-    """The site's own protocol, with L{HardenedH2Connection} put in after ALPN h2.
-
-    twisted.web's generic channel would build a stock C{H2Connection} on its first
-    bytes; this makes the same switch a moment earlier, with portproxy's class, and then
-    hands everything to the site's protocol (which sees HTTP/2 already chosen).
-    """
-
-    def __init__(self, inner: Any, limits: H2Limits, reactor: Any) -> None:
-        self.inner = inner
-        self.limits = limits
-        self.reactor = reactor
-        self._chosen = False
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self._chosen:
-            self._chosen = True
-            self._choose()
-        self.inner.dataReceived(data)
-
-    def _choose(self) -> None:
-        generic = self.inner
-        if getattr(generic, "_negotiatedProtocol", True) is not None:
-            return  # not twisted.web's generic channel, or already decided
-        old = generic._channel
-        transport = old.transport
-        if getattr(transport, "negotiatedProtocol", None) != b"h2":
-            return
-        # The HTTP/1.1 channel steps aside as in twisted.web's own switch.
-        network = old._networkProducer
-        network.unregisterProducer()
-        old.setTimeout(None)
-        connection_limits = getattr(old, "_limits", None)
-        leave = getattr(old, "leave_http11", None)  # portproxy.web.site's head deadline
-        if leave is not None:
-            leave()
-        h2conn: Any = HardenedH2Connection(self.reactor, self.limits)
-        h2conn.connection_limits = connection_limits
-        h2conn.requestFactory = generic._requestFactory
-        h2conn.site = generic._site
-        h2conn.factory = generic._factory
-        h2conn.callLater = generic._callLater or self.reactor.callLater
-        generic._channel = h2conn
-        generic._negotiatedProtocol = b"h2"
-        h2conn.makeConnection(transport)
-        network.registerProducer(h2conn, True)
-
-
-@implementer(IProtocolNegotiationFactory)
-class HTTP2Site(Factory):
-    """Wraps a twisted.web C{Site} so that HTTP/2 connections use the hardened classes.
-
-    HTTP/1.1 connections are exactly the site's own; ALPN offers what the site does.
-    """
-
-    noisy = False
-
-    def __init__(self, site: Any, limits: H2Limits, *, reactor: Any) -> None:
-        self.site = site
-        self.limits = limits
-        self.reactor = reactor
-
-    def doStart(self) -> None:
-        self.site.doStart()
-
-    def doStop(self) -> None:
-        self.site.doStop()
-
-    def acceptableProtocols(self) -> list[bytes]:
-        return list(self.site.acceptableProtocols())
-
-    def logPrefix(self) -> str:
-        return str(self.site.logPrefix())
-
-    def buildProtocol(self, addr: Any) -> Any:
-        inner = self.site.buildProtocol(addr)
-        if inner is None:
-            return None
-        return _HardenedSwitch(inner, self.limits, self.reactor)

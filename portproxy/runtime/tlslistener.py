@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from twisted.internet.ssl import CertificateOptions
 
     from portproxy.config import Config
-    from portproxy.http.http2 import H2Limits
+    from portproxy.http.h2rules import H2Limits
 
 __all__ = [
     "SNIFF_TIMEOUT",
@@ -279,7 +279,7 @@ class ServerTLS:
         self.redirect = redirect
         self.log = log
         self.now = now
-        #: L{portproxy.http.http2.H2Limits} for HTTP/2 connections, or the Config to take
+        #: L{portproxy.http.h2rules.H2Limits} for HTTP/2 connections, or the Config to take
         #: them from (C{--header-timeout}, C{--send-timeout}); defaults when C{None}.
         self.http2_limits = http2_limits
         #: The process's connection limits: the first-byte wait is part of the head.
@@ -330,7 +330,8 @@ class ServerTLS:
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         if http2_available():
-            from portproxy.http.http2 import H2Limits, HTTP2Site
+            from portproxy.http.h2install import HTTP2Site
+            from portproxy.http.h2rules import H2Limits
 
             limits = self.http2_limits
             if not isinstance(limits, H2Limits):

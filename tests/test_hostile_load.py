@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from portproxy.net.limits import FD_RESERVE
+from portproxy.net.policy import FD_RESERVE
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

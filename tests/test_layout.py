@@ -28,6 +28,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "portproxy"
 PURE_FOLDERS = ("routing",)
 PURE_MODULES = (
     "portproxy.config",
+    "portproxy.net.policy",
     "portproxy.http.wire",
     "portproxy.http.response_reader",
     "portproxy.http.headers",
@@ -35,6 +36,7 @@ PURE_MODULES = (
     "portproxy.http.cookies",
     "portproxy.http.setcookie",
     "portproxy.http.errorpages",
+    "portproxy.http.h2rules",
     "portproxy.websocket.origin",
     "portproxy.auth.sessions",
     "portproxy.auth.ratelimit",
@@ -234,6 +236,7 @@ LOG_NAMESPACES = [
     ("portproxy.runtime.supervisor", "portproxy.workers"),
     ("portproxy.runtime.worker", "portproxy.worker"),
     ("portproxy.net.limits", "portproxy.limits"),
+    ("portproxy.net.accept", "portproxy.limits"),
     ("portproxy.http.engine", "portproxy.engine"),
     ("portproxy.http.http2", "portproxy.http2"),
 ]

@@ -25,13 +25,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from portproxy.net.limits import (
-    FD_RESERVE,
-    ConnectionLimits,
-    address_key,
-    plan_fd_limit,
-    with_backlog,
-)
+from portproxy.net.limits import ConnectionLimits
+from portproxy.net.policy import FD_RESERVE, address_key, plan_fd_limit, with_backlog
 from tests.support import get, get_reactor, parse_response, raw_request
 
 KiB = 1024

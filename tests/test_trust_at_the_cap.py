@@ -28,7 +28,8 @@ from h2.settings import SettingCodes
 from hyperframe.frame import WindowUpdateFrame
 from twisted.internet.task import Clock
 
-from portproxy.net.limits import HEAD_GRACE, IDLE_RECLAIM_AFTER, ConnectionLimits
+from portproxy.net.limits import IDLE_RECLAIM_AFTER, ConnectionLimits
+from portproxy.net.policy import HEAD_GRACE
 from tests.test_hostile_load import (
     PASSWORD,
     Proxy,

@@ -12,13 +12,13 @@ import json
 
 import pytest_twisted
 
-from portproxy.net.limits import FD_RESERVE
+from portproxy.net.policy import FD_RESERVE
 from tests.support import parse_response
 from tests.test_limits import Hold, closed_within, connect, sleep
 
 
 def test_upstream_budget_leaves_the_client_connections_their_descriptors() -> None:
-    from portproxy.net.limits import upstream_budget
+    from portproxy.net.policy import upstream_budget
 
     assert upstream_budget(4096, max_connections=1000) == 4096 - 1000 - FD_RESERVE
     assert upstream_budget(-1, max_connections=1000) is None  # unlimited

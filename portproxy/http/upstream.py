@@ -330,7 +330,7 @@ class UpstreamPool:
     At most C{max_open} upstream connections (active, idle and connecting, WebSocket
     legs included through L{acquire_slot}) are open at once, so that client
     connections always keep their file descriptors
-    (L{portproxy.net.limits.upstream_budget}); at the budget idle ones are closed first,
+    (L{portproxy.net.policy.upstream_budget}); at the budget idle ones are closed first,
     then a new one is refused
     (L{TooManyUpstreams}). C{None}: no budget.
     """

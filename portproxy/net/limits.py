@@ -19,191 +19,58 @@
  - upstream connections have a budget of their own (L{upstream_budget}), so that the
    client connections always keep their descriptors.
 
-L{plan_fd_limit}, L{upstream_budget}, L{address_key} and L{shared_address} are plain
-functions. L{ConnectionLimits} is the one object per process that the HTTP channels
-(L{portproxy.web.site}, L{portproxy.http.http2}) report to and that accepts on the listening
-ports; it only needs a clock.
+The numbers and address rules are plain functions (L{portproxy.net.policy}); the accept
+loop is L{portproxy.net.accept}. L{ConnectionLimits} is the one object per process that
+the HTTP channels (L{portproxy.web.site}, L{portproxy.http.http2}) report to and that
+accepts on the listening ports; it only needs a clock.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import ipaddress
-import re
-import socket
 import termios
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from portproxy.net.internals import port_address, queued_write_bytes
+from portproxy.net.accept import ACCEPT_BACKOFF, PortAcceptor
+from portproxy.net.internals import queued_write_bytes
+from portproxy.net.policy import (
+    Network,
+    address_key,
+    head_grace,
+    plan_fd_limit,
+    shared_address,
+    upstream_budget,
+)
 
 __all__ = [
-    "FD_RESERVE",
+    "FULL_RECHECK",
+    "IDLE_RECLAIM_AFTER",
+    "MAX_LEAVING",
+    "RECLAIM_SCAN",
     "ConnectionLimits",
-    "FdPlan",
     "Limited",
-    "address_key",
     "current_upstream_budget",
     "fit_fd_limit",
-    "head_grace",
-    "plan_fd_limit",
-    "shared_address",
     "unsent_bytes",
-    "upstream_budget",
-    "with_backlog",
 ]
 
-#: File descriptors kept aside for everything that is not a client connection and its
-#: upstream: listening sockets, the reactor, logs, pipes, idle pooled connections.
-FD_RESERVE = 64
-#: Each client connection, plus room for one upstream connection per client connection
-#: (HTTP/2 streams may hold more: upstream connections have their own budget, see
-#: L{upstream_budget}).
-FDS_PER_CONNECTION = 2
-#: Seconds accepting pauses after accept() ran out of file descriptors.
-ACCEPT_BACKOFF = 0.5
-#: Connections accepted per readiness event at most (the reactor gets a turn after).
-ACCEPT_BATCH = 100
 #: How many of the oldest head-phase connections are looked at to make room.
 RECLAIM_SCAN = 256
 #: A trusted kept-alive connection unused for this long may be closed to make room at
 #: the cap (an untrusted one may be closed at once).
 IDLE_RECLAIM_AFTER = 5.0
-#: A request head younger than this (at most a quarter of --header-timeout, see
-#: L{head_grace}) is never closed to make room: a distant client, or one just through
-#: a TLS handshake, has this long to send its head even while connections churn.
-HEAD_GRACE = 1.0
 #: While at the cap with clients waiting, how often to look for room again.
 FULL_RECHECK = 1.0
 #: Connections closed to make room whose socket is not closed yet, at most (each still
-#: holds a descriptor: they come out of L{FD_RESERVE}).
+#: holds a descriptor: they come out of portproxy.net.policy.FD_RESERVE).
 MAX_LEAVING = 32
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_OUT_OF_FILES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-_TRY_NEXT = frozenset((errno.ECONNABORTED, errno.EPERM, errno.EINTR, errno.EPROTO))
-_NO_MORE = frozenset((errno.EAGAIN, errno.EWOULDBLOCK))
 
 # The namespace is pinned: log lines (and the docs that quote them) keep the name
 # this module had before the package was split into folders.
 _log = Logger(namespace="portproxy.limits")
-
-
-# -- pure parts -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FdPlan:
-    """What to do with C{RLIMIT_NOFILE} for a connection cap."""
-
-    #: The soft limit to set (the current one when it already fits).
-    soft: int
-    #: The cap to use: the one asked for, or as many as the hard limit allows.
-    max_connections: int
-    #: File descriptors the asked-for cap needs.
-    needed: int
-
-    @property
-    def fits(self) -> bool:
-        return self.soft >= self.needed
-
-
-def plan_fd_limit(max_connections: int, soft: int, hard: int) -> FdPlan:
-    """Fit C{max_connections} into the file limit, raising the soft limit if needed.
-
-    C{soft} and C{hard} are C{getrlimit} values; a negative one means unlimited
-    (C{RLIM_INFINITY}). Each connection counts for L{FDS_PER_CONNECTION} descriptors
-    plus L{FD_RESERVE} for the rest of the process.
-    """
-    needed = max_connections * FDS_PER_CONNECTION + FD_RESERVE
-    if soft < 0 or needed <= soft:
-        return FdPlan(soft, max_connections, needed)
-    if hard < 0 or needed <= hard:
-        return FdPlan(needed, max_connections, needed)
-    cap = max(1, (hard - FD_RESERVE) // FDS_PER_CONNECTION)
-    return FdPlan(hard, min(cap, max_connections), needed)
-
-
-def head_grace(header_timeout: float) -> float:
-    """How long a new request head is safe from being closed to make room.
-
-    L{HEAD_GRACE}, or a quarter of C{header_timeout} when that is shorter, so that the
-    head deadline itself still ends a slow head long before a grace would.
-    """
-    return min(HEAD_GRACE, header_timeout / 4)
-
-
-def upstream_budget(soft: int, *, max_connections: int) -> int | None:
-    """How many upstream connections (active and idle) may be open at once.
-
-    What the file limit C{soft} leaves once every client connection has its descriptor
-    and L{FD_RESERVE} is kept aside; C{None} when the limit is unlimited. An HTTP/2
-    connection holds an upstream per stream, so "one upstream per client" cannot be
-    assumed; with the planned limit (L{plan_fd_limit}) the budget is still at least one
-    upstream per client connection.
-    """
-    if soft < 0:
-        return None
-    return max(1, soft - max_connections - FD_RESERVE)
-
-
-#: Listen queue for endpoints that do not name one (Twisted's default is 50): where
-#: clients wait while portproxy is at --max-connections. The kernel may cap it
-#: (net.core.somaxconn).
-DEFAULT_BACKLOG = 1024
-_BACKLOG_TYPES = frozenset(("tcp", "tcp6", "ssl", "unix"))
-
-
-def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
-    """C{description} with C{:backlog=N} added when it is a listening socket without one.
-
-    Endpoint strings separate fields with unescaped colons (C{\\:} is a literal one).
-    """
-    kind = description.split(":", 1)[0].strip().lower()
-    if kind not in _BACKLOG_TYPES or description.endswith("\\"):
-        return description
-    fields = re.split(r"(?<!\\):", description)
-    if any(f.strip().lower().startswith("backlog=") for f in fields[1:]):
-        return description
-    return f"{description}:backlog={backlog}"
-
-
-def address_key(host: str) -> str:
-    """The group a client address counts in: itself, or its /64 for IPv6.
-
-    One IPv6 user usually holds a whole /64, so it counts as one address.
-    """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return host
-
-
-def shared_address(key: str, trusted: Iterable[Network]) -> bool:
-    """Whether the address group C{key} may stand for many users.
-
-    A C{--trusted-proxies} peer (a front proxy) and anything that is not an IP address
-    (a UNIX socket) carry every user's connections, so holding several of them says
-    nothing about an attacker.
-    """
-    try:
-        network = ipaddress.ip_network(key, strict=False)
-    except ValueError:
-        return True
-    return any(
-        network.version == t.version and network.overlaps(t)  # type: ignore[arg-type]
-        for t in trusted
-    )
 
 
 # -- what the limits need from a connection ---------------------------------------------
@@ -295,7 +162,7 @@ def current_upstream_budget(max_connections: int) -> int | None:
 # -- the shell ------------------------------------------------------------------------
 
 
-class ConnectionLimits:
+class ConnectionLimits(PortAcceptor):
     """Head deadlines, send timeouts and the connection cap of one process.
 
     Connections report their phase: L{head_started} / L{head_done} around each request
@@ -304,7 +171,8 @@ class ConnectionLimits:
     when they close. HTTP/2 connections report L{h2_idle} / L{h2_busy}. A connection
     on which a request was signed in reports L{trusted} (L{h2_trusted}). Each kind is
     an insertion-ordered dict, so the oldest entry is the first: one timer serves all
-    head deadlines.
+    head deadlines. It accepts on the listening ports it L{watch}es
+    (L{portproxy.net.accept.PortAcceptor}) and decides who makes room at the cap.
 
     @param trusted_proxies: the C{--trusted-proxies} networks: their connections are
         never preferred for eviction because of how many they hold (L{shared_address}).
@@ -322,13 +190,9 @@ class ConnectionLimits:
         trusted_proxies: Iterable[Network] = (),
         trust_all: bool = False,
     ) -> None:
-        self.clock = clock
-        self.max_connections = max_connections
+        super().__init__(clock, max_connections=max_connections, backoff=backoff)
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
-        self.backoff = backoff
-        #: Client connections open now (accepted by L{watch}ed ports).
-        self.open = 0
         self._heads: dict[Limited, float] = {}
         self._head_keys: dict[str, int] = {}
         self._head_timer: Any = None
@@ -343,15 +207,8 @@ class ConnectionLimits:
         self._signed_in: set[Limited] = set()
         self._sending: dict[Limited, list[Any]] = {}
         self._send_timer: Any = None
-        self._ports: list[Any] = []
-        self._paused = False
-        self._retry: Any = None
-        self._out_of_files_logged = False
-        self._classes: dict[type, type] = {}
         self._trusted = tuple(trusted_proxies)
         self._shared: dict[str, bool] = {}
-        #: Socket transports of connections closed to make room, until they are gone.
-        self._leaving: set[Any] = set()
         self._h2: dict[Any, _H2Watch] = {}
         self._h2_sockets: dict[Any, _H2Watch] = {}
 
@@ -492,6 +349,10 @@ class ConnectionLimits:
                 self._h2_sockets[socket_transport] = watch
         return watch
 
+    def _connection_closed(self, transport: Any) -> None:
+        if self._h2_sockets:
+            self._h2_gone(transport)
+
     def _h2_gone(self, transport: Any) -> None:
         watch = self._h2_sockets.pop(transport, None)
         if watch is not None:
@@ -550,113 +411,7 @@ class ConnectionLimits:
         self._signed_in.discard(connection)
         self.send_resumed(connection)
 
-    # -- accepting ------------------------------------------------------------------------
-
-    def watch(self, port: Any) -> bool:
-        """Accept on C{port} from now on: count its connections, pause at the cap.
-
-        C{port} is a Twisted socket port (TCP, UNIX, adopted); anything else is left
-        alone (C{False}). Twisted's own accept loop is replaced because on EMFILE it
-        either closes the waiting connections (its reserve descriptor) or returns with
-        the socket still readable, which a level-triggered reactor reports again at
-        once: a busy loop.
-        """
-        if not all(hasattr(port, a) for a in ("socket", "transport", "factory")):
-            return False
-        self._ports.append(port)
-        port.doRead = lambda: self._accept(port)
-        return True
-
-    def unwatch(self, port: Any) -> None:
-        """C{port} stops listening: never resume it."""
-        if port in self._ports:
-            self._ports.remove(port)
-        if not self._ports and self._retry is not None:
-            if self._retry.active():
-                self._retry.cancel()
-            self._retry = None
-
-    def closed(self, transport: Any = None) -> None:
-        """A counted connection (its socket C{transport}) closed: a place is free."""
-        self.open -= 1
-        left = transport in self._leaving
-        if left:
-            # One closed to make room is gone: more may be closed for those waiting.
-            self._leaving.discard(transport)
-        if self._h2_sockets:
-            self._h2_gone(transport)
-        if self._paused and (left or self._holding() < self.max_connections):
-            self._resume()
-
-    def _holding(self) -> int:
-        """Connections that count against the cap: open and not on their way out."""
-        return self.open - len(self._leaving)
-
-    def _accept(self, port: Any) -> None:
-        for _ in range(ACCEPT_BATCH):
-            victim: Limited | None = None
-            if self._holding() >= self.max_connections:
-                # Someone waits in the listen queue: a connection that can give its
-                # place up does so once the newcomer is accepted; else look again
-                # later (a kept-alive connection may have become unused).
-                victim = self._room_candidate()
-                if victim is None:
-                    self._pause(self._recheck_after())
-                    return
-            try:
-                skt, addr = port.socket.accept()
-            except OSError as e:
-                if e.errno in _NO_MORE:
-                    return
-                if e.errno in _TRY_NEXT:
-                    continue
-                if e.errno in _OUT_OF_FILES:
-                    self._out_of_files(e)
-                    return
-                _log.failure("accept() failed on {port}", port=port)
-                return
-            if victim is not None:
-                self._evict(victim)
-            try:
-                self._start(port, skt, addr)
-            except Exception:
-                _log.failure("could not start a connection from {addr}", addr=addr)
-
-    def _start(self, port: Any, skt: socket.socket, addr: Any) -> None:
-        if isinstance(addr, tuple) and len(addr) == 4:
-            # IPv6: the numeric host with its scope, as Twisted reports it.
-            host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
-            addr = (host[0], *addr[1:])
-        protocol = port.factory.buildProtocol(port_address(port, addr))
-        if protocol is None:
-            skt.close()
-            return
-        session = port.sessionno
-        port.sessionno = session + 1
-        transport = self._counted(port.transport)(
-            skt, protocol, addr, port, session, port.reactor
-        )
-        self.open += 1
-        self._out_of_files_logged = False
-        protocol.makeConnection(transport)
-
-    def _counted(self, base: type) -> type:
-        """C{base} (the port's transport class), telling us when it closes."""
-        cls = self._classes.get(base)
-        if cls is None:
-            limits = self
-
-            def connectionLost(self: Any, reason: Any) -> None:
-                try:
-                    base.connectionLost(self, reason)  # type: ignore[attr-defined]
-                finally:
-                    limits.closed(self)
-
-            cls = type(
-                "Counted" + base.__name__, (base,), {"connectionLost": connectionLost}
-            )
-            self._classes[base] = cls
-        return cls
+    # -- making room at the cap (portproxy.net.accept asks) ------------------------------
 
     def _make_room(self) -> bool:
         """Close one connection that can give its place up; C{False} if none can."""
@@ -726,54 +481,6 @@ class ConnectionLimits:
         else:
             self.idle_ended(connection)
             connection.reclaim()
-
-    def _socket_of(self, connection: Any) -> Any:
-        """The counted socket transport under C{connection} (through TLS), or C{None}."""
-        counted = tuple(self._classes.values())
-        transport = getattr(connection, "transport", None)
-        for _ in range(4):
-            if transport is None or isinstance(transport, counted):
-                return transport
-            transport = getattr(transport, "transport", None)
-        return None
-
-    def _out_of_files(self, error: OSError) -> None:
-        if not self._out_of_files_logged:
-            self._out_of_files_logged = True
-            _log.warn(
-                "out of file descriptors ({error}) with {open} connections open: "
-                "accepting again as connections close (see --max-connections)",
-                error=errno.errorcode.get(error.errno or 0, str(error)),
-                open=self.open,
-            )
-        self._pause(self.backoff)
-
-    def _retry_accept(self) -> None:
-        self._retry = None
-        self._resume()
-
-    def _pause(self, retry_after: float) -> None:
-        """Stop accepting; try again after C{retry_after} s or when a connection closes."""
-        if not self._paused:
-            self._paused = True
-            for port in self._ports:
-                port.stopReading()
-        if self._retry is None:
-            self._retry = self.clock.callLater(retry_after, self._retry_accept)
-
-    def _resume(self) -> None:
-        if self._retry is not None:
-            if self._retry.active():
-                self._retry.cancel()
-            self._retry = None
-        if not self._paused:
-            return
-        self._paused = False
-        for port in self._ports:
-            if getattr(port, "connected", True) and not getattr(
-                port, "disconnecting", False
-            ):
-                port.startReading()
 
 
 class _H2Watch:

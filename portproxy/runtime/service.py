@@ -66,7 +66,7 @@ class ListeningService(Service):
 
     def endpoint(self) -> IStreamServerEndpoint:
         """The server endpoint to listen on (a worker adopts an inherited one)."""
-        from portproxy.net.limits import with_backlog
+        from portproxy.net.policy import with_backlog
 
         # A longer listen queue than Twisted's 50: clients wait there at the cap.
         return serverFromString(self.reactor, with_backlog(self.description))

@@ -174,7 +174,7 @@ def bind_shared(
     """Bind every endpoint now; raise L{StartupError} (one line) if one cannot be."""
     from twisted.internet.endpoints import serverFromString
 
-    from portproxy.net.limits import with_backlog
+    from portproxy.net.policy import with_backlog
 
     bound: list[SharedListener] = []
     idle = ServerFactory.forProtocol(Protocol)

@@ -32,7 +32,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from portproxy.net.limits import ConnectionLimits, address_key
+from portproxy.net.limits import ConnectionLimits
+from portproxy.net.policy import address_key
 from portproxy.net.reactor import IInstanceReactor
 from portproxy.runtime.tls import (
     SELF_SIGNED_CERT_FILE,
@@ -138,7 +139,7 @@ class _Sniff(Protocol):
         self.inner: IProtocol | None = None
         self.timer: IDelayedCall | None = None
         self.limits: ConnectionLimits | None = None
-        #: The client's address group (L{portproxy.net.limits.address_key}).
+        #: The client's address group (L{portproxy.net.policy.address_key}).
         self.limit_key = address_key(str(getattr(addr, "host", None) or addr))
 
     def connectionMade(self) -> None:

@@ -45,7 +45,8 @@ from portproxy.net.internals import (
     swap_class,
     unparsed_line_bytes,
 )
-from portproxy.net.limits import ConnectionLimits, address_key, unsent_bytes
+from portproxy.net.limits import ConnectionLimits, unsent_bytes
+from portproxy.net.policy import address_key
 
 __all__ = [
     "ACCESS_LOG_NAMESPACE",

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import ITransport
 
 from portproxy.net.internals import has_queued_writes, swap_class
 
@@ -27,6 +28,7 @@ class _EagerWrites:
     """C{write}/C{writeSequence} that try C{send()} first (mixed into tcp classes)."""
 
     def write(self, data: bytes) -> None:
+        # Any: a mixin; what it reads is the tcp.Connection's it is mixed into.
         own: Any = self
         producer = own.producer
         # Anything already queued must go first; a closing transport handles itself;
@@ -66,7 +68,7 @@ class _EagerClient(_EagerWrites, tcp.Client):
 _EAGER = {tcp.Server: _EagerServer, tcp.Client: _EagerClient}
 
 
-def send_eagerly(transport: Any) -> bool:
+def send_eagerly(transport: object) -> bool:
     """Make C{transport} send at once when it can; C{False} if it cannot be made to.
 
     Only Twisted's plain TCP transports are changed: TLS and other wrapped transports
@@ -82,7 +84,7 @@ def send_eagerly(transport: Any) -> bool:
     return True
 
 
-def eager_writer(transport: Any) -> Callable[[bytes], None]:
+def eager_writer(transport: ITransport) -> Callable[[bytes], None]:
     """C{transport.write}, made eager where possible."""
     send_eagerly(transport)
-    return transport.write  # type: ignore[no-any-return]
+    return transport.write

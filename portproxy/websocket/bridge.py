@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import socket
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProtocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from portproxy.http.upstream import LoopbackEndpoint
@@ -30,6 +31,7 @@ from portproxy.net.internals import (
     pending_client_bytes,
     take_unparsed_bytes,
 )
+from portproxy.net.reactor import IClientReactor, ITCPConnection
 from portproxy.websocket.handshake import Target, refusal_status
 from portproxy.websocket.legs import ClientLeg, UpstreamLeg, UpstreamLegFactory
 
@@ -67,9 +69,11 @@ class _Slots(Protocol):
 class _Relay(Protocol):
     """What a bridge needs from the relay that made it."""
 
-    reactor: Any
+    reactor: IClientReactor
     upstream_timeout: float
-    upstream_slots: _Slots | None
+
+    @property
+    def upstream_slots(self) -> _Slots | None: ...
 
 
 class Phase(Enum):
@@ -82,6 +86,7 @@ class Phase(Enum):
     DONE = "done"
 
 
+# Any: a TCP transport or TLS wrappers around one; one without a socket is skipped.
 def _keepalive(transport: Any) -> None:
     """Detect a vanished peer: L{KEEPALIVE} and L{USER_TIMEOUT}, where the OS has them."""
     while isinstance(transport, ProtocolWrapper):
@@ -117,13 +122,13 @@ class Bridge:
     ) -> None:
         self.relay = relay
         self.request: Request | None = request
-        self.channel: Any = request.channel
+        self.channel: HTTPChannel | None = request.channel
         self.target = target
         self.client = client
         self.upstream: UpstreamLeg | None = None
         self.phase = Phase.IDLE
-        self.answer: Deferred[Any] | None = None
-        self.connecting: Deferred[Any] | None = None
+        self.answer: Deferred[str | None] | None = None
+        self.connecting: Deferred[IProtocol] | None = None
         self.timer: IDelayedCall | None = None
         self.early: list[bytes] = []
         self.early_size = 0
@@ -138,7 +143,7 @@ class Bridge:
 
     # -- the handshakes ------------------------------------------------------------
 
-    def ask_upstream(self, protocols: list[str]) -> Deferred[Any]:
+    def ask_upstream(self, protocols: list[str]) -> Deferred[str | None]:
         """Open the upstream leg; the result is the client leg's C{onConnect} answer."""
         relay = self.relay
         self.phase = Phase.WAITING
@@ -163,7 +168,7 @@ class Bridge:
         connecting.addCallbacks(self._connected, self._connect_failed)
         return self.answer
 
-    def _connected(self, protocol: Any) -> None:
+    def _connected(self, protocol: IProtocol) -> None:
         self.connecting = None
 
     def _connect_failed(self, failure: Failure) -> None:
@@ -214,8 +219,9 @@ class Bridge:
         """The client has its 101: splice the two sockets, in order, with backpressure."""
         upstream = self.upstream
         assert upstream is not None
-        client_socket: Any = self.client.transport
-        upstream_socket: Any = upstream.transport
+        # Both legs are connected by now (their 101s came through them).
+        client_socket = cast(ITCPConnection, self.client.transport)
+        upstream_socket = cast(ITCPConnection, upstream.transport)
         # Bytes a client sent without waiting for its 101, in arrival order: those that
         # came with the request stayed in HTTPChannel's buffer (never replayed there).
         channel = self.channel
@@ -289,7 +295,7 @@ class Bridge:
         elif phase is Phase.CLOSING:
             self._finished()
 
-    def _one_leg_ended(self, other: Any) -> None:
+    def _one_leg_ended(self, other: ClientLeg | UpstreamLeg | None) -> None:
         self.phase = Phase.CLOSING
         transport = other.transport if other is not None else None
         if transport is None:
@@ -316,7 +322,9 @@ class Bridge:
         connecting, self.connecting = self.connecting, None
         if connecting is not None:
             connecting.cancel()
-        transport: Any = self.upstream.transport if self.upstream is not None else None
+        transport: ITCPConnection | None = (
+            self.upstream.transport if self.upstream is not None else None
+        )
         if transport is not None:
             transport.abortConnection()
 

@@ -8,6 +8,7 @@ then both copy received bytes to the other socket (see L{portproxy.websocket.bri
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 from autobahn.twisted.websocket import (
@@ -16,11 +17,14 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.types import ConnectingRequest, ConnectionRequest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 
 from portproxy.net.internals import set_opening_request
+from portproxy.net.reactor import ITCPConnection
 from portproxy.websocket.handshake import Target, error_response, upstream_head
 
 __all__ = [
@@ -55,7 +59,7 @@ class LegEvents(Protocol):
     def waiting(self) -> bool:
         """Whether the upstream is being asked (the client's bytes must wait)."""
 
-    def ask_upstream(self, protocols: list[str]) -> Deferred[Any]:
+    def ask_upstream(self, protocols: list[str]) -> Deferred[str | None]:
         """The client's handshake is valid: ask the app.
 
         The result is the client leg's C{onConnect} answer (the subprotocol, or a
@@ -85,8 +89,10 @@ class ClientLeg(WebSocketServerProtocol):
     """Autobahn's server protocol on the browser's connection."""
 
     bridge: LegEvents
+    #: A TCP connection, or a TLS wrapper that passes what it lacks on to one.
+    transport: ITCPConnection | None
     #: Set once spliced: writes every received byte to the upstream socket.
-    splice_to: Any = None
+    splice_to: Callable[[bytes], None] | None = None
 
     def dataReceived(self, data: bytes) -> None:
         splice_to = self.splice_to
@@ -98,14 +104,17 @@ class ClientLeg(WebSocketServerProtocol):
             super().dataReceived(data)
 
     # Autobahn's annotation omits it, but onConnect may return a Deferred (txaio.as_future).
-    def onConnect(self, request: ConnectionRequest) -> Deferred[Any]:  # type: ignore[override]
+    def onConnect(self, request: ConnectionRequest) -> Deferred[str | None]:  # type: ignore[override]
         return self.bridge.ask_upstream(list(request.protocols))
 
     def onOpen(self) -> None:
         self.bridge.client_opened()
 
     def sendHttpErrorResponse(
-        self, code: int, reason: str, responseHeaders: Any = None
+        self,
+        code: int,
+        reason: str,
+        responseHeaders: Sequence[tuple[str, str]] | None = None,
     ) -> None:
         # Autobahn writes a bare status line; portproxy's error pages have a body.
         bridge = self.bridge
@@ -133,7 +142,8 @@ class UpstreamLeg(WebSocketClientProtocol):
     """Autobahn's client protocol on the connection to the app."""
 
     bridge: LegEvents
-    splice_to: Any = None
+    transport: ITCPConnection | None
+    splice_to: Callable[[bytes], None] | None = None
     #: True until the opening request has been written (and corrected).
     _head_pending = True
 
@@ -144,7 +154,7 @@ class UpstreamLeg(WebSocketClientProtocol):
         else:
             super().dataReceived(data)
 
-    def onConnecting(self, transport_details: Any) -> ConnectingRequest:
+    def onConnecting(self, transport_details: TransportDetails) -> ConnectingRequest:
         target = self.bridge.target
         return ConnectingRequest(
             host="127.0.0.1",
@@ -180,11 +190,12 @@ class UpstreamLeg(WebSocketClientProtocol):
 class UpstreamLegFactory(WebSocketClientFactory):
     protocol = UpstreamLeg
 
+    # Any: Autobahn's factory options, passed on as they are.
     def __init__(self, bridge: LegEvents, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.bridge = bridge
 
-    def buildProtocol(self, addr: Any) -> UpstreamLeg:
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamLeg:
         leg = cast(UpstreamLeg, super().buildProtocol(addr))
         leg.bridge = self.bridge
         self.bridge.upstream = leg

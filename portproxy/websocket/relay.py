@@ -19,8 +19,9 @@ side stops reading on the other (memory stays bounded).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet.interfaces import IProtocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
 from twisted.web.server import NOT_DONE_YET, Request
@@ -37,6 +38,9 @@ from portproxy.websocket.handshake import (
 )
 from portproxy.websocket.legs import ClientLeg, ClientLegFactory
 from portproxy.websocket.origin import origin_allowed, parse_trusted_origins
+
+if TYPE_CHECKING:
+    from portproxy.http.upstream import UpstreamPool
 
 __all__ = ["AutobahnRelay"]
 
@@ -55,7 +59,7 @@ class AutobahnRelay:
 
     #: The budget of open upstream connections the upstream legs count in (the HTTP
     #: engine's L{portproxy.http.upstream.UpstreamPool}); C{None}: not counted.
-    upstream_slots: Any = None
+    upstream_slots: UpstreamPool | None = None
 
     def __init__(
         self,
@@ -137,9 +141,10 @@ def _first(values: Sequence[bytes] | None) -> bytes | None:
     return values[0] if values else None
 
 
-def _take_over(request: Request, protocol: Any) -> None:
+def _take_over(request: Request, protocol: IProtocol) -> None:
     """Move the request's connection from twisted.web to C{protocol}."""
     channel = request.channel
+    # Any: the socket or its TLS wrapper, whose protocol attributes no interface names.
     transport: Any = channel.transport
     channel.transport = None
     # HTTPChannel registered itself as the socket's producer; the splice registers the

@@ -13,8 +13,8 @@ from portproxy.http.engine import ExchangeState, PortProxyResource, ProxyEngine
 from portproxy.http.headers import ClientView
 from portproxy.http.uploads import StreamingUpload
 from portproxy.web.health import Heartbeat
+from portproxy.web.request import Gate, Router, _is_gate, _is_router
 from portproxy.web.root import GateKind, PortProxyRoot
-from portproxy.web.site import Gate, Router, _is_gate, _is_router
 
 
 class _SignedIn:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from portproxy.web.site import PIPELINE_BUFFER_LIMIT
+from portproxy.web.channel import PIPELINE_BUFFER_LIMIT
 from tests.support import Recorder, get_reactor, raw_request
 from tests.test_limits import FloodResource, KiB, MiB, closed_within, connect, sleep
 

@@ -245,7 +245,7 @@ class PasswordAuthenticator(_Denials):
         return (
             self.skip_auth_preflight
             and request.method == b"OPTIONS"
-            # What the head announced (portproxy.web.site.ProxyRequest): None is unknown.
+            # What the head announced (portproxy.web.request.ProxyRequest): None is unknown.
             and getattr(request, "body_length", 0) == 0
             and headers.hasHeader(b"origin")
             and headers.hasHeader(b"access-control-request-method")

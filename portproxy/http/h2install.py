@@ -60,7 +60,7 @@ class _HardenedSwitch(proxyForInterface(IProtocol, "inner")):  # type: ignore[mi
         network.unregisterProducer()
         old.setTimeout(None)
         connection_limits = getattr(old, "_limits", None)
-        leave = getattr(old, "leave_http11", None)  # portproxy.web.site's head deadline
+        leave = getattr(old, "leave_http11", None)  # portproxy.web.channel's head deadline
         if leave is not None:
             leave()
         h2conn: Any = HardenedH2Connection(self.reactor, self.limits)

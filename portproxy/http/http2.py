@@ -65,7 +65,7 @@ class HardenedH2Stream(H2Stream):
     content-length field, before later fields (the cookies of a sign-in) are in, and
     before the stream can write. Here L{start} adds every field, joins the split
     C{cookie} fields (RFC 9113 8.2.3), and only then announces the length, so
-    L{portproxy.web.site.ProxyRequest} can check sign-in and stream or refuse the body.
+    L{portproxy.web.request.ProxyRequest} can check sign-in and stream or refuse the body.
 
     A body whose request is not authorized to reach an app (portproxy's own routes, or
     a site that does not say: C{body_authorized} on the request) must arrive whole
@@ -126,7 +126,7 @@ class HardenedH2Stream(H2Stream):
         # unknown unless content-length gave it (h2 holds the DATA to that).
         request.gotLength(length)
         request.parseCookies()
-        # portproxy.web.site.ProxyRequest says whether sign-in and the route let the
+        # portproxy.web.request.ProxyRequest says whether sign-in and the route let the
         # request through to an app; until then its body is under the head deadline.
         self._admitted = bool(getattr(request, "body_authorized", False))
         self.connection._report()  # at work for an app, or waiting on the client

@@ -80,7 +80,7 @@ T = TypeVar("T")
 
 #: twisted.web's protocol that speaks HTTP/1.1 or, after ALPN, HTTP/2 (private:
 #: C{twisted.web.http._GenericHTTPChannelProtocol}). Subclassed by
-#: L{portproxy.web.site} to see the switch.
+#: L{portproxy.web.channel} to see the switch.
 GenericHTTPChannelProtocol = _GenericHTTPChannelProtocol
 
 
@@ -93,7 +93,7 @@ def swap_class(obj: object, cls: type[T]) -> T:
     Used to give a Twisted object new behaviour without wrapping it (a wrapper would
     cost every call a hop, and the object is shared: the reactor holds the transport)
     and without per-object attributes (an idle connection costs no more memory):
-    L{portproxy.net.eager} (TCP transports), L{portproxy.web.site} (the HTTP/1.1
+    L{portproxy.net.eager} (TCP transports), L{portproxy.web.request} (the HTTP/1.1
     channel on its first request). Python allows it only between classes of the same
     layout, which a subclass without C{__slots__} is.
     """
@@ -163,7 +163,7 @@ def pending_client_bytes(channel: HTTPChannel) -> list[bytes]:
 
     C{HTTPChannel._dataBuffer}: what arrived while a request was being handled,
     replayed once it is answered. The list itself (not a copy): the site appends to
-    it to bound it (L{portproxy.web.site.ProxyChannel.rawDataReceived}), and a
+    it to bound it (L{portproxy.web.channel.ProxyChannel.rawDataReceived}), and a
     WebSocket bridge forwards what it holds (they were sent after the upgrade).
     """
     return channel._dataBuffer  # type: ignore[attr-defined,no-any-return]
@@ -397,8 +397,8 @@ _H2S = "twisted.web._http2.H2Stream"
 _H2 = "h2.connection.H2Connection"
 _WS_SERVER = "autobahn.twisted.websocket.WebSocketServerProtocol"
 _WS_CLIENT = "autobahn.twisted.websocket.WebSocketClientProtocol"
-_CHANNEL = "portproxy.web.site.ProxyChannel"
-_PROXY_REQUEST = "portproxy.web.site.ProxyRequest"
+_CHANNEL = "portproxy.web.channel.ProxyChannel"
+_PROXY_REQUEST = "portproxy.web.request.ProxyRequest"
 _STREAM = "portproxy.http.http2.HardenedH2Stream"
 _CONN = "portproxy.http.http2.HardenedH2Connection"
 
@@ -419,7 +419,7 @@ PRIVATE_HOOKS: tuple[PrivateHook, ...] = (
         "dataReceived",
         "override+call",
         ("data",),
-        "portproxy.web.site._ChannelProtocol",
+        "portproxy.web.channel._ChannelProtocol",
     ),
     PrivateHook(_REQUEST, "gotLength", "override+call", ("length",), _PROXY_REQUEST),
     PrivateHook(_REQUEST, "handleContentChunk", "override+call", ("data",), _PROXY_REQUEST),
@@ -516,7 +516,7 @@ COPIED: tuple[Copied, ...] = (
     Copied(
         "twisted.web.server.Request.process",
         "f053ddf554a55988",
-        "portproxy.web.site.ProxyRequest.process",
+        "portproxy.web.request.ProxyRequest.process",
         "one dispatch on the raw target instead of the walk over decoded segments",
     ),
     Copied(

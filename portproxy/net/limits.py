@@ -21,7 +21,7 @@
 
 The numbers and address rules are plain functions (L{portproxy.net.policy}); the accept
 loop is L{portproxy.net.accept}. L{ConnectionLimits} is the one object per process that
-the HTTP channels (L{portproxy.web.site}, L{portproxy.http.http2}) report to and that
+the HTTP channels (L{portproxy.web.channel}, L{portproxy.http.http2}) report to and that
 accepts on the listening ports; it only needs a clock.
 """
 

@@ -33,7 +33,7 @@ from portproxy.routing.routes import (
     split_target,
 )
 from portproxy.web.health import HealthResource, Heartbeat
-from portproxy.web.site import Gate, ProxyRequest, Router, UploadTarget
+from portproxy.web.request import Gate, ProxyRequest, Router, UploadTarget
 
 __all__ = ["GateKind", "PortProxyRoot", "WebSocketRelay"]
 

@@ -413,6 +413,28 @@ def test_h2_header_block_pending_until_end_headers() -> None:
     assert not internals.h2_header_block_pending(server)
 
 
+def test_the_undocumented_fields_the_http2_classes_use_are_there() -> None:
+    """Public names, but no documented API: pinned as the private ones are."""
+    conn, stream = _h2_request(MemoryReactorClock())
+    # HardenedH2Connection puts its own h2 state machine (ServerH2) in place of conn.
+    assert isinstance(conn.conn, h2.connection.H2Connection), "H2Connection.conn"
+    assert "self.conn.receive_data" in inspect.getsource(internals.H2Connection), (
+        "H2Connection no longer reads frames through self.conn"
+    )
+    # Streams with a shut window are parked in the priority tree.
+    for name in ("block", "unblock", "insert_stream"):
+        assert hasattr(conn.priority, name), f"H2Connection.priority.{name}"
+    # HardenedH2Stream sets command and path itself (its _convertHeaders does not).
+    source = inspect.getsource(internals.H2Stream.requestComplete)
+    assert "self.command" in source and "self.path" in source, (
+        "H2Stream.requestComplete no longer reads command and path"
+    )
+    assert hasattr(stream, "producer"), "H2Stream.producer"
+    # ServerH2 overrides these of h2's connection.
+    assert isinstance(h2.connection.H2Connection.open_inbound_streams, property)
+    assert isinstance(h2.connection.H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE, int)
+
+
 # -- Autobahn -----------------------------------------------------------------------------
 
 

@@ -59,10 +59,10 @@ class _HardenedSwitch(proxyForInterface(IProtocol, "inner")):  # type: ignore[mi
         network: Any = channel_network_producer(old)  # the transport, a consumer too
         network.unregisterProducer()
         old.setTimeout(None)
-        connection_limits = getattr(old, "_limits", None)
-        leave = getattr(old, "leave_http11", None)  # portproxy.web.channel's head deadline
-        if leave is not None:
-            leave()
+        # portproxy.web.channel's channel leaves its head deadline, and hands its limits
+        # over (a plain HTTPChannel has none).
+        leave = getattr(old, "leave_http11", None)
+        connection_limits = leave() if leave is not None else None
         h2conn: Any = HardenedH2Connection(self.reactor, self.limits)
         h2conn.connection_limits = connection_limits
         install_h2_channel(generic, h2conn, self.reactor.callLater)

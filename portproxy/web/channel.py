@@ -82,12 +82,16 @@ class ProxyChannel(HTTPChannel):
             self._phase = _HEAD
             limits.head_started(self)
 
-    def leave_http11(self) -> None:
-        """The connection now speaks another protocol (HTTP/2): stop its HTTP/1.1 limits."""
+    def leave_http11(self) -> ConnectionLimits | None:
+        """The connection now speaks another protocol (HTTP/2): stop its HTTP/1.1 limits.
+
+        Returns the limits it reported to, for the HTTP/2 connection to report to.
+        """
         limits, self._limits = self._limits, None
         self._phase = _BUSY
         if limits is not None:
             limits.forget(self)
+        return limits
 
     def dataReceived(self, data: bytes) -> None:
         if self._phase == _IDLE:

@@ -29,11 +29,13 @@ from twisted.internet.interfaces import (
     IReactorTime,
     ITCPTransport,
 )
+from zope.interface import Attribute
 
 __all__ = [
     "IClientReactor",
     "IInstalledReactor",
     "IInstanceReactor",
+    "ISiteReactor",
     "ISupervisorReactor",
     "ITCPConnection",
     "IWorkerReactor",
@@ -46,7 +48,11 @@ class IClientReactor(IReactorTime, IReactorTCP):
     the WebSocket relay."""
 
 
-class IInstanceReactor(IReactorCore, IClientReactor, IReactorThreads, IReactorFDSet):
+class ISiteReactor(IReactorTime, IReactorFDSet):
+    """What the site calls: timers, and at shutdown the writers still sending."""
+
+
+class IInstanceReactor(IReactorCore, IClientReactor, IReactorThreads, ISiteReactor):
     """What one instance's parts call: timers (everywhere), upstream TCP connections
     (the pool, the WebSocket legs), the thread pool (password checks), the writers
     (the drain at shutdown) and the listeners' endpoints."""
@@ -67,6 +73,11 @@ class IInstalledReactor(IWorkerReactor, ISupervisorReactor):
 class ITCPConnection(ITCPTransport, IConsumer, IPushProducer):
     """The transport of a TCP connection: the socket, the consumer of what is written
     to it (a producer streams there) and the producer of what it reads."""
+
+    disconnecting = Attribute(
+        "True once loseConnection was called (Twisted's connections and TLS wrappers "
+        "have it; no Twisted interface names it)."
+    )
 
 
 def installed_reactor() -> IInstalledReactor:

@@ -10,12 +10,13 @@ L{_CachingChannel} (L{portproxy.web.request.ProxyRequest}).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
+from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, Request
 
 from portproxy.net.internals import (
     GenericHTTPChannelProtocol,
@@ -30,6 +31,10 @@ from portproxy.net.internals import (
 )
 from portproxy.net.limits import ConnectionLimits, unsent_bytes
 from portproxy.net.policy import address_key
+from portproxy.net.reactor import ITCPConnection
+
+if TYPE_CHECKING:
+    from portproxy.web.request import ProxyRequest
 
 __all__ = ["PIPELINE_BUFFER_LIMIT", "ProxyChannel", "channel_protocol"]
 
@@ -62,6 +67,7 @@ class ProxyChannel(HTTPChannel):
     the body as the next request.
     """
 
+    transport: ITCPConnection | None
     _limits: ConnectionLimits | None = None
     _phase = _BUSY
     #: Named after the class, as HTTPChannel's own (private) logger would be.
@@ -76,7 +82,7 @@ class ProxyChannel(HTTPChannel):
         limits = getattr(getattr(self, "site", None), "limits", None)
         if limits is not None:
             self._limits = limits
-            transport: Any = self.transport
+            transport = cast(ITCPConnection, self.transport)  # connected by now
             peer = transport.getPeer()
             self.limit_key = address_key(str(getattr(peer, "host", None) or peer))
             self._phase = _HEAD
@@ -129,7 +135,7 @@ class ProxyChannel(HTTPChannel):
         limits = self._limits
         if not heading or limits is None:
             return
-        transport: Any = self.transport
+        transport = self.transport
         request = self.requests[-1] if self.requests else None
         if (
             self.length != 0
@@ -150,7 +156,7 @@ class ProxyChannel(HTTPChannel):
             self._limits.head_done(self)  # type: ignore[union-attr]
         super().allContentReceived()
 
-    def answer_early(self, request: Any) -> None:
+    def answer_early(self, request: ProxyRequest) -> None:
         """Answer C{request} now, before its body, and close without reading the body.
 
         For a request that will be refused (not signed in, proxy disabled, bad port):
@@ -165,19 +171,19 @@ class ProxyChannel(HTTPChannel):
         request.answered_early = True  # the body, if it comes, is dropped
 
     def _send100Continue(self) -> None:
-        transport: Any = self.transport
+        transport = self.transport
         if transport is None or transport.disconnecting:
             return  # answered already (answer_early, an early 413)
         super()._send100Continue()  # type: ignore[misc]
 
-    def requestDone(self, request: Any) -> None:
+    def requestDone(self, request: Request) -> None:
         limits = self._limits
         if limits is None:
             super().requestDone(request)
             return
         self._phase = _BETWEEN
         super().requestDone(request)
-        transport: Any = self.transport
+        transport = self.transport
         if self._phase != _BETWEEN or transport is None or transport.disconnecting:
             return
         if not self.persistent:
@@ -218,7 +224,7 @@ class ProxyChannel(HTTPChannel):
 
     def _refuse_head(self, status: bytes, message: bytes) -> None:
         self._forget_limits()
-        transport: Any = self.transport
+        transport = cast(ITCPConnection, self.transport)  # a head is being read on it
         transport.write(_close_with(status, message))
         self.loseConnection()
 
@@ -230,7 +236,7 @@ class ProxyChannel(HTTPChannel):
     def head_timed_out(self) -> None:
         """The head did not arrive in time (or room was needed): 408 and close."""
         body, self._phase = self._phase == _BODY, _BUSY
-        transport: Any = self.transport
+        transport = self.transport
         if transport is None or transport.disconnecting:
             return
         message = b"Request took too long" if body else b"Request head took too long"
@@ -247,7 +253,7 @@ class ProxyChannel(HTTPChannel):
 
     def send_timed_out(self) -> None:
         """The client took no byte of the response for --send-timeout: disconnect."""
-        transport: Any = self.transport
+        transport = self.transport
         if transport is not None:
             self._send_log.info(
                 "client {peer} stopped reading: disconnected", peer=str(self.getPeer())
@@ -287,14 +293,14 @@ class _ChannelProtocol(GenericHTTPChannelProtocol):  # type: ignore[misc]
     def dataReceived(self, data: bytes) -> None:
         if negotiated_protocol(self) is not None:
             return current_channel(self).dataReceived(data)  # type: ignore[no-any-return]
-        channel: Any = current_channel(self)
+        channel: ProxyChannel = current_channel(self)
         result = super().dataReceived(data)
         if current_channel(self) is not channel:
             channel.leave_http11()
         return result  # type: ignore[no-any-return]
 
 
-def channel_protocol(factory: Any) -> _ChannelProtocol:
+def channel_protocol(factory: object) -> _ChannelProtocol:
     """A connection's protocol for the site: HTTP/1.1 in a L{ProxyChannel}, or HTTP/2."""
     return _ChannelProtocol(ProxyChannel())
 
@@ -308,10 +314,10 @@ class _CachingChannel(ProxyChannel):
     connection costs nothing extra.)
     """
 
-    _local: Any = None
+    _local: IAddress | None = None
     _secure: bool | None = None
 
-    def getHost(self) -> Any:
+    def getHost(self) -> IAddress:
         local = self._local
         if local is None:
             local = self._local = super().getHost()

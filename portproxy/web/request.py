@@ -108,7 +108,8 @@ class ProxyRequest(Request):
     #: Answered before the body (refused): the body is never read.
     answered_early = False
 
-    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+    # Any: the rest of twisted.web's Request arguments, passed on as they are.
+    def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
         # On a connection's first request: cache what never changes, and let
         # responses leave now rather than on the next reactor turn.
         if type(channel) is ProxyChannel and getattr(channel, "transport", None):
@@ -315,7 +316,7 @@ def _is_gate(resource: object) -> TypeGuard[Gate]:
 _CONFORMS: dict[tuple[type, object], bool] = {}
 
 
-def _conforms(value: object, protocol: Any) -> bool:
+def _conforms(value: object, protocol: type) -> bool:
     key = (type(value), protocol)
     known = _CONFORMS.get(key)
     if known is None:

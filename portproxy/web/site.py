@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from typing import IO, Any
+from typing import IO
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
@@ -23,6 +23,7 @@ from twisted.web.server import Site
 
 from portproxy.net.internals import access_log_line
 from portproxy.net.limits import ConnectionLimits
+from portproxy.net.reactor import ISiteReactor
 from portproxy.web.channel import ProxyChannel, channel_protocol
 from portproxy.web.request import ProxyRequest
 
@@ -46,12 +47,13 @@ class ProxySite(Site):
     protocol = channel_protocol  # type: ignore[assignment]
     #: The HTTP/1.1 channel class (for wrappers that build their own protocol).
     make_channel = ProxyChannel
+    reactor: ISiteReactor
 
     def __init__(
         self,
         resource: IResource,
         *,
-        reactor: Any,
+        reactor: ISiteReactor,
         access_log: str = "combined",
         max_body_size: int | None = None,
         limits: ConnectionLimits | None = None,
@@ -81,7 +83,7 @@ class ProxySite(Site):
         deadline = self.reactor.seconds() + timeout
 
         def check() -> None:
-            writers = self.reactor.getWriters()  # type: ignore[attr-defined]
+            writers = self.reactor.getWriters()
             busy = [w for w in writers if isinstance(w, tcp.Server)]
             if not busy or self.reactor.seconds() >= deadline:
                 d.callback(None)

@@ -19,15 +19,17 @@ listed in L{portproxy.net.internals}.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import h2.errors
 import h2.events
 import h2.exceptions
 import priority
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import Request
 
 from portproxy.http.h2rules import (
     CONTROL_EVENTS,
@@ -50,6 +52,10 @@ from portproxy.net.internals import (
     h2_wake_sender,
     pause_stream_producer,
 )
+from portproxy.net.reactor import ITCPConnection
+
+if TYPE_CHECKING:
+    from portproxy.net.limits import ConnectionLimits
 
 __all__ = ["HardenedH2Connection", "HardenedH2Stream"]
 
@@ -80,10 +86,10 @@ class HardenedH2Stream(H2Stream):
     _head_ended = False
     _admitted = False
     _response_done = False
-    _stall: Any = None
-    _body_timer: Any = None
+    _stall: IDelayedCall | None = None
+    _body_timer: IDelayedCall | None = None
 
-    def _convertHeaders(self, headers: Any) -> None:
+    def _convertHeaders(self, headers: list[tuple[bytes, bytes]]) -> None:
         self._head = headers
 
     @property
@@ -171,7 +177,7 @@ class HardenedH2Stream(H2Stream):
                 self._body_timer.cancel()
             self._body_timer = None
 
-    def answer_early(self, request: Any) -> None:
+    def answer_early(self, request: Request) -> None:
         """Render C{request} now, before its body; the body is then dropped.
 
         Used for a refused request (sign-in, 413): the client gets its answer at once
@@ -196,7 +202,7 @@ class HardenedH2Stream(H2Stream):
             super().requestComplete()
         self.connection._report()
 
-    def requestDone(self, request: Any) -> None:
+    def requestDone(self, request: Request) -> None:
         self._response_done = True
         super().requestDone(request)
         self.connection._report()  # the rest waits on the client reading the answer
@@ -205,7 +211,7 @@ class HardenedH2Stream(H2Stream):
         """A request on this stream was signed in: trust the connection."""
         self.connection.trust()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure) -> None:
         self._cancel_body_timer()
         super().connectionLost(reason)
 
@@ -229,7 +235,7 @@ class HardenedH2Stream(H2Stream):
                     self.connection.limits.send_timeout, self._stalled
                 )
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         super().registerProducer(producer, streaming)
         if h2_socket_full(self.connection):
             self.pause_sending()
@@ -260,10 +266,11 @@ class HardenedH2Connection(H2Connection):
         close it to make room at C{--max-connections}) and when it has one again.
     """
 
-    streams: dict[int, Any]
-    connection_limits: Any = None
+    streams: dict[int, HardenedH2Stream]
+    transport: ITCPConnection | None  # TLS, which passes what it lacks to the socket
+    connection_limits: ConnectionLimits | None = None
 
-    def __init__(self, reactor: Any, limits: H2Limits) -> None:
+    def __init__(self, reactor: IReactorTime, limits: H2Limits) -> None:
         super().__init__(reactor)
         self._h2 = ServerH2(self.conn.config, limits.max_concurrent_streams)
         self.conn = self._h2
@@ -273,15 +280,15 @@ class HardenedH2Connection(H2Connection):
         self._budget = FrameBudget(
             limits.frame_budget, limits.frame_window, reactor.seconds
         )
-        self._head_timer: Any = None
-        self._send_timer: Any = None
-        self._first_timer: Any = None
+        self._head_timer: IDelayedCall | None = None
+        self._send_timer: IDelayedCall | None = None
+        self._first_timer: IDelayedCall | None = None
         self._preface_in = False
         self._reported_idle = False
         #: Whether a request on this connection was signed in (L{trust}).
         self._trusted = False
 
-    def later(self, delay: float, f: Callable[[], object]) -> Any:
+    def later(self, delay: float, f: Callable[[], object]) -> IDelayedCall:
         """Schedule C{f} on the connection's reactor (for portproxy's own deadlines)."""
         return h2_reactor(self).callLater(delay, f)
 
@@ -399,7 +406,7 @@ class HardenedH2Connection(H2Connection):
         self._head_timer = None
         self._shut(h2.errors.ErrorCodes.PROTOCOL_ERROR, "header block too slow")
 
-    def _requestReceived(self, event: Any) -> None:
+    def _requestReceived(self, event: h2.events.RequestReceived) -> None:
         self._cancel("_first_timer")
         status = request_head_refusal(event.headers)
         if status is not None:
@@ -475,7 +482,7 @@ class HardenedH2Connection(H2Connection):
             self.conn.increment_flow_control_window(size)
             self._tryToWriteControlData()
 
-    def _requestDataReceived(self, event: Any) -> None:
+    def _requestDataReceived(self, event: h2.events.DataReceived) -> None:
         if event.stream_id not in self.streams:
             # Answered and gone (or refused): keep the connection's window open.
             self.conn.acknowledge_received_data(
@@ -486,11 +493,11 @@ class HardenedH2Connection(H2Connection):
             self.resetTimeout()  # bytes on their way to an app are activity
         super()._requestDataReceived(event)
 
-    def _requestEnded(self, event: Any) -> None:
+    def _requestEnded(self, event: h2.events.StreamEnded) -> None:
         if event.stream_id in self.streams:
             super()._requestEnded(event)
 
-    def _requestAborted(self, event: Any) -> None:
+    def _requestAborted(self, event: h2.events.StreamReset) -> None:
         if event.stream_id not in self.streams:
             if not self._budget.spend():
                 self._shut(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "reset flood")
@@ -517,7 +524,7 @@ class HardenedH2Connection(H2Connection):
         super()._requestDone(streamID)
         self._report()  # idle again once the last open stream is done
 
-    def _handleWindowUpdate(self, event: Any) -> None:
+    def _handleWindowUpdate(self, event: h2.events.WindowUpdated) -> None:
         super()._handleWindowUpdate(event)
         # Streams parked on a shut window are schedulable again: wake the sender.
         h2_wake_sender(self)
@@ -543,7 +550,7 @@ class HardenedH2Connection(H2Connection):
         self._send_timer = None
         _log.info("HTTP/2 client {peer} read nothing for too long", peer=self.getPeer())
         self._closing = True
-        transport: Any = self.transport
+        transport = cast(ITCPConnection, self.transport)
         transport.abortConnection()
 
     # -- closing -----------------------------------------------------------------------
@@ -561,7 +568,7 @@ class HardenedH2Connection(H2Connection):
     def _terminate(self, reason: Failure) -> None:
         self._shut(None, str(reason.value))
 
-    def _shut(self, error: Any, why: str) -> None:
+    def _shut(self, error: h2.errors.ErrorCodes | None, why: str) -> None:
         """Send GOAWAY (unless C{error} is None), stop reading and close.
 
         Twisted's C{loseConnection} here never completes while the connection is the
@@ -578,7 +585,7 @@ class HardenedH2Connection(H2Connection):
                 self.conn.close_connection(error_code=error)
             except h2.exceptions.ProtocolError:
                 pass
-        transport: Any = self.transport
+        transport = cast(ITCPConnection, self.transport)
         pending = self.conn.data_to_send()
         if pending:
             transport.write(pending)

@@ -9,11 +9,17 @@ L{portproxy.http.http2.HardenedH2Connection}, just before the first bytes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
-from twisted.internet.interfaces import IProtocol, IProtocolNegotiationFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory
 from twisted.python.components import proxyForInterface
+from twisted.web.server import Site
 from zope.interface import implementer
 
 from portproxy.http.h2rules import H2Limits
@@ -23,6 +29,7 @@ from portproxy.net.internals import (
     install_h2_channel,
     undecided_http11_channel,
 )
+from portproxy.net.reactor import ITCPConnection
 
 __all__ = ["HTTP2Site"]
 
@@ -35,7 +42,7 @@ class _HardenedSwitch(proxyForInterface(IProtocol, "inner")):  # type: ignore[mi
     hands everything to the site's protocol (which sees HTTP/2 already chosen).
     """
 
-    def __init__(self, inner: Any, limits: H2Limits, reactor: Any) -> None:
+    def __init__(self, inner: IProtocol, limits: H2Limits, reactor: IReactorTime) -> None:
         self.inner = inner
         self.limits = limits
         self.reactor = reactor
@@ -52,18 +59,20 @@ class _HardenedSwitch(proxyForInterface(IProtocol, "inner")):  # type: ignore[mi
         old = undecided_http11_channel(generic)
         if old is None:
             return  # not twisted.web's generic channel, or already decided
-        transport: Any = old.transport
+        # The TLS transport (ALPN ran on it), which passes what it lacks to the socket.
+        transport = cast(ITCPConnection, old.transport)
         if getattr(transport, "negotiatedProtocol", None) != b"h2":
             return
         # The HTTP/1.1 channel steps aside as in twisted.web's own switch.
-        network: Any = channel_network_producer(old)  # the transport, a consumer too
+        # The transport again, as the channel's producer; a consumer too.
+        network = cast(ITCPConnection, channel_network_producer(old))
         network.unregisterProducer()
         old.setTimeout(None)
         # portproxy.web.channel's channel leaves its head deadline, and hands its limits
         # over (a plain HTTPChannel has none).
         leave = getattr(old, "leave_http11", None)
         connection_limits = leave() if leave is not None else None
-        h2conn: Any = HardenedH2Connection(self.reactor, self.limits)
+        h2conn = HardenedH2Connection(self.reactor, self.limits)
         h2conn.connection_limits = connection_limits
         install_h2_channel(generic, h2conn, self.reactor.callLater)
         h2conn.makeConnection(transport)
@@ -79,7 +88,7 @@ class HTTP2Site(Factory):
 
     noisy = False
 
-    def __init__(self, site: Any, limits: H2Limits, *, reactor: Any) -> None:
+    def __init__(self, site: Site, limits: H2Limits, *, reactor: IReactorTime) -> None:
         self.site = site
         self.limits = limits
         self.reactor = reactor
@@ -96,7 +105,7 @@ class HTTP2Site(Factory):
     def logPrefix(self) -> str:
         return str(self.site.logPrefix())
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> _HardenedSwitch | None:
         inner = self.site.buildProtocol(addr)
         if inner is None:
             return None

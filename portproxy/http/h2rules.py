@@ -13,7 +13,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import h2.connection
 import h2.errors
@@ -22,6 +22,10 @@ import h2.exceptions
 import h2.settings
 
 from portproxy.routing.hosts import parse_authority
+
+if TYPE_CHECKING:
+    from h2.config import H2Configuration
+    from hyperframe.frame import DataFrame, Frame, HeadersFrame
 
 __all__ = [
     "CONTROL_EVENTS",
@@ -61,7 +65,7 @@ class H2Limits:
     max_concurrent_streams: int = 100
 
     @classmethod
-    def from_config(cls, config: Any) -> H2Limits:
+    def from_config(cls, config: object) -> H2Limits:
         """The limits for a L{portproxy.config.Config}: the HTTP/1.1 deadlines apply."""
         return cls(
             header_timeout=getattr(config, "header_timeout", None) or cls.header_timeout,
@@ -142,7 +146,7 @@ class ServerH2(h2.connection.H2Connection):
     refused = 0
     _admit_over_limit = False
 
-    def __init__(self, config: Any, max_concurrent_streams: int) -> None:
+    def __init__(self, config: H2Configuration, max_concurrent_streams: int) -> None:
         super().__init__(config=config)
         # Advertised in the first SETTINGS frame (initiate_connection sends them all).
         self.local_settings = h2.settings.Settings(
@@ -160,7 +164,9 @@ class ServerH2(h2.connection.H2Connection):
         count = int(super().open_inbound_streams)  # also prunes closed streams
         return 0 if self._admit_over_limit else count
 
-    def _receive_headers_frame(self, frame: Any) -> Any:
+    def _receive_headers_frame(
+        self, frame: HeadersFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
         limit = self.local_settings.max_concurrent_streams
         if frame.stream_id in self.streams or self.open_inbound_streams < limit:
             return super()._receive_headers_frame(frame)
@@ -176,7 +182,9 @@ class ServerH2(h2.connection.H2Connection):
         own = [e for e in events if getattr(e, "stream_id", None) != frame.stream_id]
         return frames, own
 
-    def _receive_data_frame(self, frame: Any) -> Any:
+    def _receive_data_frame(
+        self, frame: DataFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
         try:
             return super()._receive_data_frame(frame)
         except h2.exceptions.InvalidBodyLengthError:

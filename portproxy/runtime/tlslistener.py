@@ -30,7 +30,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import Request, Site
 
 from portproxy.net.limits import ConnectionLimits
 from portproxy.net.policy import address_key
@@ -337,7 +337,8 @@ class ServerTLS:
             limits = self.http2_limits
             if not isinstance(limits, H2Limits):
                 limits = H2Limits.from_config(limits)
-            factory = HTTP2Site(factory, limits, reactor=self.reactor)
+            # What --listen serves is always a twisted.web Site (ALPN asks it).
+            factory = HTTP2Site(cast(Site, factory), limits, reactor=self.reactor)
         tls = TLSMemoryBIOFactory(self.options(), False, factory)
         first_byte = getattr(self.http2_limits, "header_timeout", None) or SNIFF_TIMEOUT
         return PlainOrTLSFactory(

@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from portproxy.net.internals import port_address
+
+if TYPE_CHECKING:
+    from twisted.internet.tcp import Port, Server
 
 __all__ = ["ACCEPT_BACKOFF", "ACCEPT_BATCH", "PortAcceptor"]
 
@@ -45,21 +50,24 @@ class PortAcceptor:
     @ivar open: client connections open now (accepted on a watched port).
     """
 
-    def __init__(self, clock: Any, *, max_connections: int, backoff: float) -> None:
+    def __init__(
+        self, clock: IReactorTime, *, max_connections: int, backoff: float
+    ) -> None:
         self.clock = clock
         self.max_connections = max_connections
         self.backoff = backoff
         self.open = 0
-        self._ports: list[Any] = []
+        self._ports: list[Port] = []  # Twisted's socket ports (UNIX ones derive from TCP's)
         self._paused = False
-        self._retry: Any = None
+        self._retry: IDelayedCall | None = None
         self._out_of_files_logged = False
         self._classes: dict[type, type] = {}
         #: Socket transports of connections closed to make room, until they are gone.
-        self._leaving: set[Any] = set()
+        self._leaving: set[Server] = set()
 
     # -- what the subclass decides --------------------------------------------------
 
+    # Any in these two: the connections are the subclass's (ConnectionLimits: Limited).
     def _room_candidate(self) -> Any:
         """The connection to close for a newcomer at the cap, or C{None}."""
         raise NotImplementedError
@@ -72,12 +80,12 @@ class PortAcceptor:
         """Seconds until room may be made at the cap."""
         raise NotImplementedError
 
-    def _connection_closed(self, transport: Any) -> None:
+    def _connection_closed(self, transport: Server | None) -> None:
         """The counted socket C{transport} closed (after the count is updated)."""
 
     # -- accepting --------------------------------------------------------------------
 
-    def watch(self, port: Any) -> bool:
+    def watch(self, port: Any) -> bool:  # any listening port: see below
         """Accept on C{port} from now on: count its connections, pause at the cap.
 
         C{port} is a Twisted socket port (TCP, UNIX, adopted); anything else is left
@@ -92,7 +100,7 @@ class PortAcceptor:
         port.doRead = lambda: self._accept(port)
         return True
 
-    def unwatch(self, port: Any) -> None:
+    def unwatch(self, port: object) -> None:
         """C{port} stops listening: never resume it."""
         if port in self._ports:
             self._ports.remove(port)
@@ -101,7 +109,7 @@ class PortAcceptor:
                 self._retry.cancel()
             self._retry = None
 
-    def closed(self, transport: Any = None) -> None:
+    def closed(self, transport: Server | None = None) -> None:
         """A counted connection (its socket C{transport}) closed: a place is free."""
         self.open -= 1
         left = transport in self._leaving
@@ -116,7 +124,7 @@ class PortAcceptor:
         """Connections that count against the cap: open and not on their way out."""
         return self.open - len(self._leaving)
 
-    def _accept(self, port: Any) -> None:
+    def _accept(self, port: Port) -> None:
         for _ in range(ACCEPT_BATCH):
             victim: Any = None
             if self._holding() >= self.max_connections:
@@ -146,6 +154,8 @@ class PortAcceptor:
             except Exception:
                 _log.failure("could not start a connection from {addr}", addr=addr)
 
+    # Any: accept()'s address, a tuple whose shape depends on the family (or a path);
+    # the port is a listening Port, whose factory is set (Twisted types it Optional).
     def _start(self, port: Any, skt: socket.socket, addr: Any) -> None:
         if isinstance(addr, tuple) and len(addr) == 4:
             # IPv6: the numeric host with its scope, as Twisted reports it.
@@ -170,7 +180,7 @@ class PortAcceptor:
         if cls is None:
             limits = self
 
-            def connectionLost(self: Any, reason: Any) -> None:
+            def connectionLost(self: Any, reason: Failure) -> None:
                 try:
                     base.connectionLost(self, reason)  # type: ignore[attr-defined]
                 finally:
@@ -182,7 +192,7 @@ class PortAcceptor:
             self._classes[base] = cls
         return cls
 
-    def _socket_of(self, connection: Any) -> Any:
+    def _socket_of(self, connection: object) -> Any:  # a counted Server, or None
         """The counted socket transport under C{connection} (through TLS), or C{None}."""
         counted = tuple(self._classes.values())
         transport = getattr(connection, "transport", None)

@@ -30,11 +30,15 @@ from __future__ import annotations
 import fcntl
 import termios
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, ITransport
 from twisted.logger import Logger
 
 from portproxy.net.accept import ACCEPT_BACKOFF, PortAcceptor
+
+if TYPE_CHECKING:
+    from twisted.internet.tcp import Server
 from portproxy.net.internals import queued_write_bytes
 from portproxy.net.policy import (
     Network,
@@ -96,6 +100,7 @@ class Limited(Protocol):
         """Bytes written but not yet taken by the client (C{None}: unknown)."""
 
 
+# Any: a transport of any kind, followed down through TLS to the socket's.
 def unsent_bytes(transport: Any) -> int | None:
     """Bytes queued for the peer: in Twisted's buffer and in the kernel's send queue.
 
@@ -181,7 +186,7 @@ class ConnectionLimits(PortAcceptor):
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         *,
         max_connections: int,
         header_timeout: float,
@@ -195,7 +200,7 @@ class ConnectionLimits(PortAcceptor):
         self.send_timeout = send_timeout
         self._heads: dict[Limited, float] = {}
         self._head_keys: dict[str, int] = {}
-        self._head_timer: Any = None
+        self._head_timer: IDelayedCall | None = None
         #: Kept-alive connections between requests, untrusted and trusted, each in
         #: order of the time they went idle.
         self._idle: dict[Limited, float] = {}
@@ -205,12 +210,14 @@ class ConnectionLimits(PortAcceptor):
         self.trust_all = trust_all
         #: Connections on which a request was signed in (L{trusted}), until they close.
         self._signed_in: set[Limited] = set()
+        #: Per connection: its unsent bytes when last looked at, and when that was.
         self._sending: dict[Limited, list[Any]] = {}
-        self._send_timer: Any = None
+        self._send_timer: IDelayedCall | None = None
         self._trusted = tuple(trusted_proxies)
         self._shared: dict[str, bool] = {}
-        self._h2: dict[Any, _H2Watch] = {}
-        self._h2_sockets: dict[Any, _H2Watch] = {}
+        self._h2: dict[IProtocol, _H2Watch] = {}
+        #: The same, by their counted socket transport (a Server).
+        self._h2_sockets: dict[object, _H2Watch] = {}
 
     # -- request heads ------------------------------------------------------------------
 
@@ -298,7 +305,7 @@ class ConnectionLimits(PortAcceptor):
 
     # -- HTTP/2 connections (portproxy.http.http2 reports them) ----------------------
 
-    def h2_idle(self, protocol: Any) -> None:
+    def h2_idle(self, protocol: IProtocol) -> None:
         """C{protocol} (an HTTP/2 connection) has no stream at work (or just started).
 
         It may make room at the cap like an idle kept-alive connection; one that never
@@ -312,7 +319,7 @@ class ConnectionLimits(PortAcceptor):
             self.head_started(watch)
         self.idle_started(watch)
 
-    def h2_opened(self, protocol: Any) -> None:
+    def h2_opened(self, protocol: IProtocol) -> None:
         """C{protocol} opened a stream: no head still to come (the streams' deadlines
         hold from now on), whether or not the stream is at work."""
         watch = self._h2_watch(protocol)
@@ -320,13 +327,13 @@ class ConnectionLimits(PortAcceptor):
             watch.opened = True
             self.head_done(watch)
 
-    def h2_trusted(self, protocol: Any) -> None:
+    def h2_trusted(self, protocol: IProtocol) -> None:
         """A request on C{protocol} (an HTTP/2 connection) was signed in (L{trusted})."""
         watch = self._h2_watch(protocol)
         if watch is not None:
             self.trusted(watch)
 
-    def h2_busy(self, protocol: Any) -> None:
+    def h2_busy(self, protocol: IProtocol) -> None:
         """C{protocol} has a stream at work: it is never closed to make room."""
         watch = self._h2_watch(protocol)
         if watch is None:
@@ -335,7 +342,7 @@ class ConnectionLimits(PortAcceptor):
         self.head_done(watch)
         self.idle_ended(watch)
 
-    def _h2_watch(self, protocol: Any) -> _H2Watch | None:
+    def _h2_watch(self, protocol: IProtocol) -> _H2Watch | None:
         watch = self._h2.get(protocol)
         if watch is None:
             transport = getattr(protocol, "transport", None)
@@ -349,11 +356,11 @@ class ConnectionLimits(PortAcceptor):
                 self._h2_sockets[socket_transport] = watch
         return watch
 
-    def _connection_closed(self, transport: Any) -> None:
+    def _connection_closed(self, transport: Server | None) -> None:
         if self._h2_sockets:
             self._h2_gone(transport)
 
-    def _h2_gone(self, transport: Any) -> None:
+    def _h2_gone(self, transport: Server | None) -> None:
         watch = self._h2_sockets.pop(transport, None)
         if watch is not None:
             self._h2.pop(watch.protocol, None)
@@ -488,14 +495,14 @@ class _H2Watch:
 
     __slots__ = ("limit_key", "opened", "protocol")
 
-    def __init__(self, protocol: Any, limit_key: str) -> None:
+    def __init__(self, protocol: IProtocol, limit_key: str) -> None:
         self.protocol = protocol
         self.limit_key = limit_key
         #: Whether a stream was ever opened (then it is no head still to come).
         self.opened = False
 
     @property
-    def transport(self) -> Any:
+    def transport(self) -> ITransport | None:
         return getattr(self.protocol, "transport", None)
 
     def head_timed_out(self) -> None:

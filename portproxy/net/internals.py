@@ -37,7 +37,7 @@ from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from twisted.internet.interfaces import IAddress, IPushProducer
+    from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
     from twisted.web.http import Request
 
 __all__ = [
@@ -318,7 +318,7 @@ def h2_register_stream(conn: H2Connection, stream_id: int, stream: H2Stream) -> 
     own._outboundStreamQueues[stream_id] = deque()
 
 
-def h2_reactor(conn: H2Connection) -> Any:
+def h2_reactor(conn: H2Connection) -> IReactorTime:
     """The reactor the connection was built with (private C{_reactor})."""
     return conn._reactor
 

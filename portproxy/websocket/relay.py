@@ -133,6 +133,11 @@ def _take_over(request: Request, protocol: Any) -> None:
     """Move the request's connection from twisted.web to C{protocol}."""
     channel = request.channel
     transport: Any = channel.transport
+    # From now on the connection is not HTTP's: the channel leaves the head deadline,
+    # idle and trust bookkeeping of portproxy.limits (it never sees connectionLost).
+    leave_http11 = getattr(channel, "leave_http11", None)
+    if leave_http11 is not None:
+        leave_http11()
     channel.transport = None
     # HTTPChannel registered itself as the socket's producer; the splice registers the
     # other leg there later, which Twisted refuses while HTTPChannel is still in place.

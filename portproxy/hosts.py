@@ -16,6 +16,7 @@ No user info, no blanks inside, no empty host, no empty port.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import NamedTuple
@@ -40,11 +41,13 @@ class Authority(NamedTuple):
     port: int | None
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_authority(value: bytes | str) -> Authority | None:
     """Parse C{host[:port]} strictly (see the module docstring); C{None} if malformed.
 
     Surrounding blanks (SP, HTAB) are ignored, as they are around a field value.
-    Never raises, whatever C{value} holds.
+    Never raises, whatever C{value} holds. Answers are cached: the function is pure,
+    and the same few hosts come back on every request.
     """
     if isinstance(value, str):
         if not value.isascii():

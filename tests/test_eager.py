@@ -80,3 +80,36 @@ def test_non_tcp_transports_keep_their_own_write() -> None:
     assert eager_writer(transport) == transport.write
     transport.write(b"x")
     assert transport.value() == b"x"
+
+
+@pytest_twisted.ensureDeferred
+async def test_counted_client_connections_of_a_watched_port_still_send_eagerly(
+    make_proxy: Any,
+) -> None:
+    """The connection cap counts connections with a subclass of Twisted's transport;
+    responses on them must still leave at once (a missed case cost 15% of S1)."""
+    from tests.support import raw_request
+
+    proxy = make_proxy()
+    assert proxy.instance.site.limits.watch(proxy.port_obj)
+    raw = await raw_request(
+        proxy.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    assert raw.startswith(b"HTTP/1.1 200")
+    (protocol,) = proxy.instance.site.tracked
+    transport = getattr(protocol, "_channel", protocol).transport
+    assert type(transport).__name__.startswith("EagerCounted")
+
+
+def test_subclasses_of_tcp_transports_get_one_eager_class_each() -> None:
+    from twisted.internet import tcp
+
+    class Counted(tcp.Server):
+        pass
+
+    first = object.__new__(Counted)
+    second = object.__new__(Counted)
+    assert send_eagerly(first) and send_eagerly(second)
+    assert type(first) is type(second)
+    assert issubclass(type(first), Counted)
+    assert send_eagerly(first)  # already eager: unchanged

@@ -442,6 +442,27 @@ async def test_session_cookie_never_reaches_the_upstream_and_signed_out_gets_401
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_relayed_connection_leaves_the_http_limits_bookkeeping(
+    raw_app: Any, make_proxy: Any
+) -> None:
+    """Once relayed, the HTTP channel never hears of its connection again: it must
+    leave the limits' sets then, or every signed-in WebSocket would stay there."""
+    environ = {"PASSWORD": "hunter2"}
+    proxy = make_proxy(auth="password", environ=environ)
+    cookie = print_auth_cookie(Config(auth="password"), environ)
+    up = raw_app()
+    raw = await exchange(
+        proxy.port,
+        upgrade(b"/proxy/%d/" % up.port, extra=b"Cookie: " + cookie.encode() + b"\r\n"),
+    )
+    assert parse_response(raw)[0] == 101
+    limits = proxy.instance.site.limits
+    (protocol,) = proxy.instance.site.tracked
+    channel = getattr(protocol, "_channel", protocol)
+    assert not limits.is_trusted(channel)  # trusted while HTTP, forgotten once relayed
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_client_gets_the_subprotocol_the_upstream_chose(
     app: Any, proxy: Any, browsers: list[Browser]
 ) -> None:

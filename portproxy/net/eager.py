@@ -65,21 +65,25 @@ class _EagerClient(_EagerWrites, tcp.Client):
     pass
 
 
-_EAGER = {tcp.Server: _EagerServer, tcp.Client: _EagerClient}
+_EAGER: dict[type, type] = {tcp.Server: _EagerServer, tcp.Client: _EagerClient}
 
 
 def send_eagerly(transport: object) -> bool:
     """Make C{transport} send at once when it can; C{False} if it cannot be made to.
 
-    Only Twisted's plain TCP transports are changed: TLS and other wrapped transports
-    keep their own buffering.
+    Only Twisted's plain TCP transports (and subclasses of them, such as the counted
+    ones of L{portproxy.net.accept}) are changed: TLS and other wrapped transports keep
+    their own buffering.
     """
     cls = type(transport)
-    if cls in (_EagerServer, _EagerClient):
+    if issubclass(cls, _EagerWrites):
         return True
     eager = _EAGER.get(cls)
     if eager is None:
-        return False
+        if not issubclass(cls, (tcp.Server, tcp.Client)):
+            return False
+        # One eager subclass per transport class, made once.
+        eager = _EAGER[cls] = type("Eager" + cls.__name__, (_EagerWrites, cls), {})
     swap_class(transport, eager)
     return True
 

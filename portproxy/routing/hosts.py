@@ -16,6 +16,7 @@ No user info, no blanks inside, no empty host, no empty port.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import NamedTuple
@@ -40,6 +41,7 @@ class Authority(NamedTuple):
     port: int | None
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_authority(value: bytes | str, *, blanks: bool = True) -> Authority | None:
     """Parse C{host[:port]} strictly (see the module docstring); C{None} if malformed.
 
@@ -47,7 +49,8 @@ def parse_authority(value: bytes | str, *, blanks: bool = True) -> Authority | N
     (C{Host}); with C{blanks=False} they make the value malformed, for an authority
     that is not a field value of its own (HTTP/2's C{:authority}, inside an C{Origin},
     the C{Host} of a plain request on a TLS port, which twisted.web has stripped).
-    Never raises, whatever C{value} holds.
+    Never raises, whatever C{value} holds. Answers are cached: the function is pure,
+    and the same few hosts come back on every request.
     """
     if isinstance(value, str):
         if not value.isascii():

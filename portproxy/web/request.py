@@ -159,6 +159,10 @@ class ProxyRequest(Request):
         if length is None:
             self._own_route_body(None)  # not streamed: kept in memory, and bounded
             return
+        if length == 0:
+            # Most requests: no body, so no spooled file object to build and close.
+            self.content = io.BytesIO()
+            return
         super().gotLength(length)
 
     def _own_route_body(self, length: int | None) -> bool:

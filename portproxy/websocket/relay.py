@@ -146,6 +146,11 @@ def _take_over(request: Request, protocol: IProtocol) -> None:
     channel = request.channel
     # Any: the socket or its TLS wrapper, whose protocol attributes no interface names.
     transport: Any = channel.transport
+    # From now on the connection is not HTTP's: the channel leaves the head deadline,
+    # idle and trust bookkeeping of portproxy.limits (it never sees connectionLost).
+    leave_http11 = getattr(channel, "leave_http11", None)
+    if leave_http11 is not None:
+        leave_http11()
     channel.transport = None
     # HTTPChannel registered itself as the socket's producer; the splice registers the
     # other leg there later, which Twisted refuses while HTTPChannel is still in place.

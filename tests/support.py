@@ -145,3 +145,36 @@ class LiveSite:
     @property
     def port(self) -> int:
         return int(self.port_obj.getHost().port)
+
+
+class FakeConnection:
+    """A client connection as L{portproxy.net.limits.ConnectionLimits} sees it: it
+    records what the limits did to it (C{408}, C{reclaimed}, C{cut})."""
+
+    def __init__(self, key: str = "198.51.100.1", unsent: int | None = 0) -> None:
+        self.limit_key = key
+        self.unsent = unsent
+        self.events: list[str] = []
+        self.transport = object()
+
+    def head_timed_out(self) -> None:
+        self.events.append("408")
+
+    def reclaim(self) -> None:
+        self.events.append("reclaimed")
+
+    def send_timed_out(self) -> None:
+        self.events.append("cut")
+
+    def unsent_bytes(self) -> int | None:
+        return self.unsent
+
+
+def fake_clock_limits(clock: Any, **kw: Any) -> Any:
+    """A L{ConnectionLimits} on C{clock} with small defaults (cap 10, 30 s, 60 s)."""
+    from portproxy.net.limits import ConnectionLimits
+
+    kw.setdefault("max_connections", 10)
+    kw.setdefault("header_timeout", 30.0)
+    kw.setdefault("send_timeout", 60.0)
+    return ConnectionLimits(clock, **kw)

@@ -27,7 +27,14 @@ from zope.interface import implementer
 
 from portproxy.net.limits import ConnectionLimits
 from portproxy.net.policy import FD_RESERVE, address_key, plan_fd_limit, with_backlog
-from tests.support import get, get_reactor, parse_response, raw_request
+from tests.support import (
+    FakeConnection,
+    fake_clock_limits,
+    get,
+    get_reactor,
+    parse_response,
+    raw_request,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -732,31 +739,7 @@ def test_clients_are_grouped_by_address_and_ipv6_by_64(host: str, key: str) -> N
 # -- the limits' bookkeeping, on a fake clock -------------------------------------------
 
 
-class FakeConnection:
-    def __init__(self, key: str = "198.51.100.1", unsent: int | None = 0) -> None:
-        self.limit_key = key
-        self.unsent = unsent
-        self.events: list[str] = []
-        self.transport = object()
-
-    def head_timed_out(self) -> None:
-        self.events.append("408")
-
-    def reclaim(self) -> None:
-        self.events.append("reclaimed")
-
-    def send_timed_out(self) -> None:
-        self.events.append("cut")
-
-    def unsent_bytes(self) -> int | None:
-        return self.unsent
-
-
-def _limits(clock: Any, **kw: Any) -> ConnectionLimits:
-    kw.setdefault("max_connections", 10)
-    kw.setdefault("header_timeout", 30.0)
-    kw.setdefault("send_timeout", 60.0)
-    return ConnectionLimits(clock, **kw)
+_limits = fake_clock_limits
 
 
 def test_head_deadline_is_not_restarted_by_progress() -> None:

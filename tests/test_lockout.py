@@ -15,8 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from portproxy.net.limits import ConnectionLimits
-from tests.support import parse_response
+from tests.support import FakeConnection, fake_clock_limits, parse_response
 from tests.test_limits import closed_within, connect, sleep
 
 KiB = 1024
@@ -177,30 +176,7 @@ async def test_signed_in_upload_is_not_evicted_at_the_cap(make_proxy, upstream) 
 # -- 2 and 5: eviction at the cap, on a fake clock ------------------------------------------
 
 
-class FakeConnection:
-    def __init__(self, key: str) -> None:
-        self.limit_key = key
-        self.events: list[str] = []
-        self.transport = object()
-
-    def head_timed_out(self) -> None:
-        self.events.append("408")
-
-    def reclaim(self) -> None:
-        self.events.append("reclaimed")
-
-    def send_timed_out(self) -> None:
-        self.events.append("cut")
-
-    def unsent_bytes(self) -> int | None:
-        return 0
-
-
-def _limits(clock: Clock, **kw: Any) -> ConnectionLimits:
-    kw.setdefault("max_connections", 10)
-    kw.setdefault("header_timeout", 30.0)
-    kw.setdefault("send_timeout", 60.0)
-    return ConnectionLimits(clock, **kw)
+_limits = fake_clock_limits
 
 
 def test_at_the_cap_the_oldest_head_makes_room_whatever_its_address() -> None:

@@ -30,6 +30,7 @@ from twisted.internet.task import Clock
 
 from portproxy.net.limits import IDLE_RECLAIM_AFTER, ConnectionLimits
 from portproxy.net.policy import HEAD_GRACE
+from tests.support import FakeConnection, fake_clock_limits
 from tests.test_hostile_load import (
     PASSWORD,
     Proxy,
@@ -48,32 +49,8 @@ __all__ = ["app"]  # the fixture, imported so that the live tests can use it
 # -- the order of eviction, on a fake clock -------------------------------------------------
 
 
-class Conn:
-    """An HTTP/1.1 connection as the limits see it: what was done to it."""
-
-    def __init__(self, key: str = "198.51.100.1") -> None:
-        self.limit_key = key
-        self.transport = object()
-        self.events: list[str] = []
-
-    def head_timed_out(self) -> None:
-        self.events.append("408")
-
-    def reclaim(self) -> None:
-        self.events.append("reclaimed")
-
-    def send_timed_out(self) -> None:
-        self.events.append("cut")
-
-    def unsent_bytes(self) -> int | None:
-        return 0
-
-
-def _limits(clock: Clock, **kw: Any) -> ConnectionLimits:
-    kw.setdefault("max_connections", 10)
-    kw.setdefault("header_timeout", 30.0)
-    kw.setdefault("send_timeout", 60.0)
-    return ConnectionLimits(clock, **kw)
+Conn = FakeConnection
+_limits = fake_clock_limits
 
 
 def _idle(limits: ConnectionLimits, conn: Conn, *, trusted: bool) -> Conn:

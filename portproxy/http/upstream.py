@@ -45,7 +45,6 @@ __all__ = [
     "LoopbackEndpoint",
     "RequestState",
     "ResponseSink",
-    "ResponseState",
     "TooManyUpstreams",
     "UpstreamConnection",
     "UpstreamPool",
@@ -114,15 +113,6 @@ class RequestState(enum.Enum):
     BROKEN = "broken"  # the body will never be complete (abandoned, connection lost)
 
 
-class ResponseState(enum.Enum):
-    """Where the response side of a connection's current exchange stands."""
-
-    IDLE = "idle"
-    RECEIVING = "receiving"
-    DONE = "done"
-    BROKEN = "broken"
-
-
 class UpstreamConnection(Protocol):
     """One persistent HTTP/1.1 connection to an app; one request at a time.
 
@@ -142,7 +132,7 @@ class UpstreamConnection(Protocol):
         #: The exchange this connection serves until it is back in the pool.
         self.owner: object | None = None
         self.request_state = RequestState.IDLE
-        self.response_state = ResponseState.IDLE
+        #: Reads the response; its state is the response side of the exchange.
         self.reader = ResponseReader()
         self.reused = False
         self.idle_since = 0.0
@@ -180,7 +170,6 @@ class UpstreamConnection(Protocol):
         self._method = method
         self._got_bytes = False
         self.request_state = RequestState.SENDING
-        self.response_state = ResponseState.RECEIVING
         self.reader.start(method)
         transport = self.transport
         assert transport is not None
@@ -254,7 +243,6 @@ class UpstreamConnection(Protocol):
     def _response_end(self) -> None:
         sink = self.sink
         self.sink = None
-        self.response_state = ResponseState.DONE
         if sink is not None:
             sink.response_done()
         if self.lost:
@@ -272,7 +260,6 @@ class UpstreamConnection(Protocol):
 
     def _fail(self, reason: Failure) -> None:
         sink = self.sink
-        self.response_state = ResponseState.BROKEN
         self.abort()
         if sink is not None:
             sink.response_failed(reason, retryable=False)
@@ -296,14 +283,12 @@ class UpstreamConnection(Protocol):
             # must reach the client as a broken response, not a complete one.
             try:
                 if self.reader.eof():
-                    self.response_state = ResponseState.DONE
                     sink.response_done()
                     return
             except ProtocolError as e:
                 reason = Failure(e)
         else:
             self.reader.state = ReaderState.BROKEN
-        self.response_state = ResponseState.BROKEN
         # A reused connection that died before answering was most likely closed by
         # the app's idle timeout as we wrote: an idempotent request can be sent again.
         retryable = self.reused and not self._got_bytes and self._method in IDEMPOTENT
@@ -424,7 +409,7 @@ class UpstreamPool:
         """Keep C{connection} for the next request to its port, if it is reusable."""
         if not (
             connection.request_state is RequestState.DONE
-            and connection.response_state is ResponseState.DONE
+            and connection.reader.state is ReaderState.DONE
         ):
             # Never pool a connection mid-exchange: its next bytes belong to this one.
             connection.abort()
@@ -436,7 +421,6 @@ class UpstreamPool:
         connection.reused = False
         connection.owner = None
         connection.request_state = RequestState.IDLE
-        connection.response_state = ResponseState.IDLE
         connection.idle_since = self.reactor.seconds()
         # The client may have paused this socket through the response's producer.
         connection.transport.resumeProducing()  # type: ignore[union-attr]

@@ -64,6 +64,15 @@ __all__ = ["HardenedH2Connection", "HardenedH2Stream"]
 _log = Logger(namespace="portproxy.http2")
 
 
+def _cancel(owner: object, name: str) -> None:
+    """Cancel the timer in C{owner}'s attribute C{name}, if one is pending, and clear it."""
+    timer: IDelayedCall | None = getattr(owner, name)
+    if timer is not None:
+        if timer.active():
+            timer.cancel()
+        setattr(owner, name, None)
+
+
 class HardenedH2Stream(H2Stream):
     """An C{H2Stream} that reads its head only once registered, in a safe order.
 
@@ -171,12 +180,6 @@ class HardenedH2Stream(H2Stream):
         self.connectionLost(Failure(ConnectionLost("request body too slow")))
         conn._requestDone(self.streamID)
 
-    def _cancel_body_timer(self) -> None:
-        if self._body_timer is not None:
-            if self._body_timer.active():
-                self._body_timer.cancel()
-            self._body_timer = None
-
     def answer_early(self, request: Request) -> None:
         """Render C{request} now, before its body; the body is then dropped.
 
@@ -184,7 +187,7 @@ class HardenedH2Stream(H2Stream):
         and the stream is reset once the answer is out (RFC 9113 8.1).
         """
         self._answered_early = True
-        self._cancel_body_timer()  # answered: only the send timeout is left
+        _cancel(self, "_body_timer")  # answered: only the send timeout is left
         request.requestReceived(self.command, self.path, self._version)
 
     def receiveDataChunk(self, data: bytes, flowControlledLength: int) -> None:
@@ -197,7 +200,7 @@ class HardenedH2Stream(H2Stream):
 
     def requestComplete(self) -> None:
         self._client_ended = True
-        self._cancel_body_timer()
+        _cancel(self, "_body_timer")
         if not self._answered_early:
             super().requestComplete()
         self.connection._report()
@@ -212,7 +215,7 @@ class HardenedH2Stream(H2Stream):
         self.connection.trust()
 
     def connectionLost(self, reason: Failure) -> None:
-        self._cancel_body_timer()
+        _cancel(self, "_body_timer")
         super().connectionLost(reason)
 
     # -- sending: the connection's pause reaches every stream ---------------------------
@@ -221,7 +224,7 @@ class HardenedH2Stream(H2Stream):
         if h2_socket_full(self.connection):
             return  # the socket is full: stay paused whatever the window says
         if self.connection.remainingOutboundWindow(self.streamID) > 0:
-            self._cancel_stall()
+            _cancel(self, "_stall")
         super().windowUpdated()
 
     def flowControlBlocked(self) -> None:
@@ -250,12 +253,6 @@ class HardenedH2Stream(H2Stream):
             _log.info("HTTP/2 stream {id}: window shut for too long", id=self.streamID)
             self.connectionLost(Failure(ConnectionLost("send timeout")))
             self.connection.abortRequest(self.streamID)
-
-    def _cancel_stall(self) -> None:
-        if self._stall is not None:
-            if self._stall.active():
-                self._stall.cancel()
-            self._stall = None
 
 
 class HardenedH2Connection(H2Connection):
@@ -318,9 +315,7 @@ class HardenedH2Connection(H2Connection):
         self._trusted = True
         limits = self.connection_limits
         if limits is not None and not self._closing:
-            hook = getattr(limits, "h2_trusted", None)
-            if hook is not None:
-                hook(self)
+            limits.h2_trusted(self)
         self._report()
 
     def _report(self) -> None:
@@ -334,16 +329,17 @@ class HardenedH2Connection(H2Connection):
         limits = self.connection_limits
         if limits is None or self._closing or not self._preface_in:
             return
-        if self._trusted or getattr(limits, "trust_all", False):
+        if self._trusted or limits.trust_all:
             idle = not self.streams
         else:
             idle = not any(s.holds_connection for s in self.streams.values())
         if idle == self._reported_idle:
             return
         self._reported_idle = idle
-        hook = getattr(limits, "h2_idle" if idle else "h2_busy", None)
-        if hook is not None:
-            hook(self)
+        if idle:
+            limits.h2_idle(self)
+        else:
+            limits.h2_busy(self)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -400,14 +396,14 @@ class HardenedH2Connection(H2Connection):
                     self.limits.header_timeout, self._head_too_slow
                 )
         elif self._head_timer is not None:
-            self._cancel("_head_timer")
+            _cancel(self, "_head_timer")
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
         self._shut(h2.errors.ErrorCodes.PROTOCOL_ERROR, "header block too slow")
 
     def _requestReceived(self, event: h2.events.RequestReceived) -> None:
-        self._cancel("_first_timer")
+        _cancel(self, "_first_timer")
         status = request_head_refusal(event.headers)
         if status is not None:
             self._refuse(event.stream_id, status, ended=event.stream_ended is not None)
@@ -436,9 +432,7 @@ class HardenedH2Connection(H2Connection):
         limits = self.connection_limits
         if limits is not None and not self._closing and self._preface_in:
             # From now on the streams' own deadlines hold, not the connection's head's.
-            opened = getattr(limits, "h2_opened", None)
-            if opened is not None:
-                opened(self)
+            limits.h2_opened(self)
         self._report()  # a stream is open (at work once start() says so)
         stream.start()
 
@@ -512,8 +506,8 @@ class HardenedH2Connection(H2Connection):
     def _requestDone(self, streamID: int) -> None:
         stream = self.streams.get(streamID)
         if stream is not None:
-            stream._cancel_stall()
-            stream._cancel_body_timer()
+            _cancel(stream, "_stall")
+            _cancel(stream, "_body_timer")
             if stream._answered_early and not stream._client_ended:
                 # The answer is out; ask the client to stop sending the body.
                 try:
@@ -539,7 +533,7 @@ class HardenedH2Connection(H2Connection):
             self._send_timer = self.later(self.limits.send_timeout, self._send_too_slow)
 
     def resumeProducing(self) -> None:
-        self._cancel("_send_timer")
+        _cancel(self, "_send_timer")
         super().resumeProducing()
         for stream in list(self.streams.values()):
             if h2_socket_full(self):
@@ -602,17 +596,10 @@ class HardenedH2Connection(H2Connection):
         self, reason: Failure, _cancelTimeouts: bool = True
     ) -> None:
         self._closing = True
-        self._cancel("_head_timer")
-        self._cancel("_send_timer")
-        self._cancel("_first_timer")
+        _cancel(self, "_head_timer")
+        _cancel(self, "_send_timer")
+        _cancel(self, "_first_timer")
         for stream in list(self.streams.values()):
-            stream._cancel_stall()
+            _cancel(stream, "_stall")
         self.connection_limits = None  # they see the socket close
         super().connectionLost(reason, _cancelTimeouts=_cancelTimeouts)
-
-    def _cancel(self, name: str) -> None:
-        timer = getattr(self, name)
-        if timer is not None:
-            if timer.active():
-                timer.cancel()
-            setattr(self, name, None)

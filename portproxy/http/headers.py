@@ -59,8 +59,9 @@ _XFP = b"X-Forwarded-Proto"
 _XFH = b"X-Forwarded-Host"
 _XFPREFIX = b"X-Forwarded-Prefix"
 
-# Believed like X-Forwarded-For (nginx's realip module reads it): only from a trusted proxy.
-_X_REAL_IP = b"x-real-ip"
+# Passed on only from a trusted proxy, as X-Forwarded-* (nginx's realip module reads
+# X-Real-IP like X-Forwarded-For).
+_TRUSTED_ONLY = frozenset((b"forwarded", b"x-real-ip"))
 
 
 def is_hop_by_hop(lower_name: bytes) -> bool:
@@ -315,7 +316,10 @@ def _forward(
 ) -> list[tuple[bytes, list[bytes]]]:
     """The forwarding policy of L{forward_request_headers} and L{forward_websocket_headers}.
 
-    In steps: drop what must not pass (L{_kept_fields}); keep the rest in order, the
+    In one pass: drop what must not pass (hop-by-hop fields and whatever a Connection
+    field names, fields only for this hop (L{_REQUEST_ONLY_DROP}), C{extra_drop},
+    Sec-WebSocket-* for a WebSocket, names holding C{_}, and from an untrusted peer
+    Forwarded, X-Forwarded-* and X-Real-IP); keep the rest in order, the
     fields that are merged into one (Cookie, X-Forwarded-For, X-Forwarded-Prefix) at the
     place of their first occurrence; then fill in the merged values and add the
     X-Forwarded-* fields that are missing. A merged field's entry holds the list its
@@ -327,10 +331,22 @@ def _forward(
     xff: list[bytes] = []
     prefixes: list[bytes] = []
     have_proto = have_host = host_seen = False
-    kept = _kept_fields(
-        headers, trusted=view.trusted, extra_drop=extra_drop, websocket=websocket
-    )
-    for name, lower, values in kept:
+    trusted = view.trusted
+    items = [(name, name.lower(), values) for name, values in headers if values]
+    options = _connection_options(items) - _NEVER_CONNECTION_OPTION
+    for name, lower, values in items:
+        if (
+            is_hop_by_hop(lower)
+            or lower in _REQUEST_ONLY_DROP
+            or lower in options
+            or lower in extra_drop
+            or (websocket and lower.startswith(b"sec-websocket-"))
+            # CGI and WSGI read X_Forwarded_For as X-Forwarded-For (as nginx's
+            # underscores_in_headers off, such names are dropped).
+            or b"_" in lower
+            or (not trusted and lower in _TRUSTED_ONLY)
+        ):
+            continue
         if lower == b"cookie":
             if not cookies:
                 out.append((name, cookies))
@@ -339,7 +355,9 @@ def _forward(
             if not host_seen:
                 host_seen = True
                 out.append((name, [values[0]]))
-        elif lower.startswith(b"x-forwarded-"):  # only from a trusted peer
+        elif lower.startswith(b"x-forwarded-"):
+            if not trusted:
+                continue
             if lower == b"x-forwarded-for":  # appended to
                 if not xff:
                     out.append((_XFF, xff))
@@ -376,46 +394,6 @@ def _forward(
         else:
             out.append((_XFPREFIX, combined))
     return [entry for entry in out if entry[1]]
-
-
-def _kept_fields(
-    headers: RawHeaders,
-    *,
-    trusted: bool,
-    extra_drop: frozenset[bytes],
-    websocket: bool,
-) -> list[tuple[bytes, bytes, Sequence[bytes]]]:
-    """The fields that may pass, as C{(name, lowercased name, values)}, in order.
-
-    Dropped: hop-by-hop fields and whatever a Connection field names, fields only for
-    this hop (L{_REQUEST_ONLY_DROP}), C{extra_drop}, Sec-WebSocket-* for a WebSocket,
-    names holding C{_}, and from an untrusted peer Forwarded, X-Forwarded-* and
-    X-Real-IP.
-    """
-    items = [(name, name.lower(), values) for name, values in headers if values]
-    options = _connection_options(items) - _NEVER_CONNECTION_OPTION
-    return [
-        item
-        for item in items
-        if not (
-            is_hop_by_hop(lower := item[1])
-            or lower in _REQUEST_ONLY_DROP
-            or lower in options
-            or lower in extra_drop
-            or (websocket and lower.startswith(b"sec-websocket-"))
-            # CGI and WSGI read X_Forwarded_For as X-Forwarded-For (as nginx's
-            # underscores_in_headers off, such names are dropped).
-            or b"_" in lower
-            or (
-                not trusted
-                and (
-                    lower == _X_REAL_IP
-                    or lower == b"forwarded"
-                    or lower.startswith(b"x-forwarded-")
-                )
-            )
-        )
-    ]
 
 
 def _merged_cookies(cookies: list[bytes], session_cookie: bytes | None) -> list[bytes]:

@@ -148,7 +148,7 @@ class Bridge:
         relay = self.relay
         self.phase = Phase.WAITING
         self.answer = Deferred()
-        slots = getattr(relay, "upstream_slots", None)
+        slots = relay.upstream_slots
         if slots is not None:
             if not slots.acquire_slot():
                 answer = self.answer

@@ -349,16 +349,9 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
         trusted_origins=tuple(o.strip().lower() for o in options["trusted-origins"]),
         trusted_proxies=trusted_proxies,
         upstream_timeout=_positive_float("--upstream-timeout", options["upstream-timeout"]),
-        header_timeout=_positive_float(
-            "--header-timeout", options.get("header-timeout", str(DEFAULT_HEADER_TIMEOUT))
-        ),
-        send_timeout=_positive_float(
-            "--send-timeout", options.get("send-timeout", str(DEFAULT_SEND_TIMEOUT))
-        ),
-        max_connections=_positive_int(
-            "--max-connections",
-            options.get("max-connections", str(DEFAULT_MAX_CONNECTIONS)),
-        ),
+        header_timeout=_positive_float("--header-timeout", options["header-timeout"]),
+        send_timeout=_positive_float("--send-timeout", options["send-timeout"]),
+        max_connections=_positive_int("--max-connections", options["max-connections"]),
         max_body_size=None if max_body is None else _byte_size("--max-body-size", max_body),
         cookie_suffix=options["cookie-suffix"] or "",
         session_ttl=_positive_int("--session-ttl", options["session-ttl"]),

@@ -29,7 +29,7 @@ from portproxy.http.headers import ClientView
 from portproxy.http.uploads import StreamingUpload
 from portproxy.net.eager import send_eagerly
 from portproxy.net.internals import channel_request_line, swap_class
-from portproxy.web.channel import ProxyChannel, _CachingChannel
+from portproxy.web.channel import ProxyChannel, _CachingChannel, _close_with
 
 __all__ = [
     "OWN_BODY_LIMIT",
@@ -46,6 +46,8 @@ STREAM_THRESHOLD = 64 * 1024
 #: The largest body portproxy's own routes take (login form, API calls): a larger one
 #: gets 413 as soon as it is declared, or once a chunked one grows past it.
 OWN_BODY_LIMIT = 64 * 1024
+#: The 413 written straight to the socket when an HTTP/1.1 body is over the limit.
+_TOO_LARGE = _close_with(b"413 Content Too Large", b"Request body too large")
 
 
 @runtime_checkable
@@ -96,9 +98,12 @@ class ProxyRequest(Request):
     _received = 0
     #: Over the body limit on HTTP/2: answered with 413 once the body has ended.
     _too_large = False
-    #: The body on its way to the app, when it streams (see L{_stream_body}).
+    #: The body on its way to the app, when it streams (see L{_route_body}).
     _upload: StreamingUpload | None = None
     _upload_target: UploadTarget | None = None
+    #: The leaf dispatched at the head (L{_route_body}), rendered without a second
+    #: dispatch.
+    _leaf: IResource | None = None
     #: The body limit of portproxy's own routes, once the route is known to be one.
     _own_limit: int | None = None
     _own_received = 0
@@ -138,7 +143,7 @@ class ProxyRequest(Request):
             self.finish()
             return
         try:
-            resource = self._upload_target or router.dispatch(self)
+            resource = self._upload_target or self._leaf or router.dispatch(self)
             if not getattr(resource, "proxied", False):
                 # portproxy's own answers carry a Date (proxied ones keep the app's).
                 self.setHeader(b"date", http.datetimeToString())
@@ -204,7 +209,7 @@ class ProxyRequest(Request):
         command, path, version = line
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
-        gate = router.dispatch(self)
+        gate = self._leaf = router.dispatch(self)
         if not _is_gate(gate):
             return self._own_route_body(length)  # portproxy's own page or API
         target = gate.proxy_target(self)
@@ -292,13 +297,8 @@ class ProxyRequest(Request):
             if answer_early is not None:
                 answer_early(self)  # HTTP/2: the 413 now, the body dropped
             return
-        if transport is not None:
-            transport.write(
-                b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 35\r\nConnection: close\r\n\r\n"
-                b'{"error": "Request body too large"}'
-            )
-            transport.loseConnection()
+        transport.write(_TOO_LARGE)
+        transport.loseConnection()
 
 
 def _router(site: object) -> Router | None:

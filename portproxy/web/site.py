@@ -24,7 +24,7 @@ from twisted.web.server import Site
 from portproxy.net.internals import access_log_line
 from portproxy.net.limits import ConnectionLimits
 from portproxy.net.reactor import ISiteReactor
-from portproxy.web.channel import ProxyChannel, channel_protocol
+from portproxy.web.channel import channel_protocol
 from portproxy.web.request import ProxyRequest
 
 __all__ = ["ACCESS_LOG_NAMESPACE", "SPOOL_MEMORY_LIMIT", "ProxySite"]
@@ -45,8 +45,6 @@ class ProxySite(Site):
 
     requestFactory = ProxyRequest
     protocol = channel_protocol  # type: ignore[assignment]
-    #: The HTTP/1.1 channel class (for wrappers that build their own protocol).
-    make_channel = ProxyChannel
     reactor: ISiteReactor
 
     def __init__(

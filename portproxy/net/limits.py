@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 from portproxy.net.internals import queued_write_bytes
 from portproxy.net.policy import (
     Network,
-    address_key,
     head_grace,
+    peer_key,
     plan_fd_limit,
     shared_address,
     upstream_budget,
@@ -84,7 +84,7 @@ class Limited(Protocol):
     """A client connection (HTTP/1.1, a TLS port's first-byte wait, an HTTP/2
     connection's L{_H2Watch}), as seen by L{ConnectionLimits}."""
 
-    #: The L{address_key} of the client.
+    #: The L{portproxy.net.policy.address_key} of the client.
     limit_key: str
 
     def head_timed_out(self) -> None:
@@ -348,8 +348,7 @@ class ConnectionLimits(PortAcceptor):
             transport = getattr(protocol, "transport", None)
             if transport is None or getattr(transport, "disconnecting", False):
                 return None  # closing already: nothing to watch
-            peer = transport.getPeer()
-            key = address_key(str(getattr(peer, "host", None) or peer))
+            key = peer_key(transport.getPeer())
             watch = self._h2[protocol] = _H2Watch(protocol, key)
             socket_transport = self._socket_of(protocol)
             if socket_transport is not None:

@@ -4,8 +4,9 @@
 How many file descriptors a connection cap needs (L{plan_fd_limit}) and what is left
 for upstream connections (L{upstream_budget}); how long a new head is safe from being
 closed to make room (L{head_grace}); the listen queue endpoints get
-(L{with_backlog}); and which client addresses count as one (L{address_key}) or may
-stand for many users (L{shared_address}). L{portproxy.net.limits} applies them.
+(L{with_backlog}); and which client addresses count as one (L{address_key},
+L{peer_key}) or may stand for many users (L{shared_address}). L{portproxy.net.limits}
+applies them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "Network",
     "address_key",
     "head_grace",
+    "peer_key",
     "plan_fd_limit",
     "shared_address",
     "upstream_budget",
@@ -135,6 +137,11 @@ def address_key(host: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return host
+
+
+def peer_key(address: object) -> str:
+    """The L{address_key} of a peer address (its C{host}, or the whole address)."""
+    return address_key(str(getattr(address, "host", None) or address))
 
 
 def shared_address(key: str, trusted: Iterable[Network]) -> bool:

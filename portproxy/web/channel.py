@@ -30,7 +30,7 @@ from portproxy.net.internals import (
     unparsed_line_bytes,
 )
 from portproxy.net.limits import ConnectionLimits, unsent_bytes
-from portproxy.net.policy import address_key
+from portproxy.net.policy import peer_key
 from portproxy.net.reactor import ITCPConnection
 
 if TYPE_CHECKING:
@@ -83,8 +83,7 @@ class ProxyChannel(HTTPChannel):
         if limits is not None:
             self._limits = limits
             transport = cast(ITCPConnection, self.transport)  # connected by now
-            peer = transport.getPeer()
-            self.limit_key = address_key(str(getattr(peer, "host", None) or peer))
+            self.limit_key = peer_key(transport.getPeer())
             self._phase = _HEAD
             limits.head_started(self)
 

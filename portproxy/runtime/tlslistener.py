@@ -33,7 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from portproxy.net.limits import ConnectionLimits
-from portproxy.net.policy import address_key
+from portproxy.net.policy import peer_key
 from portproxy.net.reactor import IInstanceReactor
 from portproxy.runtime.tls import (
     SELF_SIGNED_CERT_FILE,
@@ -140,7 +140,7 @@ class _Sniff(Protocol):
         self.timer: IDelayedCall | None = None
         self.limits: ConnectionLimits | None = None
         #: The client's address group (L{portproxy.net.policy.address_key}).
-        self.limit_key = address_key(str(getattr(addr, "host", None) or addr))
+        self.limit_key = peer_key(addr)
 
     def connectionMade(self) -> None:
         limits = self.owner.limits

@@ -26,10 +26,16 @@ def get_reactor() -> Any:
 
 def listen(site: Any, interface: str = "127.0.0.1") -> Any:
     """Listen on an ephemeral port now (binding is synchronous); return the port."""
-    reactor = get_reactor()
-    if ":" in interface:
-        return reactor.listenTCP(0, site, interface=interface)
-    return reactor.listenTCP(0, site, interface=interface)
+    return get_reactor().listenTCP(0, site, interface=interface)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def rss_bytes() -> int:

@@ -41,6 +41,7 @@ from pathlib import Path
 import pytest
 
 from portproxy.tap import Options
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -481,12 +482,6 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: object, **kwargs: object) -> None:
         return None
@@ -562,7 +557,7 @@ def test_quick_start_walkthrough(tmp_path: Path, app: int) -> None:
     """
     home = tmp_path / "home"
     home.mkdir()
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "twisted", "--log-format", "text", "portproxy"]
         + ["--listen", f"tcp:{port}:interface=127.0.0.1"],

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from portproxy.net.policy import FD_RESERVE
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -43,12 +44,6 @@ def _env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _raise_own_fd_limit(wanted: int) -> None:
@@ -89,7 +84,7 @@ class Proxy:
     def __init__(
         self, tmp: Path, args: list[str], env: dict[str, str], **popen: Any
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = tmp / "portproxy.log"
         self._out = self.log.open("wb")
         self.proc = subprocess.Popen(

@@ -46,7 +46,7 @@ from portproxy.config import Config
 from portproxy.http.h2rules import FrameBudget, H2Limits, request_head_refusal
 from portproxy.runtime.app import build_instance
 from portproxy.runtime.tlslistener import ServerTLS
-from tests.support import Recorder, get_reactor, listen
+from tests.support import Recorder, free_port, get_reactor, listen
 from tests.test_tls import write_pair
 from tests.test_tls_live import PASSWORD, Running, tls_services
 
@@ -312,12 +312,6 @@ def test_frame_budget_counts_in_a_sliding_window() -> None:
 # -- memory: portproxy as a subprocess ----------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -332,7 +326,7 @@ def proxy_process(tmp_path: Path) -> Iterator[Callable[[], tuple[int, int]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start() -> tuple[int, int]:
-        port = _free_port()
+        port = free_port()
         # The working tree's portproxy (and its twisted/plugins), not an installed copy.
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         proc = subprocess.Popen(

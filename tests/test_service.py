@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -36,12 +38,6 @@ def _twist_portproxy(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes
         capture_output=True,
         timeout=60,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -135,7 +131,7 @@ def test_port_in_use_stops_startup_with_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_twistd_foreground_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             *_tool("twistd"),
@@ -169,7 +165,7 @@ def test_twistd_foreground_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_twistd_daemon_writes_pidfile_and_sigterm_stops_it(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     pidfile = tmp_path / "portproxy.pid"
     logfile = tmp_path / "portproxy.log"
     out = subprocess.run(
@@ -210,7 +206,7 @@ def test_twistd_daemon_writes_pidfile_and_sigterm_stops_it(tmp_path: Path) -> No
 
 
 def test_tac_example_runs_under_twistd(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             *_tool("twistd"),
@@ -258,7 +254,7 @@ def test_sigterm_finishes_an_in_flight_request(tmp_path: Path) -> None:
 
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             *_tool("twist"),

@@ -37,6 +37,7 @@ from portproxy.runtime.supervisor import (
     worker_command,
 )
 from portproxy.runtime.worker import AdoptedListener, _WorkerDuties, build_worker_service
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -566,12 +567,6 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -654,7 +649,7 @@ def _ask(client: socket.socket, request: bytes) -> bytes:
 
 class Supervisor:
     def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None):
-        self.port = _free_port()
+        self.port = free_port()
         self.log = tmp_path / "portproxy.log"
         self.args = [
             "--listen", f"tcp:{self.port}:interface=127.0.0.1",

@@ -239,6 +239,63 @@ async def test_client_leaving_after_an_early_answer_does_not_leave_its_upload_in
     assert requests() == [b"POST /early", b"GET /victim"]
 
 
+class _NeverReadsBodies(Protocol):
+    """A keep-alive app that answers a POST at its head and never reads its body, as
+    Python's C{http.server} does: the body's bytes are parsed as the next request."""
+
+    def __init__(self, log: list[tuple[int, bytes]]) -> None:
+        self.log = log
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
+            line = head.split(b"\r\n")[0]
+            self.log.append((id(self), line))
+            method, target = line.split(b" ")[:2]
+            body = b"nope" if method == b"POST" else b"path=" + target
+            status = b"401 Unauthorized" if method == b"POST" else b"200 OK"
+            answer = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (
+                status,
+                len(body),
+                body,
+            )
+            if target.startswith(b"/slow"):
+                # Answered later, so nothing follows the 401 when the proxy reads it.
+                get_reactor().callLater(0.5, self.transport.write, answer)
+            else:
+                self.transport.write(answer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_the_app_never_read_is_never_parsed_as_another_clients_request(
+    make_proxy: Any,
+) -> None:
+    log: list[tuple[int, bytes]] = []
+    app = listen(Factory.forProtocol(lambda: _NeverReadsBodies(log)))
+    try:
+        proxy = make_proxy(upstream_timeout=3)
+        app_port = app.getHost().port
+        smuggled = b"GET /slow/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        # The whole upload goes with its head: it is all written before the 401.
+        raw = await raw_request(
+            proxy.port,
+            b"POST /proxy/%d/login HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (app_port, len(smuggled), smuggled),
+        )
+        assert parse_response(raw)[0] == 401
+        status, _, body = parse_response(
+            await raw_request(proxy.port, get(b"/proxy/%d/victim" % app_port))
+        )
+        assert (status, body) == (200, b"path=/victim")
+        (victim_conn,) = [c for c, line in log if line.startswith(b"GET /victim")]
+        assert all(c != victim_conn for c, line in log if line.startswith(b"POST"))
+        await _sleep(0.6)  # the late answer goes to a connection nobody reads
+    finally:
+        await app.stopListening()
+
+
 class _EarlyThenRead(Protocol):
     """Answers 413 as soon as the head is in, then reads on: a connection to watch."""
 

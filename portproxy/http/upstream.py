@@ -138,6 +138,8 @@ class UpstreamConnection(Protocol):
         self.idle_since = 0.0
         self._method = b""
         self._upload: StreamingUpload | None = None
+        #: Whether the request carried a body (see L{_response_end}).
+        self._had_body = False
         self._got_bytes = False
         #: Closed, or being closed by L{abort}: never to be handed out again.
         self.lost = False
@@ -170,6 +172,9 @@ class UpstreamConnection(Protocol):
         self._method = method
         self._got_bytes = False
         self.request_state = RequestState.SENDING
+        self._had_body = body is not None and (
+            isinstance(body, StreamingUpload) or body_length > 0
+        )
         self.reader.start(method)
         transport = self.transport
         assert transport is not None
@@ -253,9 +258,14 @@ class UpstreamConnection(Protocol):
             # as another request: close, and let the client's upload be read and
             # dropped.
             self.abort()
-        elif self.reader.keep_alive:
+        elif self.reader.keep_alive and not self._had_body:
             self.pool.release(self)
         elif self.transport is not None:
+            # A request body may have been left unread by an app that answered
+            # without consuming it (Python's http.server and many dev servers do, on
+            # a 401 or 404); it would then parse that body as the next request, which
+            # could be another client's. Whether the app read it cannot be seen from
+            # here, so a connection that carried a body is never reused.
             self.transport.loseConnection()
 
     def _fail(self, reason: Failure) -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "StartupError",
     "env_flag",
     "normalize_base_path",
+    "parse_public_url",
     "parse_trusted_proxies",
 ]
 
@@ -79,6 +80,15 @@ class Config:
     send_timeout: float = DEFAULT_SEND_TIMEOUT
     #: Client connections held at once, per process; the rest wait in the listen queue.
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: C{--public-url}: C{scheme://host[:port][/prefix]} as clients reach this instance
+    #: (no trailing slash), for URLs built without a request; C{None}: from the listener.
+    public_url: str | None = None
+    #: C{--rewrite-host}: apps see C{Host: localhost:<port>} and a matching Origin.
+    rewrite_host: bool = False
+    #: C{--compress}: compress text responses for clients that accept it.
+    compress: bool = True
+    #: C{--access-log-file}: write the access log to this file instead of the log.
+    access_log_file: str | None = None
 
 
 def normalize_base_path(value: str) -> bytes:
@@ -96,6 +106,35 @@ def normalize_base_path(value: str) -> bytes:
     if any(c <= 0x20 or c >= 0x7F or c in b"?#" for c in raw):
         raise ValueError("must not contain spaces, '?', '#' or control characters")
     return raw
+
+
+def parse_public_url(value: str) -> str:
+    """Check C{--public-url}: C{http(s)://host[:port]} and an optional path prefix.
+
+    Returns it without a trailing slash. Raises C{ValueError} with the reason for
+    anything else (a query, a fragment, user info, another scheme, a bad host).
+    """
+    from urllib.parse import urlsplit
+
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r} is not a URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r} must start with http:// or https://")
+    if not parts.hostname or "@" in parts.netloc:
+        raise ValueError(f"{value!r} must name a host (and no user)")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError(f"{value!r} must not have a query or fragment")
+    if any(c <= " " or c > "~" for c in text):
+        raise ValueError(f"{value!r} must not contain spaces or non-ASCII characters")
+    netloc = parts.netloc.lower()
+    if port is not None and port == (443 if parts.scheme == "https" else 80):
+        netloc = netloc.rsplit(":", 1)[0]
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme}://{netloc}{path}"
 
 
 def parse_trusted_proxies(values: list[str]) -> tuple[Network, ...]:

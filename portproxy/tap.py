@@ -27,6 +27,7 @@ from portproxy.config import (
     StartupError,
     env_flag,
     normalize_base_path,
+    parse_public_url,
     parse_trusted_proxies,
 )
 
@@ -86,7 +87,8 @@ class Options(usage.Options):
         [
             "disable-proxy",
             None,
-            "Answer 403 on every proxy route (also env PORTPROXY_DISABLE_PROXY=1|true).",
+            "Answer 403 on every proxy route (also env PORTPROXY_DISABLE_PROXY or "
+            "CS_DISABLE_PROXY=1|true).",
         ],
         [
             "skip-auth-preflight",
@@ -99,6 +101,11 @@ class Options(usage.Options):
             "Print portproxy-session=VALUE for the configured password and exit.",
         ],
         ["version", None, "Print the version and exit."],
+        [
+            "rewrite-host",
+            None,
+            "Apps see Host: localhost:<port> and a matching Origin (see docs/routes.rst).",
+        ],
         [
             "self-signed",
             None,
@@ -164,6 +171,25 @@ class Options(usage.Options):
         ],
         ["access-log", None, "combined", "Access log: combined, json or off."],
         [
+            "access-log-file",
+            None,
+            None,
+            "Write the access log to this file (reopened on SIGUSR1 or when rotated).",
+        ],
+        [
+            "public-url",
+            None,
+            None,
+            "Scheme, host and port clients use (https://dev.example.com), for URLs "
+            "built without a request, when a front proxy changes them.",
+        ],
+        [
+            "compress",
+            None,
+            "on",
+            "Compress text responses for clients that accept it: on or off.",
+        ],
+        [
             "cert",
             None,
             None,
@@ -194,6 +220,8 @@ class Options(usage.Options):
         optActions={
             "auth": usage.CompleteList(["password", "none"]),
             "access-log": usage.CompleteList(["combined", "json", "off"]),
+            "compress": usage.CompleteList(["on", "off"]),
+            "access-log-file": usage.CompleteFiles(),
             "password-file": usage.CompleteFiles(),
             "data-dir": usage.CompleteDirs(),
             "cert": usage.CompleteFiles(),
@@ -300,6 +328,22 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
         raise usage.UsageError(
             f"--access-log: {access_log!r} is not one of: combined, json, off"
         )
+    compress = options.get("compress") or "on"
+    if compress not in ("on", "off"):
+        raise usage.UsageError(f"--compress: {compress!r} is not one of: on, off")
+    public_url = options.get("public-url")
+    if public_url is not None:
+        try:
+            public_url = parse_public_url(public_url)
+        except ValueError as e:
+            raise usage.UsageError(f"--public-url: {e}") from None
+    access_log_file = options.get("access-log-file")
+    if access_log_file is not None:
+        access_log_file = os.path.abspath(os.path.expanduser(access_log_file))
+        if not os.path.isdir(os.path.dirname(access_log_file)):
+            raise usage.UsageError(
+                f"--access-log-file: the folder of {access_log_file!r} does not exist"
+            )
     try:
         base_path = normalize_base_path(options["abs-proxy-base-path"] or "")
     except ValueError as e:
@@ -342,8 +386,11 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
         proxy_domains=domains,
         auth=auth,
         password_file=password_file,
+        # Any one of the three disables: a migrated code-server environment keeps
+        # its CS_DISABLE_PROXY and must not find the proxy open.
         disable_proxy=bool(options["disable-proxy"])
-        or env_flag(environ.get("PORTPROXY_DISABLE_PROXY")),
+        or env_flag(environ.get("PORTPROXY_DISABLE_PROXY"))
+        or env_flag(environ.get("CS_DISABLE_PROXY")),
         skip_auth_preflight=bool(options["skip-auth-preflight"]),
         abs_proxy_base_path=base_path,
         trusted_origins=tuple(o.strip().lower() for o in options["trusted-origins"]),
@@ -356,6 +403,10 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
         cookie_suffix=options["cookie-suffix"] or "",
         session_ttl=_positive_int("--session-ttl", options["session-ttl"]),
         access_log=access_log,
+        access_log_file=access_log_file,
+        public_url=public_url,
+        rewrite_host=bool(options.get("rewrite-host")),
+        compress=compress == "on",
         workers=workers,
         **tls_fields,
     )

@@ -594,7 +594,7 @@ def test_quick_start_walkthrough(tmp_path: Path, app: int) -> None:
         assert (status, body) == (200, b"<h1>hello from the app</h1>")
         # /proxy/<port> without the slash redirects.
         status, headers, _ = _get(f"{base}/proxy/{app}", {"Cookie": cookie})
-        assert (status, headers["location"]) == (302, f"/proxy/{app}/")
+        assert (status, headers["location"]) == (302, f"./../proxy/{app}/")
 
         # curl -H "Cookie: $(twist portproxy --print-auth-cookie)" ...
         printed = subprocess.run(

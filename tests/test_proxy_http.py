@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.web.resource import Resource
 
@@ -56,7 +57,22 @@ async def test_missing_slash_redirects_keeping_the_query(upstream, proxy) -> Non
         await raw_request(proxy.port, get(b"/proxy/%d?a=1&b=%%20" % up.port))
     )
     assert status == 302
-    assert headers[b"location"] == [b"/proxy/%d/?a=1&b=%%20" % up.port]
+    # Relative, so that it stays under a front proxy's path prefix.
+    assert headers[b"location"] == [b"./../proxy/%d/?a=1&b=%%20" % up.port]
+    assert rec.requests == []
+
+
+@pytest.mark.parametrize("method", [b"POST", b"PUT", b"PATCH", b"DELETE"])
+@pytest_twisted.ensureDeferred
+async def test_missing_slash_keeps_the_method_with_308(upstream, proxy, method) -> None:
+    up = upstream(rec := Recorder())
+    request = (
+        b"%s /proxy/%d?a=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\nhi" % (method, up.port)
+    )
+    status, headers, _ = parse_response(await raw_request(proxy.port, request))
+    assert status == 308
+    assert headers[b"location"] == [b"./../proxy/%d/?a=1" % up.port]
     assert rec.requests == []
 
 
@@ -437,3 +453,22 @@ async def test_oversized_request_head_is_refused_without_harming_others(
 async def test_malformed_request_line_gets_400(proxy) -> None:
     raw = await raw_request(proxy.port, b"GARBAGE\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "disabled"),
+    [
+        ("CS_DISABLE_PROXY", "1", True),
+        ("CS_DISABLE_PROXY", "TRUE", True),
+        ("CS_DISABLE_PROXY", "0", False),
+        ("PORTPROXY_DISABLE_PROXY", "true", True),
+        ("CS_DISABLE_PROXY", "", False),
+    ],
+)
+def test_code_server_disable_variable_disables_the_proxy(variable, value, disabled) -> None:
+    from portproxy.tap import Options
+
+    options = Options()
+    options.environ = {variable: value}
+    options.parseOptions(["--auth", "none"])
+    assert options.config.disable_proxy is disabled

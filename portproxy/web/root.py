@@ -24,6 +24,7 @@ from portproxy.http.headers import BadRequest, ClientView, client_view, request_
 from portproxy.net.peer import peer_host
 from portproxy.routing.domains import DomainMatcher
 from portproxy.routing.hosts import parse_authority
+from portproxy.routing.relative import relative_reference
 from portproxy.routing.routes import (
     RouteKind,
     absproxy_upstream_path,
@@ -254,8 +255,15 @@ class _ProxyGate(Resource):
         return None, port
 
     def _add_slash(self, request: Request) -> bytes:
-        request.setResponseCode(302)
-        request.setHeader(b"location", self.prefix + b"/" + self.path)  # type: ignore[operator]
+        # 302 would let a client turn a POST into a GET and drop its body (RFC 9110
+        # 15.4.3); 308 keeps the method. The Location is relative (the port segment,
+        # then the slash), so it stays under a front proxy's path prefix.
+        code = 302 if request.method in (b"GET", b"HEAD") else 308
+        request.setResponseCode(code)
+        here = split_target(origin_form(request.uri))[0]
+        target = self.prefix + b"/" + self.path  # type: ignore[operator]
+        request.setHeader(b"location", relative_reference(here, target))
+        request.setHeader(b"cache-control", b"no-store")
         return b""
 
     def _engine_resource(self, port: int) -> PortProxyResource:

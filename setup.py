@@ -29,15 +29,18 @@ setup(
         # Used directly for --cert checks and --self-signed (42: *_utc validity dates).
         "cryptography>=42",
         "argon2-cffi>=23",
+        # HTTP/2 for browsers on TLS listeners, on by default (docs/tls.rst): a page of
+        # hundreds of modules loads over one connection instead of six. h2 4.3 and later
+        # refuse CR/LF in header values, which older ones let into the app's request
+        # line; portproxy hardens Twisted's HTTP/2 server (portproxy/http/http2.py).
+        "twisted[http2]",
+        "h2>=4.3",
     ],
     extras_require={
-        # HTTP/2 for browsers on TLS listeners (twisted.web offers h2 through ALPN
-        # when the h2 package is installed); see docs/tls.rst. h2 4.3 and later refuse
-        # CR/LF in header values, which older ones let into the app's request line.
-        "http2": ["twisted[http2]", "h2>=4.3"],
+        # Kept so that `pip install 'portproxy[http2]'` from older docs still works;
+        # HTTP/2 is in the normal install now.
+        "http2": [],
         "test": [
-            "twisted[http2]",
-            "h2>=4.3",
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6",

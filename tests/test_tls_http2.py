@@ -273,3 +273,15 @@ async def test_h2_body_over_the_limit_gets_413(
         proxy.port, ca, [(b"POST", b"/proxy/%d/" % up.port, b"x" * 5000)], timeout=2
     )
     assert response.status == 413 or response.reset is not None
+
+
+def test_http2_is_part_of_the_normal_install() -> None:
+    """h2 is required without an extra, so every TLS listener offers HTTP/2 by ALPN."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    required = [Requirement(r) for r in requires("portproxy") or ()]
+    h2 = [r for r in required if r.name == "h2"]
+    assert h2 and h2[0].marker is None, "h2 must be in install_requires, not an extra"
+    assert h2[0].specifier.contains("4.3.0") and not h2[0].specifier.contains("4.2.0")

@@ -7,7 +7,7 @@ C{systemd:} and other endpoint kinds stay plain. The files are checked by the pu
 functions here (so that a bad option stops start-up with a line naming it), and
 L{ServerTLS} is the thin shell that builds Twisted's C{CertificateOptions} once and wraps
 a listener's factory in C{TLSMemoryBIOFactory}. HTTP/2 is offered through ALPN when
-Twisted can speak it (the C{h2} package, extra C{portproxy[http2]}).
+Twisted can speak it (the C{h2} package, part of the normal install).
 """
 
 from __future__ import annotations

@@ -316,7 +316,9 @@ class ServerTLS:
             path=where,
             fingerprint=fingerprint(pair.certificate),
             end=pair.certificate.not_valid_after_utc.date().isoformat(),
-            h2="on" if http2_available() else "off (pip install 'portproxy[http2]')",
+            h2="on"
+            if http2_available()
+            else "off (the h2 package is missing: pip install 'h2>=4.3')",
         )
         if pair.certificate.not_valid_after_utc <= now:
             self.log.warn("the TLS certificate {path} has expired", path=where)

@@ -31,6 +31,7 @@ from portproxy.http.headers import (
     forward_request_headers,
     response_header_pairs,
 )
+from portproxy.http.hostrewrite import local_host, rewrite_host_and_origin
 from portproxy.http.rewrite import rewrite_location, rewrite_set_cookie
 from portproxy.http.setcookie import allowed_set_cookies
 from portproxy.http.uploads import StreamingUpload
@@ -101,10 +102,13 @@ class ProxyEngine:
         upstream_timeout: float,
         session_cookie: bytes | None = None,
         on_request: Callable[[], None] | None = None,
+        rewrite_host: bool = False,
     ) -> None:
         self.reactor = reactor
         self.upstream_timeout = upstream_timeout
         self.session_cookie = session_cookie
+        #: C{--rewrite-host}: apps see C{Host: localhost:<port>} (see hostrewrite).
+        self.rewrite_host = rewrite_host
         self.on_request = on_request
         self.pool = UpstreamPool(reactor)
         self.in_flight = 0
@@ -222,18 +226,27 @@ class PortProxyResource(ReverseProxyResource):
         self, request: Request, *, body_length: int | None, chunked: bool = False
     ) -> bytes | None:
         engine = self.engine
+        view = self.view
+        headers = forward_request_headers(
+            request.requestHeaders.getAllRawHeaders(),
+            view=view,
+            session_cookie=engine.session_cookie,
+            prefix=self.prefix,
+        )
+        if engine.rewrite_host:
+            headers = rewrite_host_and_origin(
+                headers, port=self.port, scheme=view.scheme, host=view.host
+            )
+            default_host = local_host(self.port)
+        else:
+            default_host = b"127.0.0.1:%d" % self.port
         try:
             return build_request_head(
                 request.method,
                 self.path,
-                forward_request_headers(
-                    request.requestHeaders.getAllRawHeaders(),
-                    view=self.view,
-                    session_cookie=engine.session_cookie,
-                    prefix=self.prefix,
-                ),
+                headers,
                 body_length=body_length,
-                default_host=b"127.0.0.1:%d" % self.port,
+                default_host=default_host,
                 chunked=chunked,
             )
         except ProtocolError:

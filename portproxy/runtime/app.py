@@ -107,6 +107,7 @@ def build_instance(
         upstream_timeout=config.upstream_timeout,
         session_cookie=authenticator.cookie_name,
         on_request=heartbeat.beat,
+        rewrite_host=config.rewrite_host,
     )
     websocket = None
     try:
@@ -119,6 +120,7 @@ def build_instance(
             upstream_timeout=config.upstream_timeout,
             session_cookie=authenticator.cookie_name,
             trusted_origins=config.trusted_origins,
+            rewrite_host=config.rewrite_host,
         )
         # WebSocket upstream legs count in the same budget as HTTP ones.
         websocket.upstream_slots = engine.pool
@@ -186,8 +188,13 @@ def build_service(
             wrap=wrapper(description),
         ).setServiceParent(service)
     _log.info(
-        "apps open at {template} (Host header passes unchanged to the app)",
+        "apps open at {template} ({host})",
         template=url_template(config),
+        host=(
+            "apps see Host: localhost:<port>"
+            if config.rewrite_host
+            else "Host header passes unchanged to the app"
+        ),
     )
     return service
 

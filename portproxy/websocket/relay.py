@@ -4,8 +4,9 @@
 For one upgrade the request's connection is taken from twisted.web and given to an
 Autobahn server protocol (the client leg). Its C{onConnect} answers with a Deferred and
 opens an Autobahn client (the upstream leg) to C{127.0.0.1:<port>} (C{[::1]} when IPv4 is
-refused) with the client's subprotocols, Host, Origin and application headers. The client
-then gets the upstream's answer: its subprotocol with a 101, or its error status.
+refused) with the client's subprotocols, Host, Origin and application headers (with
+C{--rewrite-host}, Host and a same-origin Origin name C{localhost:<port>} instead). The
+client then gets the upstream's answer: its subprotocol with a 101, or its error status.
 
 After both 101s neither leg has an extension (the client leg declines permessage-deflate
 and the upstream leg offers none), so both legs speak plain RFC 6455 framing: the client's
@@ -28,6 +29,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from portproxy.http.errorpages import write_error
 from portproxy.http.headers import ClientView, forward_websocket_headers
+from portproxy.http.hostrewrite import local_host, public_origin, rewrite_origin
 from portproxy.net.reactor import IClientReactor
 from portproxy.websocket.bridge import Bridge
 from portproxy.websocket.handshake import (
@@ -54,6 +56,9 @@ class AutobahnRelay:
         (connection included) before the client gets a 504.
     @param session_cookie: portproxy's cookie name, removed from the forwarded C{Cookie}.
     @param trusted_origins: C{--trusted-origins} values.
+    @param rewrite_host: C{--rewrite-host}: the upstream sees C{Host: localhost:<port>}
+        and a same-origin Origin made local (L{portproxy.http.hostrewrite}), instead of
+        the client's values byte for byte.
     @raise ValueError: for a malformed trusted origin.
     """
 
@@ -68,8 +73,10 @@ class AutobahnRelay:
         upstream_timeout: float,
         session_cookie: bytes | None,
         trusted_origins: Sequence[str],
+        rewrite_host: bool = False,
     ) -> None:
         self.reactor = reactor
+        self.rewrite_host = rewrite_host
         self.upstream_timeout = upstream_timeout
         self.session_cookie = session_cookie
         self.trusted_origins = parse_trusted_origins(trusted_origins)
@@ -115,11 +122,20 @@ class AutobahnRelay:
         if not isinstance(channel, HTTPChannel) or channel.transport is None:
             return write_error(request, 400, "WebSocket upgrades need HTTP/1.1")
         raw = request.requestHeaders
+        host = _first(raw.getRawHeaders(b"host"))
+        origin = _first(raw.getRawHeaders(b"origin"))
+        if self.rewrite_host:
+            # After the tree's Origin check, which ran on the public values.
+            host = local_host(port)
+            if origin is not None:
+                origin = rewrite_origin(
+                    origin, port=port, public=public_origin(view.scheme, view.host)
+                )
         target = Target(
             port=port,
             resource=request_target(path),
-            host=_first(raw.getRawHeaders(b"host")),
-            origin=_first(raw.getRawHeaders(b"origin")),
+            host=host,
+            origin=origin,
             headers=forward_websocket_headers(
                 raw.getAllRawHeaders(),
                 view=view,

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import pytest
 import pytest_twisted
@@ -57,8 +57,11 @@ async def test_browser_is_sent_to_sign_in_and_lands_on_the_deep_link(
         await raw_request(secured.port, get(url, headers=HTML))
     )
     assert status == 302
-    location = urlsplit(headers[b"location"][0].decode())
-    assert location.path == "/login"
+    # Relative, so that it stays under a front proxy's path prefix.
+    location = urlsplit(
+        urljoin("http://127.0.0.1" + url.decode(), headers[b"location"][0].decode())
+    )
+    assert location.path == "/login" and location.netloc == "127.0.0.1"
     to = parse_qs(location.query)["to"][0]
     assert to == url.decode()
     assert rec.requests == []
@@ -73,7 +76,7 @@ async def test_browser_is_sent_to_sign_in_and_lands_on_the_deep_link(
         await raw_request(secured.port, _post_login(b"/login", to, PASSWORD))
     )
     assert status == 302
-    assert headers[b"location"] == [url]
+    assert headers[b"location"] == [b"." + url]  # relative to /login
     cookie = _cookie(headers)
     status, _, _ = parse_response(
         await raw_request(secured.port, get(url, headers=b"Cookie: " + cookie + b"\r\n"))
@@ -92,8 +95,8 @@ async def test_proxy_host_round_trip_through_its_own_sign_in_page(
         await raw_request(secured.port, get(b"/app/page?x=1", host=host, headers=HTML))
     )
     assert status == 302
-    location = urlsplit(headers[b"location"][0].decode())
-    assert location.path == "/.portproxy/login" and not location.netloc
+    location = urlsplit(urljoin("http://h/app/page", headers[b"location"][0].decode()))
+    assert location.path == "/.portproxy/login" and location.netloc == "h"
     to = parse_qs(location.query)["to"][0]
     assert to == f"http://{host.decode()}/app/page?x=1"
     status, _, page = parse_response(
@@ -277,7 +280,7 @@ async def test_open_redirects_after_sign_in_are_refused(secured, to: str) -> Non
     _, headers, _ = parse_response(
         await raw_request(secured.port, _post_login(b"/login", to, PASSWORD))
     )
-    assert headers[b"location"] == [b"/"]
+    assert headers[b"location"] == [b"./"]
 
 
 @pytest_twisted.ensureDeferred

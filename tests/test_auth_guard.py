@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pytest
 from argon2 import PasswordHasher
@@ -148,8 +148,11 @@ def test_browser_navigation_is_redirected_to_login_with_the_exact_url(
     body = authenticator().deny(request, original_url=original)
     assert request.responseCode == 302
     location = request.responseHeaders.getRawHeaders(b"location")[0].decode()
-    parts = urlsplit(location)
-    assert parts.path.encode() == login and not parts.netloc
+    # Relative to the request's path (/proxy/3000/), so a path prefix survives.
+    assert location.startswith("./../../")
+    parts = urlsplit(urljoin("http://front.test/pp/proxy/3000/", location))
+    assert parts.netloc == "front.test"
+    assert parts.path.encode() == b"/pp" + login
     assert parse_qs(parts.query)["to"] == [original.decode()]
     assert body == b""
 
@@ -354,7 +357,7 @@ def test_slow_check_finishes_the_response_when_it_answers() -> None:
     LoginResource(auth).render(request)
     pending.callback(True)
     assert request.finished and request.responseCode == 302
-    assert request.responseHeaders.getRawHeaders(b"location") == [b"/proxy/1/"]
+    assert request.responseHeaders.getRawHeaders(b"location") == [b"./proxy/1/"]
 
 
 def test_an_error_while_checking_answers_500_instead_of_hanging() -> None:

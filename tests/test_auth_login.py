@@ -152,7 +152,8 @@ async def test_login_sets_a_hardened_cookie_and_redirects_to_the_deep_link(
     server = await serve()
     response = await server.login(PASSWORD, to="/proxy/3000/deep?x=1&y=%2F")
     assert response.code == 302
-    assert response.header(b"location") == [b"/proxy/3000/deep?x=1&y=%2F"]
+    # Relative to /login, so that it stays under a front proxy's path prefix.
+    assert response.header(b"location") == [b"./proxy/3000/deep?x=1&y=%2F"]
     [attributes] = response.cookie_attributes()
     assert {b"HttpOnly", b"SameSite=Lax", b"Path=/", b"Max-Age=%d" % TTL} <= attributes
     assert b"Secure" not in attributes
@@ -160,14 +161,14 @@ async def test_login_sets_a_hardened_cookie_and_redirects_to_the_deep_link(
     signed_in = await server.request(
         "GET", "/login?to=/proxy/3000/", headers={b"cookie": [cookie_pair(response)]}
     )
-    assert signed_in.code == 302 and signed_in.header(b"location") == [b"/proxy/3000/"]
+    assert signed_in.code == 302 and signed_in.header(b"location") == [b"./proxy/3000/"]
 
 
 @pytest_twisted.ensureDeferred
 async def test_cookie_is_secure_when_the_request_came_over_https(serve: Any) -> None:
     response = await (await serve(https=True)).login(PASSWORD)
     assert b"Secure" in response.cookie_attributes()[0]
-    assert response.header(b"location") == [b"/"]
+    assert response.header(b"location") == [b"./"]
 
 
 @pytest_twisted.ensureDeferred
@@ -237,7 +238,7 @@ async def test_open_redirect_targets_become_root(serve: Any) -> None:
         "javascript:alert(1)",
     ]:
         response = await server.login(PASSWORD, to=evil)
-        assert response.header(b"location") == [b"/"], evil
+        assert response.header(b"location") == [b"./"], evil
 
 
 @pytest_twisted.ensureDeferred
@@ -250,7 +251,7 @@ async def test_absolute_target_on_a_proxy_host_is_followed(serve: Any) -> None:
 async def test_logout_clears_the_cookie_and_goes_to_login(serve: Any) -> None:
     server = await serve()
     response = await server.request("GET", "/logout")
-    assert response.code == 302 and response.header(b"location") == [b"/login"]
+    assert response.code == 302 and response.header(b"location") == [b"./login"]
     [attributes] = response.cookie_attributes()
     assert {b"portproxy-session=", b"Max-Age=0", b"Path=/"} <= attributes
 
@@ -259,7 +260,7 @@ async def test_logout_clears_the_cookie_and_goes_to_login(serve: Any) -> None:
 async def test_logout_clears_with_the_same_domain_as_login(serve: Any) -> None:
     host = {b"host": [b"code.example.com"]}
     response = await (await serve()).request("GET", "/logout?to=/proxy/1/", headers=host)
-    assert response.header(b"location") == [b"/proxy/1/"]
+    assert response.header(b"location") == [b"./proxy/1/"]
     cleared = response.cookie_attributes()
     assert b"Domain=example.com" in cleared[0] and b"Max-Age=0" in cleared[0]
     assert not any(a.startswith(b"Domain=") for a in cleared[1])  # the host-only one
@@ -271,10 +272,10 @@ async def test_reserved_login_page_posts_and_logs_out_under_the_reserved_prefix(
 ) -> None:
     server = await serve()
     page = await server.request("GET", "/.portproxy/login?to=https://3000.example.com/")
-    assert b'action="/.portproxy/login"' in page.body
+    assert b'action="./../.portproxy/login"' in page.body
     assert b'value="https://3000.example.com/"' in page.body
     out = await server.request("GET", "/.portproxy/logout")
-    assert out.header(b"location") == [b"/.portproxy/login"]
+    assert out.header(b"location") == [b"./../.portproxy/login"]
 
 
 @pytest_twisted.ensureDeferred
@@ -326,5 +327,5 @@ async def test_auth_none_sends_login_and_logout_to_root(serve: Any) -> None:
     server = await serve(auth="none")
     for method, path in [("GET", "/login"), ("POST", "/login"), ("GET", "/logout")]:
         response = await server.request(method, path)
-        assert response.code == 302 and response.header(b"location") == [b"/"]
+        assert response.code == 302 and response.header(b"location") == [b"./"]
         assert response.header(b"set-cookie") == []

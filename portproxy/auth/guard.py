@@ -7,19 +7,27 @@ URL it asked for, everything else gets C{401 {"error": "Unauthorized"}}.
 
 Where the login page lives: C{/login} and C{/logout} on the main host, and the
 reserved paths C{/.portproxy/login} and C{/.portproxy/logout} on every host, proxy
-hosts included. A proxy host sends signed-out browsers to C{/.portproxy/login} on that
-same host, which works for C{{{host}}} patterns where there may be no main host under
-the same domain, and never shadows an app's own C{/login}. Requests under
-L{RESERVED_PREFIX} always reach portproxy, signed in or not: apps cannot use that
-prefix through the proxy.
+hosts included. A proxy host that a cookie set on the main host cannot cover
+(C{*.localhost}, IPs, C{{{host}}} patterns, other domains) sends signed-out browsers to
+the main host's C{/.portproxy/ticket}, which signs them in there once and hands back a
+ticket for the proxy host (L{portproxy.auth.tickets}); when no main host can be told,
+to C{/.portproxy/login} on that same host, which never shadows an app's own C{/login}.
+Requests under L{RESERVED_PREFIX} always reach portproxy, signed in or not: apps cannot
+use that prefix through the proxy.
+
+Every C{Location} and form action portproxy writes for sign-in is relative to the
+request's path (or carries a trusted C{X-Forwarded-Prefix}), so that it stays under a
+front proxy's path prefix, as code-server's redirects do.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import IReactorThreads
@@ -32,24 +40,35 @@ from portproxy.auth.cookiepolicy import (
     session_cookie_name,
     set_cookie_value,
 )
+from portproxy.auth.nonces import MemoryNonces, NonceStore, nonce_store
 from portproxy.auth.passwords import (
     Credential,
     resolve_credential,
     session_key_material,
 )
 from portproxy.auth.ratelimit import Clock, LoginRateLimiter
-from portproxy.auth.redirects import safe_redirect_target
+from portproxy.auth.redirects import mounted_location, safe_redirect_target
 from portproxy.auth.sessions import SessionSigner
+from portproxy.auth.tickets import (
+    NONCE_BYTES,
+    Refusal,
+    Ticket,
+    TicketSigner,
+    sign_in_base,
+)
 from portproxy.config import Config, StartupError
 from portproxy.http.cookies import cookie_values
 from portproxy.http.errorpages import accepts_html
 from portproxy.net.peer import peer_host
 from portproxy.routing.domains import DomainMatcher
+from portproxy.routing.routes import origin_form, split_target
 
 __all__ = [
     "RESERVED_LOGIN",
     "RESERVED_LOGOUT",
     "RESERVED_PREFIX",
+    "RESERVED_TICKET",
+    "RESERVED_TICKET_ACCEPT",
     "Authenticator",
     "OpenAccess",
     "PasswordAuthenticator",
@@ -63,6 +82,10 @@ __all__ = [
 RESERVED_PREFIX = b"/.portproxy/"
 RESERVED_LOGIN = RESERVED_PREFIX + b"login"
 RESERVED_LOGOUT = RESERVED_PREFIX + b"logout"
+#: On the main host: hands a signed-in browser a ticket for a proxy host.
+RESERVED_TICKET = RESERVED_PREFIX + b"ticket"
+#: On a proxy host: exchanges a ticket for a host-only session cookie.
+RESERVED_TICKET_ACCEPT = RESERVED_TICKET + b"/accept"
 MAIN_LOGIN = b"/login"
 
 # A browser may send a stale cookie of the same name next to the fresh one (say a
@@ -90,6 +113,15 @@ def _is_navigation(request: Request) -> bool:
     return request.method in (b"GET", b"HEAD") and accepts_html(
         request.getHeader(b"accept")
     )
+
+
+def _no_prefix(request: Request) -> bytes | None:
+    return None
+
+
+def request_path(request: Request) -> bytes:
+    """The path C{request} arrived with (no query), relative references' base."""
+    return split_target(origin_form(request.uri))[0]
 
 
 def redirect(request: Request, location: bytes | str) -> bytes:
@@ -125,8 +157,17 @@ class Authenticator(Protocol):
 
         A browser navigation (GET or HEAD whose C{Accept} lists C{text/html}) is sent
         to the login page with C{to} set to C{original_url}: absolute for a proxy host,
-        whose login page is the reserved one on that host, root-relative for the main
-        host. Everything else gets C{401} JSON.
+        whose login page is the reserved one on that host (or the main host's ticket
+        endpoint, see L{PasswordAuthenticator.ticket_entry}), root-relative for the
+        main host; the login page's own URL is relative. Everything else gets C{401}
+        JSON.
+        """
+
+    def location(self, request: Request, target: bytes | str) -> bytes:
+        """C{target} (a checked path or absolute URL) as a C{Location} for C{request}.
+
+        A path becomes relative to the request's path, or gets a trusted proxy's
+        C{X-Forwarded-Prefix}, so that it stays under a front proxy's mount.
         """
 
     def deny_unauthorized(self, request: Request) -> bytes:
@@ -138,17 +179,35 @@ class Authenticator(Protocol):
 
 
 class _Denials:
-    """The answers to a signed-out request, shared by both authenticators."""
+    """The answers to a signed-out request, shared by both authenticators.
+
+    @ivar mount_prefix: the path prefix a trusted front proxy announced for a request
+        (C{X-Forwarded-Prefix}), or C{None}.
+    """
 
     cookie_name: bytes = session_cookie_name("").encode("ascii")
+    mount_prefix: Callable[[Request], bytes | None] = staticmethod(_no_prefix)
+
+    def location(self, request: Request, target: bytes | str) -> bytes:
+        """C{target} (a checked path or absolute URL) as C{request}'s browser must see it.
+
+        A path becomes relative to the request's own path, or gets the trusted
+        C{X-Forwarded-Prefix}, so that it stays under a front proxy's mount.
+        """
+        if isinstance(target, str):
+            target = target.encode("ascii")
+        return mounted_location(request_path(request), target, self.mount_prefix(request))
 
     def deny(self, request: Request, *, original_url: bytes) -> bytes:
         """See L{Authenticator.deny}."""
         if not _is_navigation(request):
             return self.deny_unauthorized(request)
+        return self._login_redirect(request, original_url)
+
+    def _login_redirect(self, request: Request, original_url: bytes) -> bytes:
         login = MAIN_LOGIN if original_url.startswith(b"/") else RESERVED_LOGIN
         target = quote(original_url, safe="/:").encode("ascii")
-        return redirect(request, login + b"?to=" + target)
+        return redirect(request, self.location(request, login) + b"?to=" + target)
 
     def deny_unauthorized(self, request: Request) -> bytes:
         """See L{Authenticator.deny_unauthorized}."""
@@ -160,6 +219,11 @@ class _Denials:
 
 class OpenAccess(_Denials):
     """C{--auth none}: every request is signed in."""
+
+    def __init__(
+        self, *, mount_prefix: Callable[[Request], bytes | None] = _no_prefix
+    ) -> None:
+        self.mount_prefix = mount_prefix
 
     def is_signed_in(self, request: Request) -> bool:
         return True
@@ -173,6 +237,11 @@ class PasswordAuthenticator(_Denials):
 
     @param verify: checks a password, returning a C{Deferred} (to run argon2 off the
         reactor thread); by default C{credential.check} runs inline.
+    @param tickets: signs the tickets that carry a login on the main host to a proxy
+        host; C{None} turns that off (every proxy host has its own login).
+    @param nonces: records used tickets (single use).
+    @param public_url: C{--public-url}, the main host's base URL, if configured.
+    @param mount_prefix: the trusted C{X-Forwarded-Prefix} of a request, or C{None}.
     """
 
     def __init__(
@@ -191,6 +260,10 @@ class PasswordAuthenticator(_Denials):
         request_host: Callable[[Request], str] = _host_header,
         allowed_redirect_host: Callable[[str], bool] | None = None,
         verify: Callable[[str], Deferred[bool]] | None = None,
+        tickets: TicketSigner | None = None,
+        nonces: NonceStore | None = None,
+        public_url: str | None = None,
+        mount_prefix: Callable[[Request], bytes | None] = _no_prefix,
     ) -> None:
         self.credential = credential
         self.signer = signer
@@ -211,6 +284,10 @@ class PasswordAuthenticator(_Denials):
             only = allowed_redirect_host
             self.redirect_host_allowed = lambda target, here: only(target)
         self._verify = verify
+        self.tickets = tickets
+        self.nonces: NonceStore = nonces if nonces is not None else MemoryNonces()
+        self.public_url = public_url
+        self.mount_prefix = mount_prefix
         #: Cookie values already verified, with their expiry: a browser sends the same
         #: value on every request, so the HMAC is checked once per value, not per
         #: request. Only valid values are kept, and only until they expire.
@@ -278,15 +355,89 @@ class PasswordAuthenticator(_Denials):
     def _domain(self, request: Request) -> str | None:
         return cookie_domain(self.request_host(request), self.proxy_patterns)
 
-    def session_cookie(self, request: Request) -> bytes:
-        """A C{Set-Cookie} value holding a fresh session for C{request}'s host."""
+    def session_cookie(self, request: Request, *, host_only: bool = False) -> bytes:
+        """A C{Set-Cookie} value holding a fresh session for C{request}'s host.
+
+        @param host_only: no Domain even where a login would widen it (a ticket signs
+            in one proxy host only).
+        """
         return set_cookie_value(
             self.cookie_name.decode("ascii"),
             self.signer.issue(self.clock.seconds()),
             max_age=self.signer.ttl,
             secure=self.is_https(request),
-            domain=self._domain(request),
+            domain=None if host_only else self._domain(request),
         )
+
+    def deny(self, request: Request, *, original_url: bytes) -> bytes:
+        """See L{Authenticator.deny}; a proxy host may send the browser to get a ticket."""
+        if not _is_navigation(request):
+            return self.deny_unauthorized(request)
+        ticket_url = self.ticket_entry(request, original_url)
+        if ticket_url is not None:
+            return redirect(request, ticket_url)
+        return self._login_redirect(request, original_url)
+
+    def ticket_entry(self, request: Request, original_url: bytes) -> bytes | None:
+        """The main host's ticket URL for a signed-out browser on a proxy host, or C{None}.
+
+        C{None} (sign in on this host) for a path route, with tickets off, or when
+        L{sign_in_base} finds that no ticket is needed or none can be had.
+        """
+        if self.tickets is None or original_url.startswith(b"/"):
+            return None
+        scheme = urlsplit(original_url.decode("ascii", "replace")).scheme
+        base = sign_in_base(
+            self.request_host(request),
+            scheme if scheme in ("http", "https") else "http",
+            self.proxy_patterns,
+            self.public_url,
+            redirect_allowed=self.redirect_host_allowed,
+        )
+        if base is None:
+            return None
+        to = quote(original_url, safe="/:").encode("ascii")
+        return base.encode("ascii") + RESERVED_TICKET + b"?to=" + to
+
+    def ticket_target(self, to: str, request: Request) -> tuple[str, str] | None:
+        """C{(authority, path)} of C{to} if a ticket may be minted for it, else C{None}.
+
+        C{to} must be an absolute C{http(s)} URL on a proxy host that a redirect from
+        this request's host may reach (the rule of the login's C{to}), and not this
+        host itself. The path keeps its query.
+        """
+        here = self.request_host(request).lower()
+        checked = safe_redirect_target(
+            to, allowed_host=lambda authority: self.redirect_host_allowed(authority, here)
+        )
+        if checked != to or to.startswith("/"):
+            return None
+        parts = urlsplit(to)
+        authority = parts.netloc.lower()
+        if authority == here:
+            return None
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return authority, path
+
+    def mint_ticket(self, authority: str) -> str:
+        """A fresh ticket for C{authority}; requires L{tickets}."""
+        assert self.tickets is not None
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return self.tickets.issue(authority, self.clock.seconds(), nonce)
+
+    def redeem_ticket(self, token: str, request: Request) -> Ticket | Refusal:
+        """Check C{token} for this request's host and use it up (single use)."""
+        if self.tickets is None:
+            return Refusal.MALFORMED
+        now = self.clock.seconds()
+        found = self.tickets.verify(token, self.request_host(request), now)
+        if isinstance(found, Refusal):
+            return found
+        if not self.nonces.use(found.nonce, found.expires, now):
+            return Refusal.REPLAYED
+        return found
 
     def clearing_cookies(self, request: Request) -> list[bytes]:
         """C{Set-Cookie} values deleting the session cookie as login set it.
@@ -363,6 +514,7 @@ def build_authenticator(
     request_host: Callable[[Request], str] = _host_header,
     allowed_redirect_host: Callable[[str], bool] | None = None,
     threads: IReactorThreads | None = None,
+    mount_prefix: Callable[[Request], bytes | None] = _no_prefix,
 ) -> Authenticator:
     """Make the authenticator that C{config} asks for.
 
@@ -374,10 +526,11 @@ def build_authenticator(
         request's host.
     @param threads: a reactor providing C{IReactorThreads}; when given, argon2 hashes
         are verified in its thread pool instead of blocking the reactor.
+    @param mount_prefix: the C{X-Forwarded-Prefix} of a request from a trusted proxy.
     @raise StartupError: for a bad C{--auth}, C{--session-ttl} or password source.
     """
     if config.auth == "none":
-        return OpenAccess()
+        return OpenAccess(mount_prefix=mount_prefix)
     credential = _credential(config, environ)
     if credential.generated_path is not None:
         log.info(
@@ -389,9 +542,10 @@ def build_authenticator(
     verify = None
     if threads is not None and credential.kind == "argon2":
         verify = _threaded_verify(threads, credential)
+    key_material = session_key_material(credential)
     return PasswordAuthenticator(
         credential=credential,
-        signer=SessionSigner(session_key_material(credential), config.session_ttl),
+        signer=SessionSigner(key_material, config.session_ttl),
         limiter=LoginRateLimiter(clock),
         clock=clock,
         log=log,
@@ -403,6 +557,10 @@ def build_authenticator(
         request_host=request_host,
         allowed_redirect_host=allowed_redirect_host,
         verify=verify,
+        tickets=TicketSigner(key_material),
+        nonces=nonce_store(os.path.join(config.data_dir, "tickets"), log),
+        public_url=config.public_url,
+        mount_prefix=mount_prefix,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from html import escape
 
-__all__ = ["CONTENT_SECURITY_POLICY", "render_login_page"]
+__all__ = ["CONTENT_SECURITY_POLICY", "render_login_page", "render_ticket_refused"]
 
 #: Sent with the page: nothing but its own inline style, and the form posts only here.
 CONTENT_SECURITY_POLICY = (
@@ -77,5 +77,35 @@ def render_login_page(
         action=escape(action),
         to=escape(to),
         described=described,
+    )
+    return page.encode("utf-8")
+
+
+_REFUSED = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>Sign in - {title}</title>
+</head>
+<body>
+<main>
+<h1>{title}</h1>
+<p role="alert">{message}</p>
+<p><a href="{login}">Sign in</a></p>
+</main>
+</body>
+</html>
+"""
+
+
+def render_ticket_refused(*, message: str, login: str, title: str = "portproxy") -> bytes:
+    """The page for a refused sign-in ticket: the reason and a link to sign in here.
+
+    @param login: the login page's URL (relative), with its C{to}.
+    """
+    page = _REFUSED.format(
+        title=escape(title), message=escape(message), login=escape(login)
     )
     return page.encode("utf-8")

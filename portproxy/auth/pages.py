@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.test_auth_login -*-
-"""The login and logout leaves.
+"""The login, logout and ticket leaves.
 
-They answer at C{/login} and C{/logout} on the main host, and under
+Login and logout answer at C{/login} and C{/logout} on the main host, and under
 L{RESERVED_PREFIX<portproxy.auth.guard.RESERVED_PREFIX>} on every host; each keeps its
-visitor under the mount it came through.
+visitor under the mount it came through, with relative redirects and form action. The
+ticket leaves carry a login on the main host to a proxy host a cookie cannot cover
+(L{TicketResource} on the main host, L{TicketAcceptResource} on the proxy host).
 
 twisted.web does not parse the form (the site sets C{parsePOSTFormSubmission=False} so
 that proxied bodies stay untouched), so the small urlencoded body is read here, capped.
@@ -11,7 +13,8 @@ that proxied bodies stay untouched), so the small urlencoded body is read here, 
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs
+import json
+from urllib.parse import parse_qs, quote
 
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -21,16 +24,29 @@ from twisted.web.server import NOT_DONE_YET, Request
 from portproxy.auth.guard import (
     MAIN_LOGIN,
     RESERVED_LOGIN,
+    RESERVED_TICKET,
     Authenticator,
     PasswordAuthenticator,
     is_reserved_path,
     redirect,
+    request_path,
 )
-from portproxy.auth.loginpage import CONTENT_SECURITY_POLICY, render_login_page
-from portproxy.http.errorpages import reason_phrase, write_error
-from portproxy.routing.routes import split_target
+from portproxy.auth.loginpage import (
+    CONTENT_SECURITY_POLICY,
+    render_login_page,
+    render_ticket_refused,
+)
+from portproxy.auth.redirects import safe_path_target
+from portproxy.auth.tickets import Refusal
+from portproxy.http.errorpages import accepts_html, reason_phrase, write_error
 
-__all__ = ["MAX_FORM_SIZE", "LoginResource", "LogoutResource"]
+__all__ = [
+    "MAX_FORM_SIZE",
+    "LoginResource",
+    "LogoutResource",
+    "TicketAcceptResource",
+    "TicketResource",
+]
 
 #: A login form is a password and a URL; anything bigger is not one.
 MAX_FORM_SIZE = 16 * 1024
@@ -38,7 +54,7 @@ MAX_FORM_SIZE = 16 * 1024
 
 def _login_path_for(request: Request) -> bytes:
     """The login page under C{request}'s mount: the reserved one, or C{/login}."""
-    return RESERVED_LOGIN if is_reserved_path(split_target(request.uri)[0]) else MAIN_LOGIN
+    return RESERVED_LOGIN if is_reserved_path(request_path(request)) else MAIN_LOGIN
 
 
 def _query_value(request: Request, name: bytes) -> str:
@@ -92,22 +108,22 @@ class LoginResource(Resource):
     def _page(self, request: Request, to: str, error: str | None, status: int) -> bytes:
         request.setResponseCode(status, reason_phrase(status))
         _page_headers(request)
-        action = _login_path_for(request).decode("ascii")
+        action = self.auth.location(request, _login_path_for(request)).decode("ascii")
         return render_login_page(to=to, error=error, action=action)
 
     def render_GET(self, request: Request) -> bytes:
         auth = self.auth
         if not isinstance(auth, PasswordAuthenticator):
-            return redirect(request, b"/")
+            return redirect(request, auth.location(request, b"/"))
         to = auth.safe_target(_query_value(request, b"to"), request)
         if auth.is_signed_in(request):
-            return redirect(request, to)
+            return redirect(request, auth.location(request, to))
         return self._page(request, to, None, 200)
 
     def render_POST(self, request: Request) -> bytes | int:
         auth = self.auth
         if not isinstance(auth, PasswordAuthenticator):
-            return redirect(request, b"/")
+            return redirect(request, auth.location(request, b"/"))
         form = _read_form(request)
         if form is None:
             return write_error(request, 413, "The login form is too large")
@@ -133,7 +149,7 @@ class LoginResource(Resource):
                 request.responseHeaders.addRawHeader(
                     b"set-cookie", auth.session_cookie(request)
                 )
-                body = redirect(request, to)
+                body = redirect(request, auth.location(request, to))
                 auth.log.info("Signed in from {address}", address=address)
             else:
                 auth.log.emit(LogLevel.warn, "Failed login from {address}", address=address)
@@ -167,10 +183,111 @@ class LogoutResource(Resource):
     def render(self, request: Request) -> bytes:
         auth = self.auth
         if not isinstance(auth, PasswordAuthenticator):
-            return redirect(request, b"/")
+            return redirect(request, auth.location(request, b"/"))
         for value in auth.clearing_cookies(request):
             request.responseHeaders.addRawHeader(b"set-cookie", value)
         to = _query_value(request, b"to")
         if to:
-            return redirect(request, auth.safe_target(to, request))
-        return redirect(request, _login_path_for(request))
+            return redirect(request, auth.location(request, auth.safe_target(to, request)))
+        return redirect(request, auth.location(request, _login_path_for(request)))
+
+
+def _ticket_headers(request: Request) -> None:
+    # The ticket travels in a URL: no cache may keep it, no Referer may carry it on.
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"referrer-policy", b"no-referrer")
+
+
+def _quoted(value: str | bytes) -> bytes:
+    return quote(value, safe="/:").encode("ascii")
+
+
+class TicketResource(Resource):
+    """C{/.portproxy/ticket?to=<URL on a proxy host>}, on the main host.
+
+    A bad C{to} gets 400 (never a redirect). A signed-out browser goes to the login
+    page with C{to} pointing back here; a signed-in one gets a fresh ticket for the
+    proxy host and is sent to that host's L{TicketAcceptResource}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        super().__init__()
+        self.auth = authenticator
+
+    def render_GET(self, request: Request) -> bytes:
+        auth = self.auth
+        _ticket_headers(request)
+        if not isinstance(auth, PasswordAuthenticator) or auth.tickets is None:
+            return redirect(request, auth.location(request, b"/"))
+        to = _query_value(request, b"to")
+        target = auth.ticket_target(to, request)
+        if target is None:
+            return write_error(
+                request, 400, "This sign-in link does not lead to a proxy host"
+            )
+        if not auth.is_signed_in(request):
+            back = RESERVED_TICKET + b"?to=" + _quoted(to)
+            login = auth.location(request, RESERVED_LOGIN)
+            return redirect(request, login + b"?to=" + _quoted(back))
+        authority, path = target
+        scheme = to.split(":", 1)[0].lower()
+        accept = (
+            f"{scheme}://{authority}/.portproxy/ticket/accept"
+            f"?t={auth.mint_ticket(authority)}&to="
+        ).encode("ascii") + _quoted(path)
+        return redirect(request, accept)
+
+
+class TicketAcceptResource(Resource):
+    """C{/.portproxy/ticket/accept?t=<ticket>&to=<path>}, on a proxy host.
+
+    A valid ticket for exactly this host, unexpired and unused, becomes a host-only
+    session cookie, then a redirect to C{to} (a path on this host only). Anything else
+    gets 403 with a link to this host's own login page.
+    """
+
+    isLeaf = True
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        super().__init__()
+        self.auth = authenticator
+
+    def render_GET(self, request: Request) -> bytes:
+        auth = self.auth
+        _ticket_headers(request)
+        to = safe_path_target(_query_value(request, b"to"))
+        if not isinstance(auth, PasswordAuthenticator):
+            return redirect(request, auth.location(request, to))
+        found = auth.redeem_ticket(_query_value(request, b"t"), request)
+        if isinstance(found, Refusal):
+            if auth.is_signed_in(request):
+                # Say, the back button over a used ticket: nothing to refuse.
+                return redirect(request, auth.location(request, to))
+            auth.log.info(
+                "Refused a sign-in ticket from {address}: {reason}",
+                address=auth.client_address(request),
+                reason=found.value,
+            )
+            return self._refused(request, to)
+        request.responseHeaders.addRawHeader(
+            b"set-cookie", auth.session_cookie(request, host_only=True)
+        )
+        auth.log.info(
+            "Signed in on {host} with a ticket from {address}",
+            host=found.authority,
+            address=auth.client_address(request),
+        )
+        return redirect(request, auth.location(request, to))
+
+    def _refused(self, request: Request, to: str) -> bytes:
+        login = self.auth.location(request, RESERVED_LOGIN) + b"?to=" + _quoted(to)
+        request.setResponseCode(403, reason_phrase(403))
+        message = "This sign-in link has expired or was already used."
+        if accepts_html(request.getHeader(b"accept")):
+            _page_headers(request)
+            return render_ticket_refused(message=message, login=login.decode("ascii"))
+        request.setHeader(b"content-type", b"application/json")
+        body = {"error": message, "login": login.decode("ascii")}
+        return json.dumps(body).encode("ascii")

@@ -15,8 +15,15 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 from portproxy.routing.hosts import parse_authority
+from portproxy.routing.relative import relative_reference
 
-__all__ = ["MAX_TARGET_LENGTH", "safe_redirect_target"]
+__all__ = [
+    "MAX_TARGET_LENGTH",
+    "forwarded_prefix",
+    "mounted_location",
+    "safe_path_target",
+    "safe_redirect_target",
+]
 
 #: Longer targets are refused rather than put in a C{Location} header.
 MAX_TARGET_LENGTH = 8192
@@ -51,6 +58,48 @@ def safe_redirect_target(to: str, *, allowed_host: Callable[[str], bool]) -> str
     if rest.startswith("/") and not _safe_path(rest):
         return "/"
     return to if allowed_host(authority) else "/"
+
+
+def safe_path_target(to: str) -> str:
+    """C{to} when it is a safe root-relative path (C{/x?y}), else C{"/"}: absolute URLs
+    and everything L{safe_redirect_target} refuses become C{/}."""
+    return safe_redirect_target(to, allowed_host=lambda authority: False)
+
+
+# A path prefix as a trusted front proxy may announce it: '/'-separated non-empty
+# segments of URL path characters, so that it can never start with '//' (another host).
+_PREFIX = re.compile(rb"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")
+
+
+def forwarded_prefix(value: bytes | None) -> bytes | None:
+    """The mount prefix in an C{X-Forwarded-Prefix} value (C{/pp}), or C{None}.
+
+    One trailing slash is dropped; C{/}, an empty value, and anything that is not a
+    plain path (C{//host}, C{\\}, blanks, a scheme) give C{None}. Only read it from a
+    trusted proxy.
+    """
+    if value is None:
+        return None
+    value = value.strip(b" \t").rstrip(b"/")
+    if not value or _PREFIX.fullmatch(value) is None or len(value) > 1024:
+        return None
+    if any(segment in (b".", b"..") for segment in value.split(b"/")):
+        return None
+    return value
+
+
+def mounted_location(request_path: bytes, target: bytes, prefix: bytes | None) -> bytes:
+    """The C{Location} (or form action) for C{target} as seen from C{request_path}.
+
+    An absolute URL (already checked) is kept. A root-relative path gets the trusted
+    front proxy's C{prefix} when there is one, else becomes relative to the request's
+    path, so that it stays under a front proxy's mount nobody announced.
+    """
+    if not target.startswith(b"/"):
+        return target
+    if prefix is not None:
+        return prefix + target
+    return relative_reference(request_path, target)
 
 
 def _valid_authority(authority: str) -> bool:

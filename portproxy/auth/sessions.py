@@ -27,13 +27,14 @@ _LAYOUT = re.compile(rb"1\.([0-9]{1,12})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})")
 _MAX_LENGTH = 2 + 13 + 13 + 43
 
 
-def derive_key(key_material: bytes) -> bytes:
+def derive_key(key_material: bytes, context: bytes = _CONTEXT) -> bytes:
     """HKDF-SHA256 (RFC 5869) of C{key_material} with a fixed salt and context label.
 
-    The label keeps this key apart from any other use of the same password.
+    The label keeps this key apart from any other use of the same password (the
+    session cookie by default; sign-in tickets pass their own).
     """
     prk = hmac.new(b"portproxy", key_material, hashlib.sha256).digest()
-    return hmac.new(prk, _CONTEXT + b"\x01", hashlib.sha256).digest()
+    return hmac.new(prk, context + b"\x01", hashlib.sha256).digest()
 
 
 class SessionSigner:

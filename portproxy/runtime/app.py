@@ -17,9 +17,11 @@ from portproxy.http.headers import ClientView, client_address, client_view
 from portproxy.net.limits import ConnectionLimits, current_upstream_budget, fit_fd_limit
 from portproxy.net.peer import peer_host
 from portproxy.net.reactor import IInstanceReactor, installed_reactor
-from portproxy.routing.publicurl import public_url_for_port, url_template
+from portproxy.routing.domains import DomainMatcher
+from portproxy.routing.publicurl import listener_warnings, url_template
 from portproxy.routing.routes import RouteKind
 from portproxy.runtime.service import ListeningService, PortProxyService
+from portproxy.web.accesslog import FileSink, ReopenOnSignal
 from portproxy.web.health import Heartbeat
 from portproxy.web.home import IndexResource
 from portproxy.web.root import PortProxyRoot
@@ -43,6 +45,9 @@ class Instance:
     site: ProxySite
     heartbeat: Heartbeat
     own_ports: set[int] = field(default_factory=set)
+    #: The C{--access-log-file} sink, C{None} when the log goes to the Twisted log or
+    #: is off.
+    access_log: FileSink | None = None
 
 
 def build_instance(
@@ -54,10 +59,15 @@ def build_instance(
     from portproxy.auth import (
         RESERVED_LOGIN,
         RESERVED_LOGOUT,
+        RESERVED_TICKET,
+        RESERVED_TICKET_ACCEPT,
         LoginResource,
         LogoutResource,
+        TicketAcceptResource,
+        TicketResource,
         build_authenticator,
     )
+    from portproxy.auth.redirects import forwarded_prefix
 
     heartbeat = Heartbeat(reactor)
     own_ports: set[int] = set()
@@ -81,6 +91,12 @@ def build_instance(
             trusted_networks=trusted,
         )
 
+    def prefix_of(request: Request) -> bytes | None:
+        # Sign-in redirects honour X-Forwarded-Prefix only from a trusted proxy.
+        if not view_of(request).trusted:
+            return None
+        return forwarded_prefix(request.getHeader(b"x-forwarded-prefix"))
+
     authenticator = build_authenticator(
         config,
         environ=environ,
@@ -91,6 +107,7 @@ def build_instance(
         client_address=address_of,
         request_host=lambda request: view_of(request).host or "",
         threads=reactor,
+        mount_prefix=prefix_of,
     )
     login = LoginResource(authenticator)
     logout = LogoutResource(authenticator)
@@ -98,10 +115,16 @@ def build_instance(
         is_signed_in=authenticator.is_signed_in,
         deny=lambda request: authenticator.deny(request, original_url=request.uri),
         own_ports=own_ports,
-        url_for=lambda port: public_url_for_port(config, port),
+        view_of=view_of,
+        domains=DomainMatcher(config.proxy_domains),
     )
     pages = {RouteKind.LOGIN: login, RouteKind.LOGOUT: logout, RouteKind.INDEX: index}
-    reserved = {RESERVED_LOGIN: login, RESERVED_LOGOUT: logout}
+    reserved = {
+        RESERVED_LOGIN: login,
+        RESERVED_LOGOUT: logout,
+        RESERVED_TICKET: TicketResource(authenticator),
+        RESERVED_TICKET_ACCEPT: TicketAcceptResource(authenticator),
+    }
     engine = ProxyEngine(
         reactor,
         upstream_timeout=config.upstream_timeout,
@@ -142,14 +165,30 @@ def build_instance(
         trusted_proxies=config.trusted_proxies,
         trust_all=config.auth == "none",
     )
+    access_log = _access_log_file(config, reactor)
     site = ProxySite(
         root,
         reactor=reactor,
         access_log=config.access_log,
         max_body_size=config.max_body_size,
         limits=limits,
+        access_log_sink=access_log,
     )
-    return Instance(config, reactor, engine, root, site, heartbeat, own_ports)
+    return Instance(
+        config, reactor, engine, root, site, heartbeat, own_ports, access_log=access_log
+    )
+
+
+def _access_log_file(config: Config, reactor: IInstanceReactor) -> FileSink | None:
+    """The C{--access-log-file} sink, opened now so a bad path stops start-up."""
+    if config.access_log_file is None or config.access_log == "off":
+        return None
+    try:
+        return FileSink(config.access_log_file, reactor=reactor)
+    except OSError as e:
+        raise StartupError(
+            f"--access-log-file: cannot open {config.access_log_file!r}: {e.strerror}"
+        ) from None
 
 
 def build_service(
@@ -173,12 +212,22 @@ def build_service(
         # HTTP/2 streams each hold an upstream: bound those by what the file limit
         # leaves once every client connection has its descriptor.
         instance.engine.pool.max_open = current_upstream_budget(limits.max_connections)
+    close = instance.engine.close
+    sink = instance.access_log
+    if sink is not None:
+        # The file is closed last, once the requests still running have been logged.
+        def close_then_log() -> Deferred[None]:
+            return instance.engine.close().addBoth(lambda result: sink.close())
+
+        close = close_then_log
     service = PortProxyService(
-        instance.engine.close,
+        close,
         instance.engine.drain,
         close_clients=instance.site.close_connections,
     )
-    wrapper = _tls_wrapper(config, instance.reactor, limits)
+    if sink is not None:
+        ReopenOnSignal(instance.reactor, sink.reopen).setServiceParent(service)
+    wrapper = _tls_wrapper(config, instance.reactor, limits, sink)
     for description in config.listen:
         listener(
             instance.reactor,
@@ -196,6 +245,12 @@ def build_service(
             else "Host header passes unchanged to the app"
         ),
     )
+    for warning in listener_warnings(
+        config.listen,
+        auth=config.auth,
+        tls_on_tcp=config.cert is not None or config.self_signed,
+    ):
+        _log.warn("{warning}", warning=warning)
     return service
 
 
@@ -204,7 +259,10 @@ Wrap = Callable[[IProtocolFactory], IProtocolFactory]
 
 
 def _tls_wrapper(
-    config: Config, reactor: IInstanceReactor, limits: ConnectionLimits | None = None
+    config: Config,
+    reactor: IInstanceReactor,
+    limits: ConnectionLimits | None = None,
+    access_log: FileSink | None = None,
 ) -> Callable[[str], Wrap | None]:
     """For each C{--listen} description, what puts TLS on it, or C{None} (plain).
 
@@ -225,6 +283,7 @@ def _tls_wrapper(
         access_log=config.access_log,
         max_body_size=1024 * 1024,
         limits=limits,
+        access_log_sink=access_log,
     )
     redirect.noisy = False
     tls = ServerTLS(

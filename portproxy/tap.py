@@ -74,10 +74,29 @@ def _byte_size(name: str, value: str) -> int:
     return number
 
 
+class UrlOptions(usage.Options):
+    """C{twist portproxy url PORT}: print a port's public URLs and exit."""
+
+    synopsis = "PORT"
+    longdesc = (
+        "Print the public URLs of PORT, one per line, the preferred one first: the "
+        "proxy host when --proxy-domain names one, then /proxy/PORT/, then "
+        "/absproxy/PORT/. Built from --public-url, else from the first --listen."
+    )
+
+    def parseArgs(self, *args: str) -> None:
+        # Checked by the parent once the configuration is built: a wrong count or a bad
+        # port is one line on stderr and exit 64, not the whole help text.
+        self.args = args
+
+
 class Options(usage.Options):
     """Options of C{twist portproxy}; see docs/options.rst."""
 
     synopsis = "[options]"
+    subCommands = [
+        ["url", None, UrlOptions, "Print the public URLs of a port and exit."],
+    ]
     longdesc = (
         "Open web apps that listen on local ports through one signed-in address: "
         "/proxy/<port>/, /absproxy/<port>/ or <port>.<domain>."
@@ -290,8 +309,10 @@ class Options(usage.Options):
             # One line naming the option, not the whole help text.
             sys.stderr.write(f"portproxy: error: {e}\n")
             raise SystemExit(EX_USAGE) from None
+        if self.subCommand == "url":
+            self._url_command()
         if self["print-url"] is not None:
-            self._print_url(self["print-url"])
+            self._print_url(self["print-url"], name="--print-url")
         if self["print-auth-cookie"]:
             from portproxy.auth import print_auth_cookie
 
@@ -304,16 +325,38 @@ class Options(usage.Options):
             sys.stdout.flush()
             raise SystemExit(0)
 
-    def _print_url(self, value: str) -> None:
-        from portproxy.routing.publicurl import public_url_for_port
+    def _print_url(self, value: str, *, every_route: bool = False, name: str) -> None:
+        """Print a port's public URL(s), absolute from C{--public-url} or the listener.
+
+        The preferred URL comes first (the proxy host when a proxy domain names one,
+        else C{/proxy/<port>/}); with C{every_route}, the others follow, one per line.
+        """
+        from portproxy.routing.domains import DomainMatcher
+        from portproxy.routing.publicurl import configured_base, port_urls, preferred_url
         from portproxy.routing.routes import parse_port
 
         port = parse_port(value)
         if port is None:
-            sys.stderr.write(f"portproxy: error: --print-url: {value!r} is not a port\n")
+            sys.stderr.write(
+                f"portproxy: error: {name}: {value!r} is not a port (1-65535)\n"
+            )
             raise SystemExit(EX_USAGE)
-        sys.stdout.write(public_url_for_port(self.config, port) + "\n")
+        config = self.config
+        urls = port_urls(port, configured_base(config), DomainMatcher(config.proxy_domains))
+        first = preferred_url(urls)
+        lines = [first]
+        if every_route:
+            lines += [u for u in (urls["proxy"], urls["absproxy"]) if u != first]
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
         raise SystemExit(0)
+
+    def _url_command(self) -> None:
+        args = self.subOptions.args
+        if len(args) != 1:
+            sys.stderr.write("portproxy: error: url: give one port, as in: url 5173\n")
+            raise SystemExit(EX_USAGE)
+        self._print_url(args[0], every_route=True, name="url")
 
 
 # Any in this module: parsed option values (strings, lists, flags) and the Config

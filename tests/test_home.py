@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest_twisted
 
+from portproxy.routing.publicurl import PortURLs
 from portproxy.web.home import parse_listening_ports, render_index
 from tests.support import get, parse_response, raw_request
 
@@ -26,12 +27,23 @@ def test_only_listening_sockets_on_loopback_or_any_address_count() -> None:
     assert parse_listening_ports(TABLE6) == {5349, 22}
 
 
-def test_index_links_each_port_and_escapes() -> None:
-    page = render_index({3000, 80}, lambda p: f"/proxy/{p}/?<x>")
+def _urls(port: int) -> PortURLs:
+    return {
+        "proxy": f"./proxy/{port}/?<x>",
+        "absproxy": f"./absproxy/{port}/",
+        "domain": f"http://{port}.localhost:8080/" if port == 80 else None,
+    }
+
+
+def test_index_links_each_port_on_every_route_and_escapes() -> None:
+    page = render_index({3000, 80}, _urls)
     assert page.index(b">80<") < page.index(b">3000<")
-    assert b"/proxy/3000/?&lt;x&gt;" in page
+    assert b'href="./proxy/3000/?&lt;x&gt;">3000<' in page  # preferred: /proxy/
+    assert b'href="./absproxy/3000/"' in page
+    assert b'href="http://80.localhost:8080/">80<' in page  # preferred: the proxy host
     assert b"<script" not in page
-    assert b"does not tell" in render_index(None, str)
+    assert b'action="./logout"' in page
+    assert b"does not tell" in render_index(None, _urls)
 
 
 @pytest_twisted.ensureDeferred
@@ -39,7 +51,7 @@ async def test_start_page_lists_a_listening_upstream(upstream, proxy) -> None:
     up = upstream()
     status, _, body = parse_response(await raw_request(proxy.port, get(b"/")))
     assert status == 200
-    assert b'href="/proxy/%d/"' % up.port in body
+    assert b'href="./proxy/%d/"' % up.port in body
     assert b">%d<" % proxy.port not in body  # never offers itself
 
 
@@ -49,6 +61,7 @@ async def test_start_page_needs_a_session(make_proxy, tmp_path) -> None:
     status, headers, _ = parse_response(
         await raw_request(proxy.port, get(b"/", headers=b"Accept: text/html\r\n"))
     )
-    assert status == 302 and headers[b"location"][0].startswith(b"/login")
+    # Root-relative or relative to the page (the sign-in redirect survives a prefix).
+    assert status == 302 and headers[b"location"][0].startswith((b"/login", b"./login"))
     status, _, _ = parse_response(await raw_request(proxy.port, get(b"/")))
     assert status == 401

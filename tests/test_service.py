@@ -299,10 +299,10 @@ def test_sigterm_finishes_an_in_flight_request(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--print-url", "5173"], b"/proxy/5173/"),
+        (["--print-url", "5173"], b"http://localhost:8080/proxy/5173/"),
         (
             ["--proxy-domain", "*.dev.example.com", "--print-url", "5173"],
-            b"http://5173.dev.example.com/",
+            b"http://5173.dev.example.com:8080/",
         ),
         (
             [
@@ -313,7 +313,7 @@ def test_sigterm_finishes_an_in_flight_request(tmp_path: Path) -> None:
                 "--print-url",
                 "3000",
             ],
-            b"https://dev-3000.example.com/",
+            b"https://dev-3000.example.com:8443/",
         ),
     ],
 )
@@ -352,7 +352,7 @@ def test_startup_logs_the_url_template(tmp_path: Path) -> None:
         )
     finally:
         globalLogPublisher.removeObserver(observer)
-    assert seen == ["http://{{port}}.example.com/"]
+    assert seen == ["http://{{port}}.example.com:8080/"]  # the listener's port
 
 
 def _memory_reactor() -> object:

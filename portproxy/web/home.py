@@ -13,6 +13,12 @@ from collections.abc import Callable, Collection, Iterable
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from portproxy.http.headers import ClientView
+from portproxy.routing.domains import DomainMatcher
+from portproxy.routing.publicurl import PortURLs, port_urls, preferred_url, request_base
+from portproxy.routing.relative import relative_reference
+from portproxy.routing.routes import origin_form, split_target
+
 __all__ = ["IndexResource", "parse_listening_ports", "read_listening_ports", "render_index"]
 
 _LISTEN = "0A"
@@ -57,17 +63,37 @@ def read_listening_ports(
     return found
 
 
-def render_index(ports: Collection[int] | None, url_for: Callable[[int], str]) -> bytes:
-    """The start page: one link per port (escaped), or why there is none."""
+def _links(port: int, urls: PortURLs) -> str:
+    """One port's line: its number (the preferred URL), then its URL on every route."""
+    routes = [
+        (urls["proxy"], f"/proxy/{port}/"),
+        (urls["absproxy"], f"/absproxy/{port}/"),
+    ]
+    if urls["domain"] is not None:
+        routes.append((urls["domain"], urls["domain"]))
+    links = " ".join(
+        f'<a href="{html.escape(url)}">{html.escape(text)}</a>' for url, text in routes
+    )
+    return f'<li><a href="{html.escape(preferred_url(urls))}">{port}</a>: {links}</li>'
+
+
+def render_index(
+    ports: Collection[int] | None,
+    urls_for: Callable[[int], PortURLs],
+    *,
+    logout: str = "./logout",
+) -> bytes:
+    """The start page: each port's links on every route (escaped), or why there is none.
+
+    @param logout: the sign-out form's action, relative to the page so that it stays
+        under a front proxy's path prefix.
+    """
     if ports is None:
         items = "<p>This system does not tell which ports are listening.</p>"
     elif not ports:
         items = "<p>No app is listening on a local port yet.</p>"
     else:
-        links = "".join(
-            f'<li><a href="{html.escape(url_for(p))}">{p}</a></li>' for p in sorted(ports)
-        )
-        items = f"<ul>{links}</ul>"
+        items = "<ul>" + "".join(_links(p, urls_for(p)) for p in sorted(ports)) + "</ul>"
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -75,13 +101,18 @@ def render_index(ports: Collection[int] | None, url_for: Callable[[int], str]) -
         "max-width:40em;margin:4em auto;padding:0 1em}li{margin:.3em 0}</style></head>"
         "<body><h1>Listening ports</h1>"
         f"{items}<p>Open any port as <code>/proxy/PORT/</code>.</p>"
-        '<form method="post" action="/logout"><button>Sign out</button></form>'
-        "</body></html>"
+        f'<form method="post" action="{html.escape(logout)}"><button>Sign out</button>'
+        "</form></body></html>"
     ).encode()
 
 
 class IndexResource(Resource):
-    """C{/} on the main host: the start page for a signed-in user."""
+    """C{/} on the main host: the start page for a signed-in user.
+
+    Path-route links and the sign-out action are relative to the page (they survive a
+    front proxy's path prefix); proxy-host links are absolute, from the scheme and host
+    the client used (L{portproxy.routing.publicurl}).
+    """
 
     isLeaf = True
 
@@ -91,14 +122,16 @@ class IndexResource(Resource):
         is_signed_in: Callable[[Request], bool],
         deny: Callable[[Request], bytes],
         own_ports: Collection[int],
-        url_for: Callable[[int], str],
+        view_of: Callable[[Request], ClientView],
+        domains: DomainMatcher,
         read_ports: Callable[[], set[int] | None] = read_listening_ports,
     ) -> None:
         super().__init__()
         self._is_signed_in = is_signed_in
         self._deny = deny
         self._own_ports = own_ports
-        self._url_for = url_for
+        self._view_of = view_of
+        self._domains = domains
         self._read_ports = read_ports
 
     def render_GET(self, request: Request) -> bytes:
@@ -107,8 +140,18 @@ class IndexResource(Resource):
         ports = self._read_ports()
         if ports is not None:
             ports = ports - set(self._own_ports)
+        view = self._view_of(request)
+        base = request_base(view.scheme, view.host)
+        here = split_target(origin_form(request.uri))[0]
+
+        def urls_for(port: int) -> PortURLs:
+            return port_urls(
+                port, base, self._domains, relative_to=here, request_host=view.host
+            )
+
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        return render_index(ports, self._url_for)
+        logout = relative_reference(here, b"/logout").decode("ascii")
+        return render_index(ports, urls_for, logout=logout)
 
     render_HEAD = render_GET

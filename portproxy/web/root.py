@@ -23,7 +23,7 @@ from portproxy.http.errorpages import write_error
 from portproxy.http.headers import BadRequest, ClientView, client_view, request_authority
 from portproxy.net.peer import peer_host
 from portproxy.routing.domains import DomainMatcher
-from portproxy.routing.hosts import parse_authority
+from portproxy.routing.publicurl import location_url, request_base
 from portproxy.routing.relative import relative_reference
 from portproxy.routing.routes import (
     RouteKind,
@@ -303,32 +303,26 @@ class _ProxyGate(Resource):
         """The public URL of C{rest} on port C{p}, on the same kind of route as this one.
 
         Used to rewrite an app's redirect to C{http://localhost:p/rest}; only called when
-        such a Location comes back, so nothing is built per request.
+        such a Location comes back, so nothing is built per request. Proxy hosts get an
+        absolute URL from the request's own scheme and host (see
+        L{portproxy.routing.publicurl.location_url}).
         """
-        rest = rest if rest.startswith(b"/") else b"/" + rest
-        if self.kind is GateKind.PROXY:
-            here = self.prefix if parse_port(self.label) == p else None
-            return (here or b"/proxy/%d" % p) + rest
-        if self.kind is GateKind.ABSPROXY:
-            if parse_port(self.label) == p:
-                return rest
-            return self.root.config.abs_proxy_base_path + b"/absproxy/%d" % p + rest
         view = self.view
-        host = self.root.domains.public_host(p, view.host)
-        if host is None:
-            return None
-        suffix = _port_suffix(view.host or "")
-        return f"{view.scheme}://{host}{suffix}".encode("ascii") + rest
+        return location_url(
+            p,
+            rest,
+            route=self.kind.value,
+            here_port=parse_port(self.label),
+            here_prefix=self.prefix,
+            base_path=self.root.config.abs_proxy_base_path,
+            base=request_base(view.scheme, view.host),
+            matcher=self.root.domains,
+            request_host=view.host,
+        )
 
 
 def _error(status: int, message: str) -> Callable[[Request], bytes]:
     return lambda request: write_error(request, status, message)
-
-
-def _port_suffix(host: str) -> str:
-    """The C{:port} part of a host header, if any (IPv6 literals handled)."""
-    authority = parse_authority(host)
-    return "" if authority is None or authority.port is None else f":{authority.port}"
 
 
 if TYPE_CHECKING:

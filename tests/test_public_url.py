@@ -493,3 +493,30 @@ async def test_loopback_location_on_a_proxy_host_uses_the_request_base(
         )
         == b"http://%d.dev.example.test:8080/next" % up.port
     )
+
+
+@pytest.fixture
+def tls_proxy(tmp_path: Any) -> Any:
+    from tests.test_tls_live import tls_services
+
+    with tls_services(tmp_path) as start:
+        yield start
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_listener_gives_https_urls_with_its_port(upstream, tls_proxy) -> None:
+    from tests.test_tls_live import tls_request
+
+    target: list[bytes] = [b""]
+    up = upstream(_redirector(target))
+    proxy = tls_proxy(self_signed=True, proxy_domains=("localhost",))
+    main = b"localhost:%d" % proxy.port
+    raw, _ = await tls_request(proxy.port, get(b"/", host=main), cafile=None)
+    status, _, body = parse_response(raw)
+    assert status == 200
+    assert b'href="https://%d.localhost:%d/"' % (up.port, proxy.port) in body
+    target[0] = b"http://localhost:%d/next" % up.port
+    on_host = b"%d.localhost:%d" % (up.port, proxy.port)
+    raw, _ = await tls_request(proxy.port, get(b"/", host=on_host), cafile=None)
+    _, headers, _ = parse_response(raw)
+    assert headers[b"location"] == [b"https://%d.localhost:%d/next" % (up.port, proxy.port)]

@@ -50,6 +50,9 @@ setup(
             "h11>=0.14",
             # tests/test_docs.py builds the documentation with warnings as errors.
             "sphinx>=7.0",
+            # tests/browser drives the system's Chromium (never a downloaded one) to
+            # prove what a user sees: pages, sign-in redirects, dev servers' WebSockets.
+            "playwright>=1.60",
         ],
         "docs": ["sphinx>=7.0"],
         "dev": ["mypy>=1.10", "mypy-zope>=1.0", "ruff>=0.5"],

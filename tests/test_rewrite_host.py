@@ -578,3 +578,83 @@ def test_the_startup_log_says_which_host_apps_see(rewrite: bool, says: str) -> N
         globalLogPublisher.removeObserver(observer)
     opened = [line for line in lines if line.startswith("apps open at")]
     assert len(opened) == 1 and opened[0].endswith(says)
+
+
+# -- HTTP/2 ---------------------------------------------------------------------------
+
+
+def _h2_get(port: int, cafile: str, headers: list[tuple[bytes, bytes]]) -> int:
+    """One HTTP/2 request over TLS (ALPN h2), as a browser sends it; its status."""
+    import socket
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        conn.initiate_connection()
+        conn.send_headers(1, headers, end_stream=True)
+        tls.sendall(conn.data_to_send())
+        status = 0
+        while True:
+            data = tls.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    conn.close_connection()
+                    tls.sendall(conn.data_to_send())
+                    return status
+            tls.sendall(conn.data_to_send())
+
+
+@pytest.fixture
+def tls_proxy(tmp_path: Any) -> Iterator[Any]:
+    from tests.test_tls_live import tls_services
+
+    with tls_services(tmp_path) as start:
+        yield start
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http2_request_is_rewritten_like_an_http11_one(
+    tmp_path: Any, upstream: Any, tls_proxy: Any
+) -> None:
+    from twisted.internet.threads import deferToThread
+
+    from tests.test_tls import write_pair
+
+    cert, key, ca = write_pair(tmp_path)
+    up = upstream(rec := Recorder())
+    proxy = tls_proxy(cert=cert, cert_key=key, rewrite_host=True)
+    status = await deferToThread(
+        _h2_get,
+        proxy.port,
+        ca,
+        [
+            (b":method", b"GET"),
+            (b":path", b"/proxy/%d/h2" % up.port),
+            (b":scheme", b"https"),
+            (b":authority", b"pub.test:8443"),
+            (b"origin", b"https://pub.test:8443"),
+        ],
+    )
+    assert status == 200
+    assert rec.header(0, b"host") == [b"localhost:%d" % up.port]
+    assert rec.header(0, b"origin") == [b"http://localhost:%d" % up.port]
+    assert rec.header(0, b"x-forwarded-host") == [b"pub.test:8443"]
+    assert rec.header(0, b"x-forwarded-proto") == [b"https"]

@@ -295,8 +295,9 @@ def port_urls(
 
     Path routes are absolute under C{base}; root-relative without one; relative to
     the request path C{relative_to} when given (a page's links, which then survive a
-    front proxy's unannounced path prefix). The absproxy URL never carries
-    C{--abs-proxy-base-path}: that prefix is what the app sees, not the client.
+    front proxy's unannounced path prefix). portproxy serves C{/absproxy/} at its own
+    root, so C{--abs-proxy-base-path} (the front proxy's mount, which the app is told)
+    reaches these URLs only through C{base}: C{--public-url https://host/b}.
     """
     paths = f"/proxy/{port}/", f"/absproxy/{port}/"
     if relative_to is not None:
@@ -337,9 +338,11 @@ def url_template(config: Config) -> str:
 def route_in_path(path: bytes, base_path: bytes) -> bytes | None:
     """The public path of an app path that already names a portproxy route, else C{None}.
 
-    C{/proxy/<port>/...} stays as it is; C{/absproxy/<port>/...}, with or without the
-    C{--abs-proxy-base-path} the app sees in front, loses that base path. Used so that
-    an app's absolute redirect back to its own public path never gets a second prefix.
+    C{/proxy/<port>/...} and C{/absproxy/<port>/...} stay as they are, and so does
+    C{<base path>/absproxy/<port>/...}: C{--abs-proxy-base-path} is the prefix under
+    which a front proxy mounts portproxy, so the browser's own URL carries it, just as
+    the app's root-relative redirects (which pass unchanged) do. Used so that an app's
+    absolute redirect back to its own public path never gets a second prefix.
     """
     start = 0
     if base_path and path[: len(base_path)].lower() == base_path.lower():
@@ -351,7 +354,7 @@ def route_in_path(path: bytes, base_path: bytes) -> bytes | None:
         return None
     if start and found.group(1).lower() != b"absproxy":
         return None  # the base path is put before /absproxy paths only
-    return path[start:]
+    return path
 
 
 def location_url(
@@ -389,7 +392,7 @@ def location_url(
         return (here or b"/proxy/%d" % port) + path
     if here_port == port:
         return path
-    return b"/absproxy/%d" % port + path
+    return base_path + b"/absproxy/%d" % port + path
 
 
 def listener_warnings(

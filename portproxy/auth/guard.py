@@ -60,7 +60,7 @@ from portproxy.config import Config, StartupError
 from portproxy.http.cookies import cookie_values
 from portproxy.http.errorpages import accepts_html
 from portproxy.net.peer import peer_host
-from portproxy.routing.domains import DomainMatcher
+from portproxy.routing.domains import DomainMatcher, normalize_patterns
 from portproxy.routing.routes import origin_form, split_target
 
 __all__ = [
@@ -271,7 +271,7 @@ class PasswordAuthenticator(_Denials):
         self.clock = clock
         self.log = log
         self.cookie_name = cookie_name.encode("ascii")
-        self.proxy_patterns = tuple(proxy_patterns)
+        self.proxy_patterns = normalize_patterns(proxy_patterns)
         self.skip_auth_preflight = skip_auth_preflight
         self.is_https = is_https
         self.client_address = client_address

@@ -1,0 +1,376 @@
+"""Sign in once on every host: tickets from the main host, over real sockets.
+
+With C{--proxy-domain localhost}, a cookie set on C{localhost:<port>} cannot cover
+C{5173.localhost:<port>}. A signed-out browser there is sent to the main host's ticket
+endpoint, signs in there once, and comes back with a single-use ticket bound to the
+proxy host, which becomes a host-only session cookie.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urljoin, urlsplit
+
+import pytest
+import pytest_twisted
+
+from tests.support import Recorder, get, parse_response, raw_request
+
+PASSWORD = "correct horse battery staple"
+HTML = b"Accept: text/html,application/xhtml+xml\r\n"
+
+
+def _post_login(path: bytes, host: bytes, to: str) -> bytes:
+    body = f"password={quote(PASSWORD)}&to={quote(to, safe='')}".encode()
+    return (
+        b"POST %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
+        % (path, host, len(body), body)
+    )
+
+
+def _target(url: str) -> tuple[bytes, bytes]:
+    """(Host, request target) for an absolute URL."""
+    parts = urlsplit(url)
+    target = parts.path + ("?" + parts.query if parts.query else "")
+    return parts.netloc.encode(), target.encode()
+
+
+def _session(headers: dict[bytes, list[bytes]]) -> tuple[bytes, bytes]:
+    """(name=value, the whole Set-Cookie) of the session cookie that was set."""
+    (value,) = [
+        c for c in headers.get(b"set-cookie", []) if c.startswith(b"portproxy-session=")
+    ]
+    return value.split(b";")[0], value
+
+
+class Browser:
+    """Just enough of a browser: follows nothing by itself, keeps cookies per host."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cookies: dict[bytes, bytes] = {}
+
+    async def go(self, url: str, request: bytes | None = None) -> tuple[int, Any, bytes]:
+        host, target = _target(url)
+        name = host.split(b":")[0]
+        extra = HTML
+        if name in self.cookies:
+            extra += b"Cookie: " + self.cookies[name] + b"\r\n"
+        raw = await raw_request(self.port, request or get(target, host=host, headers=extra))
+        status, headers, body = parse_response(raw)
+        for value in headers.get(b"set-cookie", []):
+            if value.startswith(b"portproxy-session=") and b"Max-Age=0" not in value:
+                assert b"Domain=" not in value  # host-only everywhere in these tests
+                self.cookies[name] = value.split(b";")[0]
+        return status, headers, body
+
+
+@pytest.fixture
+def localhost_proxy(make_proxy, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return make_proxy(
+        environ={"PASSWORD": PASSWORD},
+        auth="password",
+        data_dir=str(tmp_path),
+        proxy_domains=("localhost",),
+    )
+
+
+@pytest.fixture
+def host_pattern_proxy(make_proxy, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return make_proxy(
+        environ={"PASSWORD": PASSWORD},
+        auth="password",
+        data_dir=str(tmp_path),
+        proxy_domains=("{{port}}.{{host}}",),
+    )
+
+
+async def _sign_in_on_main(browser: Browser, main: str) -> None:
+    status, headers, _ = await browser.go(
+        main + "/login", _post_login(b"/login", _target(main)[0], "/")
+    )
+    assert status == 302
+    browser.cookies[_target(main)[0].split(b":")[0]] = _session(headers)[0]
+
+
+async def _mint(browser: Browser, main: str, to: str) -> str:
+    """The accept URL the main host sends a signed-in browser to."""
+    status, headers, _ = await browser.go(
+        main + "/.portproxy/ticket?to=" + quote(to, safe="")
+    )
+    assert status == 302, headers
+    return str(headers[b"location"][0].decode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_password_signs_in_on_a_localhost_proxy_host(
+    upstream, localhost_proxy
+) -> None:
+    up = upstream(rec := Recorder())
+    port = localhost_proxy.port
+    main = f"http://localhost:{port}"
+    app = f"http://{up.port}.localhost:{port}/app/page?x=1&y=%2F"
+    browser = Browser(port)
+
+    # 1. The proxy host sends a signed-out browser to the main host's ticket endpoint.
+    status, headers, _ = await browser.go(app)
+    assert status == 302
+    ticket_url = headers[b"location"][0].decode()
+    parts = urlsplit(ticket_url)
+    assert (parts.scheme, parts.netloc, parts.path) == (
+        "http",
+        f"localhost:{port}",
+        "/.portproxy/ticket",
+    )
+    assert parse_qs(parts.query)["to"] == [app]
+
+    # 2. Not signed in there: to the main host's login page, which comes back here.
+    status, headers, _ = await browser.go(ticket_url)
+    assert status == 302
+    login_url = urljoin(ticket_url, headers[b"location"][0].decode())
+    assert urlsplit(login_url).path == "/.portproxy/login"
+    status, _, page = await browser.go(login_url)
+    assert status == 200 and b"<form" in page
+    to = parse_qs(urlsplit(login_url).query)["to"][0]
+    status, headers, _ = await browser.go(
+        login_url, _post_login(b"/.portproxy/login", _target(main)[0], to)
+    )
+    assert status == 302
+    _, set_cookie = _session(headers)
+    assert b"Domain=" not in set_cookie  # localhost: host-only
+    back = urljoin(login_url, headers[b"location"][0].decode())
+    assert back == ticket_url
+
+    # 3. Signed in: a ticket for the proxy host, handed to that host.
+    status, headers, _ = await browser.go(back)
+    assert status == 302
+    assert headers[b"cache-control"] == [b"no-store"]
+    assert headers[b"referrer-policy"] == [b"no-referrer"]
+    accept_url = headers[b"location"][0].decode()
+    accept = urlsplit(accept_url)
+    assert (accept.netloc, accept.path) == (
+        f"{up.port}.localhost:{port}",
+        "/.portproxy/ticket/accept",
+    )
+
+    # 4. The proxy host takes the ticket: a host-only cookie, then the page.
+    status, headers, _ = await browser.go(accept_url)
+    assert status == 302
+    assert headers[b"referrer-policy"] == [b"no-referrer"]
+    assert headers[b"cache-control"] == [b"no-store"]
+    _, set_cookie = _session(headers)
+    attributes = {a.strip() for a in set_cookie.split(b";")}
+    assert {b"HttpOnly", b"SameSite=Lax", b"Path=/"} <= attributes
+    assert not any(a.startswith(b"Domain=") for a in attributes)
+    assert b"Secure" not in attributes  # plain HTTP here
+    assert urljoin(accept_url, headers[b"location"][0].decode()) == app
+    status, _, body = await browser.go(app)
+    assert status == 200
+    assert rec.requests[-1]["uri"] == b"/app/page?x=1&y=%2F"
+    # The session cookie never reaches the app.
+    assert b"portproxy-session" not in b"".join(rec.header(-1, b"cookie"))
+
+    # 5. Another port needs no password: straight through the main host's session.
+    other = f"http://{up.port}.localhost:{port}/"
+    del browser.cookies[f"{up.port}.localhost".encode()]
+    status, headers, _ = await browser.go(other)
+    status, headers, _ = await browser.go(headers[b"location"][0].decode())
+    assert status == 302 and b"/.portproxy/ticket/accept?" in headers[b"location"][0]
+    status, headers, _ = await browser.go(headers[b"location"][0].decode())
+    assert status == 302 and _session(headers)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replayed_ticket_is_refused(upstream, localhost_proxy) -> None:
+    up = upstream(Recorder())
+    port = localhost_proxy.port
+    main, app = f"http://localhost:{port}", f"http://{up.port}.localhost:{port}/x"
+    browser = Browser(port)
+    await _sign_in_on_main(browser, main)
+    accept_url = await _mint(browser, main, app)
+    status, headers, _ = await Browser(port).go(accept_url)
+    assert status == 302 and _session(headers)
+    status, headers, body = await Browser(port).go(
+        accept_url
+    )  # another, cookie-less browser
+    assert status == 403
+    assert b"set-cookie" not in headers
+    assert headers[b"cache-control"] == [b"no-store"]
+    assert headers[b"referrer-policy"] == [b"no-referrer"]
+    assert b"expired or was already used" in body
+    assert b'href="./../../.portproxy/login?to=/x"' in body  # sign in on this host
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ticket_for_one_proxy_host_is_refused_on_another(
+    upstream, localhost_proxy
+) -> None:
+    up = upstream(Recorder())
+    port = localhost_proxy.port
+    main = f"http://localhost:{port}"
+    browser = Browser(port)
+    await _sign_in_on_main(browser, main)
+    accept_url = await _mint(browser, main, f"http://{up.port}.localhost:{port}/x")
+    elsewhere = accept_url.replace(f"{up.port}.localhost", f"{up.port + 1}.localhost")
+    for url in (elsewhere, accept_url.replace(f":{port}/", f":{port + 1}/")):
+        host, target = _target(url)
+        # Any Host may be sent to our socket: the ticket is bound to P's authority.
+        raw = await raw_request(port, get(target, host=host, headers=HTML))
+        assert parse_response(raw)[0] == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_forged_and_missing_tickets_are_refused(
+    upstream, localhost_proxy
+) -> None:
+    up = upstream(Recorder())
+    port = localhost_proxy.port
+    proxy_host = f"{up.port}.localhost:{port}"
+    auth = localhost_proxy.instance.root.auth
+    now = localhost_proxy.instance.reactor.seconds()
+    expired = auth.tickets.issue(proxy_host, now - 120, secrets.token_bytes(16))
+    good = auth.mint_ticket(proxy_host)
+    head, mac = good.rsplit(".", 1)
+    tampered = head + "." + ("A" if mac[0] != "A" else "B") + mac[1:]
+    parts = good.split(".")
+    longer = ".".join([parts[0], parts[1], str(int(parts[2]) + 30), *parts[3:]])
+    for ticket in (expired, tampered, longer, "", "t1.x.1.y.z", "1.2.3.4"):
+        url = f"http://{proxy_host}/.portproxy/ticket/accept?t={quote(ticket)}&to=/x"
+        status, headers, body = await Browser(port).go(url)
+        assert status == 403, ticket
+        assert b"set-cookie" not in headers
+    # Without Accept: text/html the refusal is JSON.
+    raw = await raw_request(
+        port,
+        get(b"/.portproxy/ticket/accept?t=" + tampered.encode(), host=proxy_host.encode()),
+    )
+    status, headers, body = parse_response(raw)
+    assert status == 403 and headers[b"content-type"] == [b"application/json"]
+    assert json.loads(body)["login"].endswith("/.portproxy/login?to=/")
+    # The untouched ticket still works: the refusals did not use it up.
+    status, headers, _ = await Browser(port).go(
+        f"http://{proxy_host}/.portproxy/ticket/accept?t={good}&to=/x"
+    )
+    assert status == 302 and _session(headers)
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "http://evil.com/",
+        "https://evil.com/x",
+        "//evil.com/x",
+        "/\\evil.com",
+        "javascript:alert(1)",
+        "http://{p}.localhost.evil.com/",
+        "http://evil.com@{p}.localhost/",
+        "http://localhost:{port}/",  # the main host itself is no proxy host
+        "/proxy/{p}/",
+        "",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_ticket_endpoint_refuses_a_to_off_the_proxy_hosts(
+    upstream, localhost_proxy, to: str
+) -> None:
+    up = upstream(rec := Recorder())
+    port = localhost_proxy.port
+    main = f"http://localhost:{port}"
+    browser = Browser(port)
+    await _sign_in_on_main(browser, main)
+    to = to.replace("{p}", str(up.port)).replace("{port}", str(port))
+    status, headers, _ = await browser.go(
+        main + "/.portproxy/ticket?to=" + quote(to, safe="")
+    )
+    assert status == 400
+    assert b"location" not in headers
+    # Signed out, the same link does not even lead to the login page.
+    status, headers, _ = await Browser(port).go(
+        main + "/.portproxy/ticket?to=" + quote(to, safe="")
+    )
+    assert status == 400 and b"location" not in headers
+    assert rec.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_patterns_sign_in_through_the_host_and_never_another_host_value(
+    upstream, host_pattern_proxy
+) -> None:
+    up = upstream(rec := Recorder())
+    port = host_pattern_proxy.port
+    main = f"http://box.test:{port}"
+    app = f"http://{up.port}.box.test:{port}/x"
+    browser = Browser(port)
+    status, headers, _ = await browser.go(app)
+    assert status == 302
+    assert headers[b"location"][0].decode() == (
+        f"{main}/.portproxy/ticket?to=" + quote(app, safe="/:")
+    )
+    await _sign_in_on_main(browser, main)
+    status, headers, _ = await browser.go(headers[b"location"][0].decode())
+    assert status == 302
+    status, headers, _ = await browser.go(headers[b"location"][0].decode())
+    assert status == 302
+    status, _, _ = await browser.go(app)
+    assert status == 200 and rec.requests[-1]["uri"] == b"/x"
+    # From box.test, a ticket for another {{host}} value is refused.
+    for to in (
+        f"http://{up.port}.evil.test:{port}/x",
+        f"http://{up.port}.box.test.evil:{port}/",
+    ):
+        status, headers, _ = await browser.go(
+            main + "/.portproxy/ticket?to=" + quote(to, safe="")
+        )
+        assert status == 400 and b"location" not in headers, to
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_proxy_hosts_own_login_keeps_working(upstream, localhost_proxy) -> None:
+    up = upstream(Recorder())
+    port = localhost_proxy.port
+    host = f"{up.port}.localhost:{port}".encode()
+    status, _, page = parse_response(
+        await raw_request(port, get(b"/.portproxy/login?to=/x", host=host, headers=HTML))
+    )
+    assert status == 200 and b"<form" in page
+    status, headers, _ = parse_response(
+        await raw_request(port, _post_login(b"/.portproxy/login", host, "/x"))
+    )
+    assert status == 302 and headers[b"location"] == [b"./../x"]
+    assert b"Domain=" not in _session(headers)[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cookie_that_can_cover_the_proxy_host_keeps_the_plain_login(
+    upstream, make_proxy, tmp_path: Path
+) -> None:
+    proxy = make_proxy(
+        environ={"PASSWORD": PASSWORD},
+        auth="password",
+        data_dir=str(tmp_path),
+        proxy_domains=("example.test",),
+    )
+    up = upstream(Recorder())
+    status, headers, _ = parse_response(
+        await raw_request(
+            proxy.port, get(b"/x", host=b"%d.example.test" % up.port, headers=HTML)
+        )
+    )
+    assert status == 302
+    assert headers[b"location"][0].startswith(b"./.portproxy/login?to=http://")
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_browser_navigations_are_sent_for_a_ticket(
+    upstream, localhost_proxy
+) -> None:
+    up = upstream(Recorder())
+    raw = await raw_request(
+        localhost_proxy.port, get(b"/x", host=b"%d.localhost:1" % up.port)
+    )
+    status, headers, body = parse_response(raw)
+    assert (status, json.loads(body)) == (401, {"error": "Unauthorized"})

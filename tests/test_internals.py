@@ -215,34 +215,6 @@ def test_install_h2_channel_hands_the_generic_channels_setup_over() -> None:
     assert protocol.site is h2conn.site
 
 
-# -- the site's access log --------------------------------------------------------------
-
-
-def test_access_log_line_uses_the_formatter_given_to_the_site() -> None:
-    calls: list[tuple[str, object]] = []
-
-    def formatter(timestamp: str, request: object) -> str:
-        calls.append((timestamp, request))
-        return "line"
-
-    site = Site(Resource(), logFormatter=formatter, reactor=MemoryReactorClock())
-    site.doStart()  # the log timestamp is kept from then on
-    request: Any = object()
-    try:
-        assert internals.access_log_line(site, request) == "line", "access_log_line"
-    finally:
-        site.doStop()
-    assert calls and calls[0][1] is request
-    assert isinstance(calls[0][0], str) and calls[0][0], "access_log_line: _logDateTime"
-
-
-def test_the_proxy_sites_json_access_log_is_its_formatter() -> None:
-    from portproxy.web.site import ProxySite, _json_log_formatter
-
-    site = ProxySite(Resource(), reactor=MemoryReactorClock(), access_log="json")
-    assert site._logFormatter is _json_log_formatter, "access_log_line: logFormatter"
-
-
 # -- TCP transports and ports ----------------------------------------------------------
 
 

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
-    from twisted.web.http import Request
 
 __all__ = [
     "COPIED",
@@ -48,7 +47,6 @@ __all__ = [
     "H2Connection",
     "H2Stream",
     "PrivateHook",
-    "access_log_line",
     "arm_abort_timer",
     "channel_network_producer",
     "channel_request_line",
@@ -248,17 +246,6 @@ def install_h2_channel(
     own.callLater = generic._callLater or call_later
     generic._channel = h2conn
     generic._negotiatedProtocol = b"h2"
-
-
-def access_log_line(site: Any, request: Request) -> str:
-    """The access-log line C{site} would write for C{request}.
-
-    C{HTTPFactory.log} writes it to a file; portproxy logs it through
-    C{twisted.logger} instead, with the formatter and the cached timestamp it would
-    have used (private C{_logFormatter} and C{_logDateTime}; the formatter itself is
-    set through the public C{logFormatter} argument).
-    """
-    return site._logFormatter(site._logDateTime, request)  # type: ignore[no-any-return]
 
 
 # -- twisted.web._http2: HTTP/2 connections and streams -------------------------------

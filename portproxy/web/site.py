@@ -4,26 +4,25 @@
 What changes from stock twisted.web, and why: its requests (L{portproxy.web.request})
 bound and route their bodies, its HTTP/1.1 channels (L{portproxy.web.channel}) enforce
 the connection limits, request bodies spill to a temporary file only past
-L{SPOOL_MEMORY_LIMIT}, shutdown waits for unsent responses, and the access log can be
-the combined format, JSON lines, or off.
+L{SPOOL_MEMORY_LIMIT}, shutdown waits for unsent responses, and the access log (the
+combined format, JSON lines, or off) is formatted and written by
+L{portproxy.web.accesslog}, not by twisted.web's formatter and log file.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from typing import IO
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
-from portproxy.net.internals import access_log_line
 from portproxy.net.limits import ConnectionLimits
 from portproxy.net.reactor import ISiteReactor
+from portproxy.web.accesslog import LogClock, Sink, TwistedLogSink, combined_line, json_line
 from portproxy.web.channel import channel_protocol
 from portproxy.web.request import ProxyRequest
 
@@ -41,6 +40,8 @@ class ProxySite(Site):
 
     @param limits: the process's head deadline, send timeout and connection cap (see
         L{portproxy.net.limits}); C{None} for none.
+    @param access_log_sink: where access-log lines go; C{None}: the Twisted log, in
+        the L{ACCESS_LOG_NAMESPACE} namespace.
     """
 
     requestFactory = ProxyRequest
@@ -55,18 +56,18 @@ class ProxySite(Site):
         access_log: str = "combined",
         max_body_size: int | None = None,
         limits: ConnectionLimits | None = None,
+        access_log_sink: Sink | None = None,
     ) -> None:
-        super().__init__(
-            resource,
-            reactor=reactor,
-            parsePOSTFormSubmission=False,
-            logFormatter=_json_log_formatter if access_log == "json" else None,
-        )
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_body_size = max_body_size
         self.access_log = access_log
-        # A Logger stored on the class would name itself after the class, module
-        # included; the access log's namespace is pinned so it does not move with it.
-        self._access_log = Logger(namespace=ACCESS_LOG_NAMESPACE, source=self)
+        self._access_line = {"combined": combined_line, "json": json_line}.get(access_log)
+        self._access_log: Sink = (
+            access_log_sink
+            if access_log_sink is not None
+            else TwistedLogSink(ACCESS_LOG_NAMESPACE)
+        )
+        self._log_time = LogClock(self.reactor.seconds)
         self.limits = limits
 
     def close_connections(self, timeout: float) -> Deferred[None]:
@@ -97,23 +98,20 @@ class ProxySite(Site):
         return tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_LIMIT)
 
     def log(self, request: http.Request) -> None:
-        if self.access_log == "off":
+        line = self._access_line
+        if line is None:
             return
-        self._access_log.info("{line}", line=access_log_line(self, request))
-
-
-def _json_log_formatter(timestamp: str, request: http.Request) -> str:
-    address = request.getClientAddress()
-    return json.dumps(
-        {
-            "time": timestamp,
-            "client": getattr(address, "host", "-"),
-            "method": request.method.decode("latin-1"),
-            "uri": request.uri.decode("latin-1"),
-            "protocol": request.clientproto.decode("latin-1"),
-            "status": request.code,
-            "bytes": request.sentLength,
-            "referrer": (request.getHeader(b"referer") or b"").decode("latin-1"),
-            "agent": (request.getHeader(b"user-agent") or b"").decode("latin-1"),
-        }
-    )
+        host = getattr(request.getClientAddress(), "host", None)
+        self._access_log.write(
+            line(
+                host if isinstance(host, str) else None,
+                self._log_time(),
+                request.method,
+                request.uri,
+                request.clientproto,
+                request.code,
+                request.sentLength,
+                request.getHeader(b"referer"),
+                request.getHeader(b"user-agent"),
+            )
+        )

@@ -9,6 +9,7 @@ proxy host, which becomes a host-only session cookie.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -374,3 +375,36 @@ async def test_only_browser_navigations_are_sent_for_a_ticket(
     )
     status, headers, body = parse_response(raw)
     assert (status, json.loads(body)) == (401, {"error": "Unauthorized"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ticket_used_by_one_process_is_refused_by_another_sharing_the_data_dir(
+    upstream, make_proxy, tmp_path: Path
+) -> None:
+    """What --workers does: processes with their own authenticator, one data dir."""
+    first, second = (
+        make_proxy(
+            environ={"PASSWORD": PASSWORD},
+            auth="password",
+            data_dir=str(tmp_path),
+            proxy_domains=("localhost",),
+        )
+        for _ in range(2)
+    )
+    up = upstream(Recorder())
+    proxy_host = f"{up.port}.localhost:8080"
+    ticket = first.instance.root.auth.mint_ticket(proxy_host)
+    url = f"http://{proxy_host}/.portproxy/ticket/accept?t={ticket}&to=/"
+    host, target = _target(url)
+    raw = await raw_request(first.port, get(target, host=host, headers=HTML))
+    assert parse_response(raw)[0] == 302
+    raw = await raw_request(second.port, get(target, host=host, headers=HTML))
+    assert parse_response(raw)[0] == 403
+    assert os.listdir(tmp_path / "tickets")  # the nonce, until the ticket expires
+
+
+def test_without_proxy_domains_nothing_is_written_for_tickets(
+    make_proxy, tmp_path: Path
+) -> None:
+    make_proxy(environ={"PASSWORD": PASSWORD}, auth="password", data_dir=str(tmp_path))
+    assert not (tmp_path / "tickets").exists()

@@ -543,6 +543,13 @@ def build_authenticator(
     if threads is not None and credential.kind == "argon2":
         verify = _threaded_verify(threads, credential)
     key_material = session_key_material(credential)
+    patterns = config.proxy_domains if proxy_patterns is None else proxy_patterns
+    # Tickets are for proxy hosts: without any, nothing is written to the data dir.
+    nonces = (
+        nonce_store(os.path.join(config.data_dir, "tickets"), log)
+        if patterns
+        else MemoryNonces()
+    )
     return PasswordAuthenticator(
         credential=credential,
         signer=SessionSigner(key_material, config.session_ttl),
@@ -550,7 +557,7 @@ def build_authenticator(
         clock=clock,
         log=log,
         cookie_name=session_cookie_name(config.cookie_suffix),
-        proxy_patterns=(config.proxy_domains if proxy_patterns is None else proxy_patterns),
+        proxy_patterns=patterns,
         skip_auth_preflight=config.skip_auth_preflight,
         is_https=is_https,
         client_address=client_address,
@@ -558,7 +565,7 @@ def build_authenticator(
         allowed_redirect_host=allowed_redirect_host,
         verify=verify,
         tickets=TicketSigner(key_material),
-        nonces=nonce_store(os.path.join(config.data_dir, "tickets"), log),
+        nonces=nonces,
         public_url=config.public_url,
         mount_prefix=mount_prefix,
     )

@@ -284,7 +284,9 @@ class TicketAcceptResource(Resource):
     def _refused(self, request: Request, to: str) -> bytes:
         login = self.auth.location(request, RESERVED_LOGIN) + b"?to=" + _quoted(to)
         request.setResponseCode(403, reason_phrase(403))
-        message = "This sign-in link has expired or was already used."
+        message = (
+            "This sign-in link has expired or was already used, or is for another host."
+        )
         if accepts_html(request.getHeader(b"accept")):
             _page_headers(request)
             return render_ticket_refused(message=message, login=login.decode("ascii"))

@@ -601,3 +601,44 @@ def test_twist_reopens_on_sigusr1_and_flushes_on_sigterm(tmp_path: Path) -> None
     assert "/healthz?second" in path.read_text()
     assert "/healthz?second" not in rotated.read_text()
     assert b"/healthz?" not in output, "lines go to the file, not to the Twisted log"
+
+
+@pytest.mark.no_reactor_check
+def test_with_workers_sigusr1_to_the_supervisor_reaches_every_worker(
+    tmp_path: Path,
+) -> None:
+    # logrotate signals the pid it knows (the supervisor's): it must pass the signal
+    # on, not die of it (SIGUSR1's default action ends a process).
+    port = free_port()
+    path = tmp_path / "access.log"
+    proc = _twist(
+        "--auth", "none", "--listen", f"tcp:{port}:interface=127.0.0.1",
+        "--workers", "2", "--access-log-file", str(path),
+        "--data-dir", str(tmp_path / "d"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        _fetch(port, "/healthz?first")
+        assert "/healthz?first" in _wait_for(path, "/healthz?first")
+        rotated = tmp_path / "access.log.1"
+        path.rename(rotated)
+        time.sleep(0.5)  # both workers up and their handlers installed
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the supervisor survives SIGUSR1"
+        assert path.exists(), "the workers opened the path again"
+        for i in range(6):
+            _fetch(port, f"/healthz?after{i}")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    after = path.read_text()
+    assert all(f"/healthz?after{i}" in after for i in range(6)), after
+    assert "after" not in rotated.read_text()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 from portproxy.config import Config, StartupError
 from portproxy.net.reactor import ISupervisorReactor, installed_reactor
 from portproxy.runtime.handoff import WORKER_ENV, WorkerSpec
+from portproxy.web.accesslog import ReopenOnSignal
 
 __all__ = [
     "Backoff",
@@ -283,7 +285,7 @@ class _Worker(ProcessProtocol):
             self.ready = True
             self.supervisor._ready(self)
 
-    def signal(self, name: str) -> None:
+    def signal(self, name: str | int) -> None:
         process = cast(IProcessTransport, self.transport)
         try:
             process.signalProcess(name)
@@ -330,6 +332,14 @@ class WorkerSupervisor(Service):
         self.failed = False
         self.stopping = False
         self._all_ended: Deferred[None] | None = None
+        #: Passes SIGUSR1 on to the workers (set with C{--access-log-file}).
+        self.relay_reopen: ReopenOnSignal | None = None
+
+    def signal_workers(self, name: str | int) -> None:
+        """Send signal C{name} to every running worker (Twisted names only C{"HUP"},
+        C{"INT"}, C{"KILL"}, C{"STOP"}, C{"TERM"}; other signals by number)."""
+        for worker in list(self.workers.values()):
+            worker.signal(name)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -339,6 +349,8 @@ class WorkerSupervisor(Service):
         super().startService()
         self._prepare()
         self.reactor.callWhenRunning(self._start_all)
+        if self.relay_reopen is not None:
+            self.relay_reopen.startService()
 
     def _prepare(self) -> None:
         if self.listeners is not None:
@@ -428,6 +440,8 @@ class WorkerSupervisor(Service):
     def stopService(self) -> Deferred[None]:
         """Close the shared sockets, SIGTERM every worker, SIGKILL the late ones."""
         super().stopService()
+        if self.relay_reopen is not None and self.relay_reopen.running:
+            self.relay_reopen.stopService()
         self.stopping = True
         for call in self.restarts.values():
             if call.active():
@@ -474,10 +488,16 @@ def build_supervisor(
     L{portproxy.tap.makeService} decides which kind of process this is.
     """
     reactor = installed_reactor()
-    return WorkerSupervisor(
+    supervisor = WorkerSupervisor(
         reactor,
         count=config.workers,
         command=worker_command(sys.executable, sys.argv, argv),
         environ=environ,
         prepare=lambda: prepare_shared(config, environ, reactor),
     )
+    if config.access_log_file is not None and config.access_log != "off":
+        # logrotate signals the pid it knows, this one: each worker reopens its file.
+        supervisor.relay_reopen = ReopenOnSignal(
+            reactor, lambda: supervisor.signal_workers(signal.SIGUSR1)
+        )
+    return supervisor

@@ -17,6 +17,7 @@ Where the machine lacks an app the test is skipped with the reason, never passed
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shlex
@@ -404,6 +405,26 @@ def test_jupyter_on_a_proxy_host_needs_no_configuration_with_rewrite_host(
 
     # Without the option Jupyter blocks the non-local Host.
     assert proxies["plain"].get("/api/status", host, auth)[0] == 403
+
+
+def test_jupyter_kernel_opens_on_a_proxy_host_with_rewrite_host(
+    tmp_path: Path, proxies: dict[str, Proxy], start_app: StartApp
+) -> None:
+    python = _python_with("jupyter_server")
+    _python_with("ipykernel")
+    port = free_port()
+    argv = one_command("jupyter", p8888=port)
+    auth = _start_jupyter(start_app, tmp_path, python, argv, port)
+    host = f"{port}.{DOMAIN}"
+    proxy = proxies["rewrite"]
+    origin = f"http://{host}:{proxy.port}"
+
+    sent = {**auth, "Origin": origin, "Content-Type": "application/json"}
+    status, _, body = proxy.get("/api/kernels", host, sent, b"{}")
+    assert status == 201, body[:500]
+    kernel = json.loads(body)["id"]
+    channels = f"/api/kernels/{kernel}/channels"
+    assert proxy.websocket(channels, host, {"Origin": origin, **auth}) == 101
 
 
 def test_jupyter_on_absproxy_runs_with_its_documented_options(

@@ -9,7 +9,9 @@ pages answer through the proxy. So the docs cannot drift from what works.
 Where the machine lacks an app the test is skipped with the reason, never passed:
 
 - Django, Flask, Jupyter: the interpreter in C{PORTPROXY_RECIPE_PYTHON} (default: the one
-  running the tests) must import C{django}, C{flask}, C{jupyter_server};
+  running the tests) must import C{django}, C{flask}, C{jupyter_server} (and
+  C{ipykernel} for the kernel test); the apps run as its subprocesses, so they need not
+  be installed in portproxy's own environment;
 - Vite: C{tests/apps/vite/node_modules} (or the C{node_modules} directory named by
   C{PORTPROXY_RECIPE_VITE}) must hold C{vite}, and C{npx} must be on the C{PATH}.
 """

@@ -25,11 +25,14 @@ import re
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import free_port
-from tests.test_docs import _env, _get, _signed_value, _stop, _wait_healthy, commands_in
+from tests.test_docs import _env, _signed_value, commands_in
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "docs" / "recipes.rst"
@@ -131,12 +134,31 @@ def test_recipe_blocks_keep_their_indentation() -> None:
 # -- running things -----------------------------------------------------------------------
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _tls_client() -> ssl.SSLContext:
+    """A client context that accepts portproxy's self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+_opener = urllib.request.build_opener(
+    _NoRedirect(), urllib.request.HTTPSHandler(context=_tls_client())
+)
+
+
 @dataclass
 class Proxy:
     """A running C{twist portproxy} and a signed-in cookie for it."""
 
     port: int
     cookie: str
+    scheme: str = "http"
 
     def get(
         self,
@@ -147,7 +169,13 @@ class Proxy:
     ) -> tuple[int, dict[str, str], bytes]:
         """Request C{path} from portproxy with this C{Host} (its port appended)."""
         sent = {"Host": f"{host}:{self.port}", "Cookie": self.cookie, **(headers or {})}
-        return _get(f"http://127.0.0.1:{self.port}{path}", sent, data)
+        url = f"{self.scheme}://127.0.0.1:{self.port}{path}"
+        request = urllib.request.Request(url, data=data, headers=sent)
+        try:
+            with _opener.open(request, timeout=30) as r:
+                return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
     def websocket(self, path: str, host: str, headers: dict[str, str]) -> int:
         """The status portproxy answers a WebSocket upgrade with."""
@@ -162,7 +190,10 @@ class Proxy:
             f"Cookie: {self.cookie}",
             *(f"{k}: {v}" for k, v in headers.items()),
         ]
-        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as raw:
+            s = raw
+            if self.scheme == "https":
+                s = _tls_client().wrap_socket(raw, server_hostname="localhost")
             s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
             head = b""
             while b"\r\n" not in head:
@@ -173,35 +204,61 @@ class Proxy:
         return int(head.split(b" ", 2)[1])
 
 
+#: The proxies the tests use: the recipe's command, the same without
+#: C{--rewrite-host}, and the recipe's command serving TLS (a self-signed certificate).
+_PROXIES: dict[str, tuple[str, bool, list[str]]] = {
+    "rewrite": ("http", False, []),
+    "plain": ("http", True, []),
+    "tls": ("https", False, ["--self-signed"]),
+}
+
+
 @pytest.fixture(scope="module")
 def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proxy]]:
-    """Two portproxies: the recipe's command (C{--rewrite-host}) and the same without it."""
+    """Real C{twist portproxy} subprocesses, signed in with one cookie (see L{_PROXIES})."""
     home = tmp_path_factory.mktemp("proxy-home")
     cookie = "portproxy-session=" + _signed_value(PASSWORD)
     documented = portproxy_args("rewrite-host")
     running: dict[str, Proxy] = {}
-    processes = []
+    processes: list[tuple[subprocess.Popen[bytes], Path]] = []
     try:
-        for name, args in [
-            ("rewrite", documented),
-            ("plain", [a for a in documented if a != "--rewrite-host"]),
-        ]:
+        for name, (scheme, without_rewrite, extra) in _PROXIES.items():
+            args = [
+                a for a in documented if not (without_rewrite and a == "--rewrite-host")
+            ]
             port = free_port()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "twisted", "--log-format", "text", "portproxy"]
-                + [*args, "--listen", f"tcp:{port}:interface=127.0.0.1"],
-                cwd=home,
-                env=_env(home, PASSWORD=PASSWORD),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-            processes.append(proc)
-            _wait_healthy(port, proc)
-            running[name] = Proxy(port, cookie)
+            log = home / f"portproxy-{name}.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "twisted", "--log-format", "text", "portproxy"]
+                    + [*args, *extra, "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                    cwd=home,
+                    env=_env(home, PASSWORD=PASSWORD),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            processes.append((proc, log))
+            proxy = Proxy(port, cookie, scheme)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if proxy.get("/healthz", "127.0.0.1")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"portproxy did not start: {log.read_text()}")
+                time.sleep(0.1)
+            running[name] = proxy
         yield running
     finally:
-        for proc in processes:
-            _stop(proc)
+        for proc, _ in processes:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _recipe_python() -> str:
@@ -514,6 +571,22 @@ def test_django_on_a_proxy_host_needs_no_configuration_with_rewrite_host(
     _admin_login_works(proxy, "", host, f"http://{host}:{proxy.port}")
     # Without the option Django refuses the public host (DisallowedHost).
     assert proxies["plain"].get("/admin/login/", host)[0] == 400
+
+
+def test_django_form_posts_over_tls_with_rewrite_host_need_no_proxy_ssl_header(
+    tmp_path: Path, proxies: dict[str, Proxy], start_app: StartApp
+) -> None:
+    """The CSRF check that fails over HTTPS without C{SECURE_PROXY_SSL_HEADER}: with
+    C{--rewrite-host} the page's https Origin reaches Django as C{http://localhost:P},
+    the origin Django believes it serves."""
+    python = _python_with("django")
+    project = _django_project(tmp_path, python)
+    port = free_port()
+    _start_django(start_app, project, python, port, tmp_path)
+    host = f"{port}.{DOMAIN}"
+    proxy = proxies["tls"]
+
+    _admin_login_works(proxy, "", host, f"https://{host}:{proxy.port}")
 
 
 def test_django_settings_for_a_proxy_host_without_rewrite_host(

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import html
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,6 +50,7 @@ class Target:
     what: str
     flags: tuple[str, ...] = ()
     server: str = ""  # the log name of the process serving it, for its CPU time
+    browser: tuple[str, ...] | None = None  # Chromium's extra flags when Chromium loads it
 
 
 def cleanup() -> None:
@@ -118,7 +121,73 @@ def counters() -> tuple[int, int]:
     return int((base / "tx_bytes").read_text()), int((base / "rx_bytes").read_text())
 
 
-def load(target: Target, manifest: Path) -> dict[str, Any]:
+# Resource Timing of the page, put in the title by Chromium's load handler: the time of
+# the last module's last byte (from navigation start), how many there were, and their sizes.
+PROBE_HEAD = "<script>performance.setResourceTimingBufferSize(5000)</script>"
+PROBE_TAIL = """<script>
+addEventListener("load", () => {
+  const r = performance.getEntriesByType("resource");
+  const sum = (k) => r.reduce((a, e) => a + e[k], 0);
+  document.title = JSON.stringify({
+    last: Math.max(...r.map((e) => e.responseEnd)), n: r.length,
+    protocol: r.length ? r[0].nextHopProtocol : "",
+    encoded: sum("encodedBodySize"), decoded: sum("decodedBodySize"),
+  });
+});
+</script>"""
+CHROMIUM = [
+    "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--ignore-certificate-errors", "--dump-dom",
+]  # fmt: skip
+
+
+def write_probe(page: Path) -> None:
+    """probe.html: index.html plus the Resource Timing probe, for the Chromium targets."""
+    html = (page / "index.html").read_text()
+    html = html.replace("<head>", "<head>\n    " + PROBE_HEAD, 1)
+    html = html.replace("</head>", PROBE_TAIL + "\n  </head>", 1)
+    (page / "probe.html").write_text(html)
+
+
+def run_chromium(
+    target: Target, work: Path
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    profile = work / "chromium-profile"
+    shutil.rmtree(profile, ignore_errors=True)
+    url = target.url.replace("/index.html", "/probe.html")
+    command = [*CHROMIUM, f"--user-data-dir={profile}", *(target.browser or ()), url]
+    done = subprocess.run(
+        ["nice", "-n", "-5", "ip", "netns", "exec", link.CLIENT_NS, *command],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return done, url
+
+
+def browser_result(
+    target: Target, done: subprocess.CompletedProcess[str], modules: int
+) -> str:
+    """Client-style JSON from Chromium's dumped DOM, or "" when the title has no result."""
+    match = re.search(r"<title>(.*?)</title>", done.stdout, re.S)
+    if not match or not match.group(1).startswith("{"):
+        return ""
+    timing = json.loads(html.unescape(match.group(1)))
+    errors = [] if timing["n"] == modules else [f"{timing['n']} of {modules} modules"]
+    return json.dumps(
+        {
+            "seconds": timing["last"] / 1000,
+            "files": timing["n"] + 1,
+            "decoded_bytes": timing["decoded"],
+            "body_bytes": timing["encoded"],
+            "encodings": {f"({timing['protocol']})": timing["n"]},
+            "errors": errors,
+        }
+    )
+
+
+def load(target: Target, manifest: Path, work: Path, modules: int) -> dict[str, Any]:
     """One page load through TARGET by a fresh client process in the client namespace."""
     # Each load starts cold: no TCP metrics (ssthresh, RTT) cached from an earlier load.
     subprocess.run(["ip", "tcp_metrics", "flush", link.CLIENT_ADDR], capture_output=True)
@@ -128,7 +197,26 @@ def load(target: Target, manifest: Path) -> dict[str, Any]:
     )
     before = counters()
     cpu_before = cpu_seconds(PIDS[target.server])
-    done = subprocess.run(
+    if target.browser is not None:
+        done, _ = run_chromium(target, work)
+        done.stdout = browser_result(target, done, modules)
+    else:
+        done = load_with_client(target, manifest)
+    after = counters()
+    cpu = cpu_seconds(PIDS[target.server]) - cpu_before
+    if done.returncode != 0 or not done.stdout.strip():
+        sys.exit(f"{target.name}: client failed\n{done.stdout}{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    result["wire_down"] = after[0] - before[0]
+    result["wire_up"] = after[1] - before[1]
+    result["server_cpu"] = cpu
+    if result["errors"]:
+        sys.exit(f"{target.name}: {result['errors']}")
+    return result
+
+
+def load_with_client(target: Target, manifest: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         # The client stands for a browser on another computer: ahead of the servers for CPU.
         [
             "nice",
@@ -150,17 +238,6 @@ def load(target: Target, manifest: Path) -> dict[str, Any]:
         text=True,
         timeout=180,
     )
-    after = counters()
-    cpu = cpu_seconds(PIDS[target.server]) - cpu_before
-    if done.returncode != 0 or not done.stdout.strip():
-        sys.exit(f"{target.name}: client failed\n{done.stdout}{done.stderr}")
-    result: dict[str, Any] = json.loads(done.stdout)
-    result["wire_down"] = after[0] - before[0]
-    result["wire_up"] = after[1] - before[1]
-    result["server_cpu"] = cpu
-    if result["errors"]:
-        sys.exit(f"{target.name}: {result['errors']}")
-    return result
 
 
 def node_modules(work: Path) -> Path:
@@ -198,8 +275,6 @@ def table(targets: list[Target], runs: dict[str, list[dict[str, Any]]]) -> str:
     median = {
         t.name: statistics.median(r["seconds"] for r in runs[t.name]) for t in targets
     }
-    base_cs = median.get("code-server")
-    base_direct = median.get("direct")
     lines = [
         "| target | protocol | median s | min-max s | x code-server | x direct "
         "| on the wire down / up KiB | bodies KiB | server CPU s | encodings |",
@@ -213,6 +288,10 @@ def table(targets: list[Target], runs: dict[str, list[dict[str, Any]]]) -> str:
         body = statistics.median(r["body_bytes"] for r in rs) / 1024
         cpu = statistics.median(r["server_cpu"] for r in rs)
         codings = ", ".join(f"{k} {v}" for k, v in sorted(rs[-1]["encodings"].items()))
+        # Chromium's rows are compared with Chromium's loads of the baselines.
+        prefix = "chromium:" if t.browser is not None else ""
+        base_cs = median.get(prefix + "code-server")
+        base_direct = median.get(prefix + "direct")
         cs = f"{median[t.name] / base_cs:.2f}" if base_cs else "-"
         dr = f"{median[t.name] / base_direct:.2f}" if base_direct else "-"
         cells = [
@@ -252,6 +331,11 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="results JSON (default /tmp)"
     )
+    parser.add_argument(
+        "--chromium",
+        action="store_true",
+        help="also load the page with headless Chromium through each target: chromium:NAME",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark makes network namespaces")
@@ -263,6 +347,7 @@ def main() -> None:
     page = args.work / "page"
     shutil.rmtree(page, ignore_errors=True)
     genpage.generate(page, args.modules, args.seed)
+    write_probe(page)
     manifest = page / "manifest.json"
     modules = node_modules(args.work)
 
@@ -413,7 +498,19 @@ def main() -> None:
             server="portproxy-h2",
         ),
     ]
+    # Chromium cannot be told to send no HTTP/2 priorities: portproxy-h2-flat has no twin.
+    browser_flags = {"portproxy-h1-tls": ("--disable-http2",), "portproxy-h2-flat": None}
+    if args.chromium:
+        for t in list(all_targets):
+            flags = browser_flags.get(t.name, ())
+            if flags is not None:
+                twin = Target(f"chromium:{t.name}", t.url, t.protocol, "headless Chromium: "
+                              + t.what, server=t.server, browser=flags)  # fmt: skip
+                all_targets.append(twin)
     wanted = args.targets.split(",")
+    if args.chromium:
+        twins = {t.name for t in all_targets if t.browser is not None}
+        wanted += [f"chromium:{name}" for name in wanted if f"chromium:{name}" in twins]
     unknown = set(wanted) - {t.name for t in all_targets}
     if unknown:
         sys.exit(f"--targets: unknown {', '.join(sorted(unknown))}")
@@ -426,12 +523,12 @@ def main() -> None:
         flush=True,
     )
     for t in targets:
-        load(t, manifest)
+        load(t, manifest, args.work, args.modules)
     runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
     for round_no in range(args.rounds):
         order = targets[round_no % len(targets) :] + targets[: round_no % len(targets)]
         for t in order:
-            result = load(t, manifest)
+            result = load(t, manifest, args.work, args.modules)
             runs[t.name].append(result)
             print(
                 f"round {round_no + 1} {t.name}: {result['seconds']:.3f} s, "

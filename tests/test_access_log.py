@@ -268,7 +268,7 @@ def test_the_log_clock_formats_once_per_second_and_follows_the_clock() -> None:
 # -- the Twisted log sink ------------------------------------------------------------------
 
 
-def test_each_line_is_one_info_event_in_the_access_log_namespace() -> None:
+def test_without_a_reactor_each_line_is_one_info_event_in_the_namespace() -> None:
     events: list[dict[str, Any]] = []
     sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, events.append, clock=lambda: T)
     sink.write('a "line" with {braces}')
@@ -280,6 +280,70 @@ def test_each_line_is_one_info_event_in_the_access_log_namespace() -> None:
     assert event["log_time"] == T
     text = formatEventAsClassicLogText(event, formatTime=lambda t: "TIME")
     assert text == 'TIME [portproxy.site.ProxySite#info] a "line" with {braces}\n'
+
+
+def test_a_line_alone_in_its_reactor_turn_is_one_event_as_before() -> None:
+    clock = Clock()
+    events: list[dict[str, Any]] = []
+    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, events.append, reactor=clock)
+    sink.write("GET one")
+    assert events == [], "written at the end of the reactor turn"
+    clock.advance(0)
+    sink.write("GET two")
+    clock.advance(0)
+    assert [e["line"] for e in events] == ["GET one", "GET two"]
+    assert not clock.getDelayedCalls()
+
+
+def test_the_lines_of_one_reactor_turn_go_out_as_one_event() -> None:
+    # Under load many requests end in one turn: one event for all of them is what
+    # keeps the observers' per-event cost off each request.
+    clock = Clock()
+    events: list[dict[str, Any]] = []
+    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, events.append, reactor=clock)
+    for i in range(3):
+        sink.write(f"GET /{i}")
+    clock.advance(0)
+    [event] = events
+    assert formatEvent(event) == "GET /0\nGET /1\nGET /2"
+    assert event["log_level"] is LogLevel.info
+    assert event["log_namespace"] == "portproxy.site.ProxySite"
+    text = formatEventAsClassicLogText(event, formatTime=lambda t: "TIME")
+    assert text == "TIME [portproxy.site.ProxySite#info] GET /0\n\tGET /1\n\tGET /2\n"
+
+
+def test_a_turn_with_many_lines_is_cut_into_bounded_events() -> None:
+    clock = Clock()
+    events: list[dict[str, Any]] = []
+    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, events.append, reactor=clock, max_lines=4)
+    for i in range(10):
+        sink.write(f"{i}")
+    assert [e["line"] for e in events] == ["0\n1\n2\n3", "4\n5\n6\n7"]
+    sink.close()  # shutdown: what is left goes out at once
+    assert events[-1]["line"] == "8\n9"
+    assert not clock.getDelayedCalls()
+
+
+def test_the_sites_lines_reach_the_twisted_log_at_the_end_of_the_turn() -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock = Clock()
+        clock.advance(T)
+        site = ProxySite(Resource(), reactor=clock)
+        site.log(_request("plain"))
+        site.log(_request("websocket"))
+        assert not [e for e in events if e.get("log_namespace") == ACCESS_LOG_NAMESPACE]
+        clock.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [event] = [e for e in events if e.get("log_namespace") == ACCESS_LOG_NAMESPACE]
+    assert event["line"].split("\n") == [
+        BEFORE["combined", "plain"],
+        BEFORE["combined", "websocket"],
+    ]
 
 
 def test_the_twisted_log_event_keeps_the_fields_twists_json_output_had() -> None:

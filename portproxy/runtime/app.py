@@ -213,16 +213,16 @@ def build_service(
         # HTTP/2 streams each hold an upstream: bound those by what the file limit
         # leaves once every client connection has its descriptor.
         instance.engine.pool.max_open = current_upstream_budget(limits.max_connections)
-    close = instance.engine.close
-    sink = instance.access_log
-    if sink is not None:
-        # The file is closed last, once the requests still running have been logged.
-        def close_then_log() -> Deferred[None]:
-            return instance.engine.close().addBoth(lambda result: sink.close())
 
-        close = close_then_log
+    def close_then_log() -> Deferred[None]:
+        # The access log is written out last, once the running requests are logged.
+        return instance.engine.close().addBoth(
+            lambda result: instance.site.close_access_log()
+        )
+
+    sink = instance.access_log
     service = PortProxyService(
-        close,
+        close_then_log,
         instance.engine.drain,
         close_clients=instance.site.close_connections,
     )

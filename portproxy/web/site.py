@@ -65,7 +65,7 @@ class ProxySite(Site):
         self._access_log: Sink = (
             access_log_sink
             if access_log_sink is not None
-            else TwistedLogSink(ACCESS_LOG_NAMESPACE)
+            else TwistedLogSink(ACCESS_LOG_NAMESPACE, reactor=self.reactor)
         )
         self._log_time = LogClock(self.reactor.seconds)
         self.limits = limits
@@ -91,6 +91,10 @@ class ProxySite(Site):
 
         check()
         return d
+
+    def close_access_log(self) -> None:
+        """Write out the access log's buffered lines and close its file (shutdown)."""
+        self._access_log.close()
 
     def getContentFile(self, length: int | None) -> IO[bytes]:
         # Stock Twisted sends every chunked or >100 kB body to disk; this keeps

@@ -140,3 +140,32 @@ def test_bridge_queue_serialises_at_the_rate_then_delays() -> None:
     assert sink.sent == [b"x" * 1000]
     d.flush(now + 0.022)
     assert len(sink.sent) == 2
+
+
+def test_h2_loader_fetches_every_module_through_portproxy_over_tls(
+    page: Path, origin: int, tmp_path: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proxy = subprocess.Popen(
+        ["twist", "portproxy", "--auth", "none", "--self-signed", "--data-dir",
+         str(tmp_path), "--listen", f"tcp:{port}:interface=127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "portproxy did not start"
+            time.sleep(0.1)
+        p = client.Page(base=f"/proxy/{origin}/", manifest=manifest_of(page))
+        url = f"https://127.0.0.1:{port}/proxy/{origin}/index.html"
+        result = asyncio.run(client.load_h2(url, p))
+        assert result["errors"] == []
+        assert result["files"] == MODULES + 1
+    finally:
+        proxy.terminate()
+        proxy.wait(10)

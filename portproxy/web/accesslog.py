@@ -5,8 +5,8 @@ to a cheap sink.
 It is on by default, so it is on the path of every request the benchmarks measure.
 The line is built directly from the fields (no C{twisted.logger} formatting, no
 C{json.dumps} of a dict), the timestamp is formatted once per second, and the sinks
-do the least they can per line: L{TwistedLogSink} hands one ready event per line to
-the log's observers, L{FileSink} appends lines to a buffer and writes it in batches.
+do the least they can per line: L{TwistedLogSink} hands the log's observers one ready
+event per reactor turn, L{FileSink} appends lines to a buffer and writes it in batches.
 
 The lines are the ones twisted.web's C{combinedLogFormatter} (and portproxy's JSON
 formatter before this module) wrote, byte for byte; C{tests/test_access_log.py} holds

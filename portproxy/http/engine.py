@@ -25,6 +25,14 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
+from portproxy.http.compress import (
+    Encoder,
+    acceptable,
+    brotli_available,
+    eligible,
+    header_edits,
+    new_encoder,
+)
 from portproxy.http.errorpages import write_error
 from portproxy.http.headers import (
     ClientView,
@@ -103,8 +111,13 @@ class ProxyEngine:
         session_cookie: bytes | None = None,
         on_request: Callable[[], None] | None = None,
         rewrite_host: bool = False,
+        compress: bool = False,
     ) -> None:
         self.reactor = reactor
+        #: C{--compress on}: text responses go out in br or gzip (SPEC 14).
+        self.compress = compress
+        #: Whether br may be offered; asked once, not per response.
+        self.brotli = compress and brotli_available()
         self.upstream_timeout = upstream_timeout
         self.session_cookie = session_cookie
         #: C{--rewrite-host}: apps see C{Host: localhost:<port>} (see hostrewrite).
@@ -295,6 +308,7 @@ class _Exchange:
         "body",
         "connecting",
         "connection",
+        "encoder",
         "head",
         "held",
         "length",
@@ -332,6 +346,8 @@ class _Exchange:
         self.queued: list[Callable[[], None]] = []
         #: Whether the upstream socket is paused until the request is attached.
         self.held = False
+        #: Compresses the response body on its way out (SPEC 14), if it is.
+        self.encoder: Encoder | None = None
 
     def begin(self) -> None:
         """Count the request as in flight and start talking to the app."""
@@ -446,14 +462,42 @@ class _Exchange:
         if head.code == 204:
             # RFC 9110 8.6: a 204 carries no Content-Length (twisted.web would send it).
             out.removeHeader(b"content-length")
+        engine = self.resource.engine
+        if engine.compress and eligible(head.code, out.getRawHeaders):
+            self._compress(request, engine.brotli)
         self.state = _STREAMING
         # A slow client pauses the upstream socket (and a vanished one stops it).
         request.registerProducer(connection.transport, True)
+
+    def _compress(self, request: Request, brotli: bool) -> None:
+        """Pick the coding for an eligible response and edit its head to match.
+
+        Without Content-Length, twisted.web frames the body as chunked (HTTP/1.1)
+        or by the stream's end (HTTP/2, or an HTTP/1.0 client's closed connection).
+        """
+        out = request.responseHeaders
+        coding = acceptable(
+            request.requestHeaders.getRawHeaders(b"accept-encoding"),
+            request.method,
+            out.getRawHeaders,
+            brotli=brotli,
+        )
+        for name, values in header_edits(coding, out.getRawHeaders):
+            if values is None:
+                out.removeHeader(name)
+            else:
+                out.setRawHeaders(name, values)
+        if coding is not None:
+            self.encoder = new_encoder(coding)
 
     def response_body(self, data: bytes) -> None:
         if self.state is _PENDING:
             self._defer(lambda: self.response_body(data))
             return
+        encoder = self.encoder
+        if encoder is not None:
+            # Flushed per piece: what the app sent is decodable at the client now.
+            data = encoder.compress(data)
         self.request.write(data)
 
     def response_done(self) -> None:
@@ -464,6 +508,10 @@ class _Exchange:
         if self.state is _GONE:
             return
         request.unregisterProducer()
+        encoder = self.encoder
+        if encoder is not None:
+            self.encoder = None
+            request.write(encoder.finish())
         request.finish()
 
     def response_failed(self, reason: Failure, *, retryable: bool) -> None:
@@ -492,6 +540,7 @@ class _Exchange:
                 return
             # Nothing sent yet: the client can still get a proper 502.
             request.responseHeaders = Headers()
+            self.encoder = None
             retryable = False
         if retryable and not self.retried:
             self.retried = True

@@ -132,6 +132,7 @@ def build_instance(
         session_cookie=authenticator.cookie_name,
         on_request=heartbeat.beat,
         rewrite_host=config.rewrite_host,
+        compress=config.compress,
     )
     websocket = None
     try:

@@ -554,6 +554,36 @@ async def test_compress_off_passes_the_response_as_the_app_sent_it(
     assert without_date(via_proxy) == without_date(direct)
 
 
+@pytest_twisted.ensureDeferred
+async def test_without_the_brotli_package_a_browser_gets_gzip(
+    upstream, make_proxy, monkeypatch
+) -> None:
+    from portproxy.http import compress
+
+    monkeypatch.setattr(compress, "_brotli", False)  # as if the import had failed
+    proxy = make_proxy()
+    up = upstream(_serve())
+    status, head, body = await _fetch(proxy.port, b"/proxy/%d/" % up.port)
+    assert head[b"content-encoding"] == [b"gzip"]
+    assert gzip.decompress(body) == JS
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http10_client_gets_a_compressed_body_ended_by_the_close(
+    upstream, proxy
+) -> None:
+    up = upstream(_serve())
+    raw = await raw_request(
+        proxy.port,
+        b"GET /proxy/%d/ HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept-Encoding: gzip\r\n\r\n"
+        % up.port,
+    )
+    status, head, body = parse_response(raw)
+    assert head[b"content-encoding"] == [b"gzip"]
+    assert b"transfer-encoding" not in head and b"content-length" not in head
+    assert gzip.decompress(body) == JS
+
+
 # -- streaming ----------------------------------------------------------------------
 
 

@@ -118,13 +118,14 @@ def negotiate(accept: Sequence[bytes], *, brotli: bool = True) -> Coding | None:
     star = weights.get(b"*", 0.0)
     br = weights.get(b"br", star) if brotli else 0.0
     gz = weights.get(b"gzip", star)
-    best, coding = (br, "br") if br >= gz else (gz, "gzip")
+    coding: Coding = "br" if br >= gz else "gzip"
+    best = max(br, gz)
     if best <= 0:
         return None
     identity = weights.get(b"identity")
     if identity is not None and identity > best:
         return None
-    return coding  # type: ignore[return-value]
+    return coding
 
 
 @lru_cache(maxsize=256)  # an app sends few distinct types; asked on every response

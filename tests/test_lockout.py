@@ -63,7 +63,7 @@ async def test_signed_out_post_to_an_app_is_answered_401_before_its_body(
     [
         ({"disable_proxy": True}, b"/proxy/%d/", 403),
         ({}, b"/proxy/notaport/", 400),
-        ({}, b"/proxy/%d", 302),  # the missing slash
+        ({}, b"/proxy/%d", 308),  # the missing slash (a POST keeps its method)
     ],
 )
 @pytest_twisted.ensureDeferred

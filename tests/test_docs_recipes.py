@@ -24,6 +24,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -292,8 +293,15 @@ def start_app(tmp_path: Path) -> Iterator[StartApp]:
     def start(argv: list[str], port: int, cwd: Path, env: dict[str, str]) -> None:
         log = tmp_path / f"app-{len(started)}.log"
         with log.open("wb") as out:
+            # A session of its own: `npx vite` and `jupyter` start children that a
+            # signal to the parent alone would leave running; the group is stopped.
             proc = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+                argv,
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         started.append((proc, log))
         deadline = time.monotonic() + 90
@@ -304,14 +312,27 @@ def start_app(tmp_path: Path) -> Iterator[StartApp]:
 
     yield start
     for proc, log in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop_group(proc)
         sys.stderr.write(f"--- {log.name}\n{log.read_text()[-3000:]}\n")
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop C{proc} and every process of its session (it was started as a leader)."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; children that ignored SIGTERM get SIGKILL.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        break
 
 
 def _app_env(tmp_path: Path, python: str) -> dict[str, str]:

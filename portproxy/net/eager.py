@@ -25,9 +25,35 @@ __all__ = ["eager_writer", "send_eagerly"]
 
 
 class _EagerWrites:
-    """C{write}/C{writeSequence} that try C{send()} first (mixed into tcp classes)."""
+    """C{write}/C{writeSequence} that try C{send()} first (mixed into tcp classes).
+
+    L{cork} holds the writes that follow until L{uncork} sends them in one call: a
+    response's head and its first body bytes, written separately by twisted.web, then
+    leave in one segment, for one C{send()} instead of two.
+    """
+
+    #: The writes held by L{cork}, or C{None} (a class default: no per-connection cost).
+    _corked: list[bytes] | None = None
+
+    def cork(self) -> None:
+        """Hold writes until L{uncork}."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Send what L{cork} held, in one write."""
+        held = self._corked
+        if held is None:
+            return
+        del self._corked
+        if held:
+            self.write(held[0] if len(held) == 1 else b"".join(held))
 
     def write(self, data: bytes) -> None:
+        held = self._corked
+        if held is not None:
+            held.append(data)
+            return
         # Any: a mixin; what it reads is the tcp.Connection's it is mixed into.
         own: Any = self
         producer = own.producer
@@ -54,6 +80,10 @@ class _EagerWrites:
             super().write(data[sent:])  # type: ignore[misc]
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
+        held = self._corked
+        if held is not None:
+            held.extend(data)
+            return
         self.write(b"".join(data))
 
 

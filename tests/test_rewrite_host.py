@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -30,6 +30,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from portproxy.http.hostrewrite import (
+    HostRewrite,
+    KnownHosts,
     public_origin,
     rewrite_host_and_origin,
     rewrite_origin,
@@ -39,6 +41,9 @@ from tests.support import Recorder, get, get_reactor, listen, parse_response, ra
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 DOMAIN = "{{port}}.example.test"
 PUBLIC = b"pub.test:8443"
+#: Names pub.test as this instance's own host: with --auth none only known hosts are
+#: rewritten (see test_an_unknown_host_without_sign_in_reaches_the_app_as_sent).
+PUBLIC_URL = "http://pub.test:8443"
 
 
 def _route(route: str, port: int) -> tuple[bytes, bytes]:
@@ -183,7 +188,7 @@ def test_any_origin_bytes_are_either_kept_or_made_local(value: bytes) -> None:
 async def test_the_app_sees_localhost_and_the_public_host_in_x_forwarded_host(
     route: str, upstream: Any, make_proxy: Any
 ) -> None:
-    proxy = make_proxy(rewrite_host=True, proxy_domains=(DOMAIN,))
+    proxy = make_proxy(rewrite_host=True, public_url=PUBLIC_URL, proxy_domains=(DOMAIN,))
     up = upstream(rec := Recorder())
     path, host = _route(route, up.port)
     status, _, _ = parse_response(await raw_request(proxy.port, get(path, host=host)))
@@ -205,7 +210,7 @@ async def test_the_app_sees_localhost_and_the_public_host_in_x_forwarded_host(
 async def test_an_origin_equal_to_the_public_origin_becomes_the_apps_local_origin(
     route: str, origin: bytes, upstream: Any, make_proxy: Any
 ) -> None:
-    proxy = make_proxy(rewrite_host=True, proxy_domains=(DOMAIN,))
+    proxy = make_proxy(rewrite_host=True, public_url=PUBLIC_URL, proxy_domains=(DOMAIN,))
     up = upstream(rec := Recorder())
     path, host = _route(route, up.port)
     origin = origin.replace(b"{host}", host).replace(b"{HOST}", host.upper())
@@ -227,7 +232,7 @@ async def test_an_origin_equal_to_the_public_origin_becomes_the_apps_local_origi
 async def test_default_ports_are_normalised_when_comparing_origins(
     host: bytes, origin: bytes, upstream: Any, make_proxy: Any
 ) -> None:
-    proxy = make_proxy(rewrite_host=True)
+    proxy = make_proxy(rewrite_host=True, public_url=PUBLIC_URL)
     up = upstream(rec := Recorder())
     await raw_request(
         proxy.port,
@@ -252,7 +257,7 @@ async def test_a_foreign_origin_reaches_the_app_as_it_was_sent(
     origin: bytes, upstream: Any, make_proxy: Any
 ) -> None:
     """A cross-site request must still look cross-site to the app's CSRF check."""
-    proxy = make_proxy(rewrite_host=True)
+    proxy = make_proxy(rewrite_host=True, public_url=PUBLIC_URL)
     up = upstream(rec := Recorder())
     await raw_request(
         proxy.port,
@@ -272,7 +277,9 @@ _FRONT = (
 async def test_a_trusted_front_proxy_defines_the_public_origin(
     upstream: Any, make_proxy: Any
 ) -> None:
-    proxy = make_proxy(rewrite_host=True, trusted_proxies=LOOPBACK)
+    proxy = make_proxy(
+        rewrite_host=True, public_url="https://pub.example", trusted_proxies=LOOPBACK
+    )
     up = upstream(rec := Recorder())
     await raw_request(
         proxy.port, get(b"/proxy/%d/" % up.port, host=b"internal:8080", headers=_FRONT)
@@ -287,7 +294,8 @@ async def test_a_trusted_front_proxy_defines_the_public_origin(
 async def test_an_untrusted_peer_cannot_claim_a_public_origin_with_forwarded_headers(
     upstream: Any, make_proxy: Any
 ) -> None:
-    proxy = make_proxy(rewrite_host=True)  # 127.0.0.1 is not a trusted proxy
+    # 127.0.0.1 is not a trusted proxy; the host it reached is this instance's own.
+    proxy = make_proxy(rewrite_host=True, public_url="http://internal:8080")
     up = upstream(rec := Recorder())
     await raw_request(
         proxy.port, get(b"/proxy/%d/" % up.port, host=b"internal:8080", headers=_FRONT)
@@ -321,7 +329,7 @@ async def test_without_the_option_host_and_origin_pass_unchanged(
 async def test_an_http_10_request_without_host_gets_the_local_host(
     upstream: Any, make_proxy: Any
 ) -> None:
-    proxy = make_proxy(rewrite_host=True)
+    proxy = make_proxy(rewrite_host=True, public_url=PUBLIC_URL)
     up = upstream(rec := Recorder())
     await raw_request(proxy.port, b"GET /proxy/%d/ HTTP/1.0\r\n\r\n" % up.port)
     assert rec.header(0, b"host") == [b"localhost:%d" % up.port]
@@ -340,7 +348,7 @@ async def test_a_redirect_to_the_local_host_comes_back_as_the_public_url(
     route: str, expected: bytes, upstream: Any, make_proxy: Any
 ) -> None:
     """The app only knows localhost now: its absolute redirects must still work."""
-    proxy = make_proxy(rewrite_host=True, proxy_domains=(DOMAIN,))
+    proxy = make_proxy(rewrite_host=True, public_url=PUBLIC_URL, proxy_domains=(DOMAIN,))
 
     def redirect(request: Any) -> bytes:
         host = request.getHeader(b"host")
@@ -463,7 +471,7 @@ async def upgrade_status(port: int, path: bytes, host: bytes, origin: bytes) -> 
 async def test_a_host_checking_websocket_app_accepts_the_browser_with_the_option(
     route: str, strict_app: Any, make_proxy: Any
 ) -> None:
-    proxy = make_proxy(rewrite_host=True, proxy_domains=(DOMAIN,))
+    proxy = make_proxy(rewrite_host=True, public_url=PUBLIC_URL, proxy_domains=(DOMAIN,))
     path, host = _route(route, strict_app.port)
     status = await upgrade_status(proxy.port, path, host, b"http://" + host)
     assert status == 101
@@ -491,7 +499,9 @@ async def test_a_trusted_foreign_origin_still_reaches_the_app_unchanged(
     strict_app: Any, make_proxy: Any
 ) -> None:
     """--trusted-origins lets portproxy pass it; the app still sees it is foreign."""
-    proxy = make_proxy(rewrite_host=True, trusted_origins=("other.example",))
+    proxy = make_proxy(
+        rewrite_host=True, public_url=PUBLIC_URL, trusted_origins=("other.example",)
+    )
     path, host = _route("proxy", strict_app.port)
     status = await upgrade_status(proxy.port, path, host, b"http://other.example")
     assert status == 403  # the app's own refusal, passed on
@@ -505,7 +515,7 @@ async def test_portproxys_own_origin_check_still_runs_on_the_public_values(
     strict_app: Any, make_proxy: Any
 ) -> None:
     """Rewriting comes after the check: a cross-site upgrade never reaches the app."""
-    proxy = make_proxy(rewrite_host=True)
+    proxy = make_proxy(rewrite_host=True, public_url=PUBLIC_URL)
     path, host = _route("proxy", strict_app.port)
     local = b"http://localhost:%d" % strict_app.port
     assert await upgrade_status(proxy.port, path, host, b"http://evil.example") == 403
@@ -531,7 +541,7 @@ class _Browser(WebSocketClientProtocol):
 async def test_messages_flow_through_a_rewritten_upgrade(
     strict_app: Any, make_proxy: Any
 ) -> None:
-    proxy = make_proxy(rewrite_host=True)
+    proxy = make_proxy(rewrite_host=True, public_url=PUBLIC_URL)
     url = f"ws://pub.test:8443/proxy/{strict_app.port}/ws"
     factory = WebSocketClientFactory(
         url=url, origin="http://pub.test:8443", reactor=get_reactor()
@@ -557,9 +567,10 @@ async def test_messages_flow_through_a_rewritten_upgrade(
 )
 def test_the_startup_log_says_which_host_apps_see(rewrite: bool, says: str) -> None:
     from twisted.internet.testing import MemoryReactorClock
-    from twisted.logger import formatEvent, globalLogPublisher
+    from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
     from portproxy.config import Config
+    from portproxy.net.reactor import IInstanceReactor
     from portproxy.runtime.app import build_service
 
     lines: list[str] = []
@@ -567,15 +578,15 @@ def test_the_startup_log_says_which_host_apps_see(rewrite: bool, says: str) -> N
     def observer(event: Any) -> None:
         lines.append(formatEvent(event))
 
-    globalLogPublisher.addObserver(observer)
+    globalLogPublisher.addObserver(cast(ILogObserver, observer))
     try:
         build_service(
             Config(auth="none", rewrite_host=rewrite),
             environ={},
-            reactor=MemoryReactorClock(),
+            reactor=cast(IInstanceReactor, MemoryReactorClock()),
         )
     finally:
-        globalLogPublisher.removeObserver(observer)
+        globalLogPublisher.removeObserver(cast(ILogObserver, observer))
     opened = [line for line in lines if line.startswith("apps open at")]
     assert len(opened) == 1 and opened[0].endswith(says)
 
@@ -640,7 +651,9 @@ async def test_an_http2_request_is_rewritten_like_an_http11_one(
 
     cert, key, ca = write_pair(tmp_path)
     up = upstream(rec := Recorder())
-    proxy = tls_proxy(cert=cert, cert_key=key, rewrite_host=True)
+    proxy = tls_proxy(
+        cert=cert, cert_key=key, rewrite_host=True, public_url="https://pub.test:8443"
+    )
     status = await deferToThread(
         _h2_get,
         proxy.port,
@@ -658,3 +671,208 @@ async def test_an_http2_request_is_rewritten_like_an_http11_one(
     assert rec.header(0, b"origin") == [b"http://localhost:%d" % up.port]
     assert rec.header(0, b"x-forwarded-host") == [b"pub.test:8443"]
     assert rec.header(0, b"x-forwarded-proto") == [b"https"]
+
+
+# -- DNS rebinding: without a sign-in only known hosts are rewritten -------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost:5173",
+        "LOCALHOST.:8080",  # case and one trailing dot do not matter
+        "app.localhost",  # RFC 6761: browsers resolve *.localhost to loopback
+        "127.0.0.1:8080",
+        "127.9.9.9",
+        "[::1]:8080",
+        "192.168.1.5:8080",  # any IP literal: DNS rebinding needs a name
+        "[2001:db8::5]",
+        "pub.test:8443",  # the --public-url host
+        "PUB.TEST",  # ... on any port, in any case
+        "5173.example.test:8443",  # a --proxy-domain host
+        "example.test",  # the fixed domain of a --proxy-domain pattern
+        "5173.dev.pub.test",  # {{port}}.dev.{{host}} filled with a known name
+        "5173.dev.localhost",
+    ],
+)
+def test_loopback_public_url_and_proxy_domain_hosts_are_known(host: str) -> None:
+    known = KnownHosts(
+        proxy_domains=(DOMAIN, "{{port}}.dev.{{host}}"), public_url="http://pub.test:8443"
+    )
+    assert known(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "rebind.attacker.example:5173",  # the repro's host
+        "localhost.attacker.example",  # "localhost" must be the whole name or its end
+        "attackerlocalhost",
+        "pub.test.attacker.example",
+        "sub.example.test",  # not a port's host under the pattern
+        "5173.dev.attacker.example",  # {{host}} filled with the attacker's name
+        "5173.example.test.attacker.example",
+        "bad host",  # malformed
+        "",
+    ],
+)
+def test_any_other_host_is_unknown(host: str) -> None:
+    known = KnownHosts(
+        proxy_domains=(DOMAIN, "{{port}}.dev.{{host}}"), public_url="http://pub.test:8443"
+    )
+    assert not known(host)
+
+
+def test_with_no_host_at_all_the_rewrite_applies() -> None:
+    """No Host is never a browser (HTTP/1.0): the app just gets the local default."""
+    assert KnownHosts()(None)
+
+
+def test_answers_are_cached_per_host_and_the_cache_stays_bounded() -> None:
+    known = KnownHosts(max_cached=4)
+    for i in range(10):
+        assert not known(f"h{i}.attacker.example")
+        assert len(known._cache) <= 4
+    assert known("localhost") and known._cache["localhost"] is True
+
+
+def test_the_sign_in_is_asked_only_for_an_unknown_host() -> None:
+    asked: list[str] = []
+
+    def signed_in(request: str) -> bool:
+        asked.append(request)
+        return request == "with session"
+
+    rule = HostRewrite(KnownHosts(), signed_in)
+    assert rule.applies("no session", "localhost:5173")
+    assert asked == []
+    assert not rule.applies("no session", "rebind.attacker.example")
+    assert rule.applies("with session", "rebind.attacker.example")
+    assert asked == ["no session", "with session"]
+
+
+REBIND = b"rebind.attacker.example"
+
+
+@pytest.mark.parametrize("route", ["proxy", "absproxy"])
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_host_without_sign_in_reaches_the_app_as_sent(
+    route: str, upstream: Any, make_proxy: Any
+) -> None:
+    """The repro: a page on a rebound domain must not pass the app's host check."""
+    proxy = make_proxy(rewrite_host=True, proxy_domains=(DOMAIN,))  # --auth none
+    up = upstream(rec := Recorder())
+    host = REBIND + b":%d" % proxy.port
+    origin = b"http://" + host
+    path = b"/%s/%d/src/main.js" % (route.encode(), up.port)
+    await raw_request(
+        proxy.port, get(path, host=host, headers=b"Origin: " + origin + b"\r\n")
+    )
+    assert rec.header(0, b"host") == [host]
+    assert rec.header(0, b"origin") == [origin]
+
+
+@pytest.mark.parametrize(
+    "host", [b"localhost:{p}", b"127.0.0.1:{p}", b"app.localhost:{p}", b"[::1]:{p}"]
+)
+@pytest_twisted.ensureDeferred
+async def test_a_loopback_host_without_sign_in_is_rewritten(
+    host: bytes, upstream: Any, make_proxy: Any
+) -> None:
+    proxy = make_proxy(rewrite_host=True)  # --auth none, no public URL, no domain
+    up = upstream(rec := Recorder())
+    host = host.replace(b"{p}", b"%d" % proxy.port)
+    await raw_request(
+        proxy.port,
+        get(
+            b"/proxy/%d/" % up.port, host=host, headers=b"Origin: http://" + host + b"\r\n"
+        ),
+    )
+    assert rec.header(0, b"host") == [b"localhost:%d" % up.port]
+    assert rec.header(0, b"origin") == [b"http://localhost:%d" % up.port]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_checking_websocket_app_refuses_a_rebound_host(
+    strict_app: Any, make_proxy: Any
+) -> None:
+    proxy = make_proxy(rewrite_host=True)  # --auth none
+    host = REBIND + b":%d" % proxy.port
+    path = b"/proxy/%d/" % strict_app.port
+    assert await upgrade_status(proxy.port, path, host, b"http://" + host) == 403
+    seen = strict_app.requests[0].headers
+    assert seen["host"] == host.decode()
+    assert seen["origin"] == "http://" + host.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_checking_websocket_app_accepts_a_loopback_host_without_sign_in(
+    strict_app: Any, make_proxy: Any
+) -> None:
+    proxy = make_proxy(rewrite_host=True)  # --auth none
+    host = b"localhost:%d" % proxy.port
+    path = b"/proxy/%d/" % strict_app.port
+    assert await upgrade_status(proxy.port, path, host, b"http://" + host) == 101
+    assert strict_app.requests[0].headers["host"] == f"localhost:{strict_app.port}"
+
+
+PASSWORD = "rewrite-host-test-password"
+
+
+@pytest.fixture
+def signed_in_proxy(make_proxy: Any, tmp_path: Any) -> Any:
+    return make_proxy(
+        environ={"PASSWORD": PASSWORD},
+        auth="password",
+        data_dir=str(tmp_path),
+        rewrite_host=True,
+        skip_auth_preflight=True,
+    )
+
+
+async def _session(port: int) -> bytes:
+    body = b"password=" + PASSWORD.encode() + b"&to=%2F"
+    raw = await raw_request(
+        port,
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    _, headers, _ = parse_response(raw)
+    (cookie,) = [c for c in headers[b"set-cookie"] if c.startswith(b"portproxy-session=")]
+    return cookie.split(b";")[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_password_a_signed_in_request_is_rewritten_on_any_host(
+    upstream: Any, signed_in_proxy: Any
+) -> None:
+    up = upstream(rec := Recorder())
+    cookie = await _session(signed_in_proxy.port)
+    host = b"code.unknown.example"
+    await raw_request(
+        signed_in_proxy.port,
+        get(
+            b"/proxy/%d/" % up.port,
+            host=host,
+            headers=b"Cookie: " + cookie + b"\r\nOrigin: http://" + host + b"\r\n",
+        ),
+    )
+    assert rec.header(0, b"host") == [b"localhost:%d" % up.port]
+    assert rec.header(0, b"origin") == [b"http://localhost:%d" % up.port]
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_a_password_an_unauthenticated_preflight_keeps_an_unknown_host(
+    upstream: Any, signed_in_proxy: Any
+) -> None:
+    """--skip-auth-preflight lets it through without sign-in: only known hosts count."""
+    up = upstream(rec := Recorder())
+    host = REBIND + b":%d" % signed_in_proxy.port
+    preflight = (
+        b"OPTIONS /proxy/%d/api HTTP/1.1\r\nHost: %s\r\nOrigin: http://%s\r\n"
+        b"Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+    ) % (up.port, host, host)
+    await raw_request(signed_in_proxy.port, preflight)
+    assert rec.header(0, b"host") == [host]
+    assert rec.header(0, b"origin") == [b"http://" + host]

@@ -39,7 +39,7 @@ from portproxy.http.headers import (
     forward_request_headers,
     response_header_pairs,
 )
-from portproxy.http.hostrewrite import local_host, rewrite_host_and_origin
+from portproxy.http.hostrewrite import HostRewrite, local_host, rewrite_host_and_origin
 from portproxy.http.rewrite import rewrite_location, rewrite_set_cookie
 from portproxy.http.setcookie import allowed_set_cookies
 from portproxy.http.uploads import StreamingUpload
@@ -110,7 +110,7 @@ class ProxyEngine:
         upstream_timeout: float,
         session_cookie: bytes | None = None,
         on_request: Callable[[], None] | None = None,
-        rewrite_host: bool = False,
+        rewrite_host: HostRewrite[Request] | None = None,
         compress: bool = False,
     ) -> None:
         self.reactor = reactor
@@ -120,7 +120,8 @@ class ProxyEngine:
         self.brotli = compress and brotli_available()
         self.upstream_timeout = upstream_timeout
         self.session_cookie = session_cookie
-        #: C{--rewrite-host}: apps see C{Host: localhost:<port>} (see hostrewrite).
+        #: C{--rewrite-host}: which requests' apps see C{Host: localhost:<port>}
+        #: (see hostrewrite); C{None} without the option.
         self.rewrite_host = rewrite_host
         self.on_request = on_request
         self.pool = UpstreamPool(reactor)
@@ -246,7 +247,8 @@ class PortProxyResource(ReverseProxyResource):
             session_cookie=engine.session_cookie,
             prefix=self.prefix,
         )
-        if engine.rewrite_host:
+        rewrite = engine.rewrite_host
+        if rewrite is not None and rewrite.applies(request, view.host):
             headers = rewrite_host_and_origin(
                 headers, port=self.port, scheme=view.scheme, host=view.host
             )

@@ -15,6 +15,7 @@ from twisted.web.server import Request
 from portproxy.config import Config, StartupError
 from portproxy.http.engine import ProxyEngine
 from portproxy.http.headers import ClientView, client_address, client_view
+from portproxy.http.hostrewrite import HostRewrite, KnownHosts
 from portproxy.net.limits import ConnectionLimits, current_upstream_budget, fit_fd_limit
 from portproxy.net.peer import peer_host
 from portproxy.net.reactor import IInstanceReactor, installed_reactor
@@ -69,6 +70,7 @@ def build_instance(
         build_authenticator,
     )
     from portproxy.auth.redirects import forwarded_prefix
+    from portproxy.runtime.handoff import WORKER_ENV
 
     heartbeat = Heartbeat(reactor)
     own_ports: set[int] = set()
@@ -109,6 +111,8 @@ def build_instance(
         request_host=lambda request: view_of(request).host or "",
         threads=reactor,
         mount_prefix=prefix_of,
+        # A --workers worker runs with --workers 1: the supervisor's variable tells.
+        shared_processes=config.workers > 1 or WORKER_ENV in environ,
     )
     login = LoginResource(authenticator)
     logout = LogoutResource(authenticator)
@@ -126,12 +130,13 @@ def build_instance(
         RESERVED_TICKET: TicketResource(authenticator),
         RESERVED_TICKET_ACCEPT: TicketAcceptResource(authenticator),
     }
+    rewrite_host = _host_rewrite(config, authenticator.is_signed_in)
     engine = ProxyEngine(
         reactor,
         upstream_timeout=config.upstream_timeout,
         session_cookie=authenticator.cookie_name,
         on_request=heartbeat.beat,
-        rewrite_host=config.rewrite_host,
+        rewrite_host=rewrite_host,
         compress=config.compress,
     )
     websocket = None
@@ -145,7 +150,7 @@ def build_instance(
             upstream_timeout=config.upstream_timeout,
             session_cookie=authenticator.cookie_name,
             trusted_origins=config.trusted_origins,
-            rewrite_host=config.rewrite_host,
+            rewrite_host=rewrite_host,
         )
         # WebSocket upstream legs count in the same budget as HTTP ones.
         websocket.upstream_slots = engine.pool
@@ -179,6 +184,24 @@ def build_instance(
     return Instance(
         config, reactor, engine, root, site, heartbeat, own_ports, access_log=access_log
     )
+
+
+def _host_rewrite(
+    config: Config, is_signed_in: Callable[[Request], bool]
+) -> HostRewrite[Request] | None:
+    """C{--rewrite-host}'s per-request rule: any host for a signed-in request, known
+    hosts only for one that needed no sign-in (DNS rebinding, see hostrewrite)."""
+    if not config.rewrite_host:
+        return None
+    known = KnownHosts(proxy_domains=config.proxy_domains, public_url=config.public_url)
+    # With --auth none every request is "signed in" to the authenticator, yet none
+    # proved anything: the known-host rule is the only one.
+    signed_in = _never if config.auth == "none" else is_signed_in
+    return HostRewrite(known, signed_in)
+
+
+def _never(request: Request) -> bool:
+    return False
 
 
 def _access_log_file(config: Config, reactor: IInstanceReactor) -> FileSink | None:

@@ -29,7 +29,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from portproxy.http.errorpages import write_error
 from portproxy.http.headers import ClientView, forward_websocket_headers
-from portproxy.http.hostrewrite import local_host, public_origin, rewrite_origin
+from portproxy.http.hostrewrite import (
+    HostRewrite,
+    local_host,
+    public_origin,
+    rewrite_origin,
+)
 from portproxy.net.reactor import IClientReactor
 from portproxy.websocket.bridge import Bridge
 from portproxy.websocket.handshake import (
@@ -56,9 +61,10 @@ class AutobahnRelay:
         (connection included) before the client gets a 504.
     @param session_cookie: portproxy's cookie name, removed from the forwarded C{Cookie}.
     @param trusted_origins: C{--trusted-origins} values.
-    @param rewrite_host: C{--rewrite-host}: the upstream sees C{Host: localhost:<port>}
-        and a same-origin Origin made local (L{portproxy.http.hostrewrite}), instead of
-        the client's values byte for byte.
+    @param rewrite_host: C{--rewrite-host}: for the requests it applies to, the
+        upstream sees C{Host: localhost:<port>} and a same-origin Origin made local
+        (L{portproxy.http.hostrewrite}), instead of the client's values byte for byte;
+        C{None} without the option.
     @raise ValueError: for a malformed trusted origin.
     """
 
@@ -73,7 +79,7 @@ class AutobahnRelay:
         upstream_timeout: float,
         session_cookie: bytes | None,
         trusted_origins: Sequence[str],
-        rewrite_host: bool = False,
+        rewrite_host: HostRewrite[Request] | None = None,
     ) -> None:
         self.reactor = reactor
         self.rewrite_host = rewrite_host
@@ -124,7 +130,8 @@ class AutobahnRelay:
         raw = request.requestHeaders
         host = _first(raw.getRawHeaders(b"host"))
         origin = _first(raw.getRawHeaders(b"origin"))
-        if self.rewrite_host:
+        rewrite = self.rewrite_host
+        if rewrite is not None and rewrite.applies(request, view.host):
             # After the tree's Origin check, which ran on the public values.
             host = local_host(port)
             if origin is not None:

@@ -24,6 +24,7 @@ from portproxy.routing.publicurl import listener_warnings, url_template
 from portproxy.routing.routes import RouteKind
 from portproxy.runtime.service import ListeningService, PortProxyService
 from portproxy.web.accesslog import FileSink, ReopenOnSignal
+from portproxy.web.api import API_PREFIX, ApiResource
 from portproxy.web.health import Heartbeat
 from portproxy.web.home import IndexResource
 from portproxy.web.root import PortProxyRoot
@@ -50,6 +51,8 @@ class Instance:
     #: The C{--access-log-file} sink, C{None} when the log goes to the Twisted log or
     #: is off.
     access_log: FileSink | None = None
+    #: The JSON API under C{/.portproxy/api/}; features add their routes to it.
+    api: ApiResource | None = None
 
 
 def build_instance(
@@ -130,6 +133,15 @@ def build_instance(
         RESERVED_TICKET: TicketResource(authenticator),
         RESERVED_TICKET_ACCEPT: TicketAcceptResource(authenticator),
     }
+    domains = DomainMatcher(config.proxy_domains)
+    api = ApiResource(
+        is_signed_in=authenticator.is_signed_in,
+        is_proxy_host=lambda request: (
+            domains.match(view_of(request).host or "") is not None
+        ),
+        view_of=view_of,
+    )
+    reserved[API_PREFIX] = api
     rewrite_host = _host_rewrite(config, authenticator.is_signed_in)
     engine = ProxyEngine(
         reactor,
@@ -182,7 +194,15 @@ def build_instance(
         access_log_sink=access_log,
     )
     return Instance(
-        config, reactor, engine, root, site, heartbeat, own_ports, access_log=access_log
+        config,
+        reactor,
+        engine,
+        root,
+        site,
+        heartbeat,
+        own_ports,
+        access_log=access_log,
+        api=api,
     )
 
 

@@ -132,9 +132,7 @@ class PortProxyRoot(Resource):
         uri = origin_form(request.uri)
         if uri[:2] == b"/." and is_reserved_path(split_target(uri)[0]):
             # portproxy's own pages on every host (sign-in for proxy hosts).
-            return self.reserved.get(
-                split_target(uri)[0].lower(), _ErrorLeaf(404, "Not found")
-            )
+            return self._reserved_leaf(split_target(uri)[0].lower())
         if self._has_domains and view.host:
             label = self.domains.match(view.host)
             if label is not None:
@@ -158,6 +156,20 @@ class PortProxyRoot(Resource):
         page = self.pages.get(route.kind)
         if page is not None:
             return page
+        return _ErrorLeaf(404, "Not found")
+
+    def _reserved_leaf(self, path: bytes) -> IResource:
+        """The leaf of a reserved path: an exact entry, else the entry of a folder.
+
+        An entry whose key ends with C{/} (C{/.portproxy/api/}) serves every path
+        under it; the leaf reads the rest of the path itself.
+        """
+        leaf = self.reserved.get(path)
+        if leaf is not None:
+            return leaf
+        for key, folder in self.reserved.items():
+            if key[-1:] == b"/" and path.startswith(key):
+                return folder
         return _ErrorLeaf(404, "Not found")
 
     def render(self, request: Request) -> bytes:

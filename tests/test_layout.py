@@ -205,7 +205,19 @@ def test_the_cycle_check_sees_function_level_imports() -> None:
 
 #: The layers, lowest first (docs/design.rst, "The layout"): a module may import from
 #: its own layer and the ones below it, never from one above.
-LAYERS = ["config", "routing", "net", "http", "websocket", "auth", "web", "runtime", "tap"]
+LAYERS = [
+    "config",
+    "routing",
+    "net",
+    "http",
+    "websocket",
+    "auth",
+    "sharing",
+    "ports",
+    "web",
+    "runtime",
+    "tap",
+]
 
 
 def _layer(module: str) -> str | None:

@@ -7,7 +7,7 @@ The URLs carry the scheme, host and port the client uses: from the request (thro
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -170,7 +170,7 @@ def test_property_every_built_url_parses_back_and_routes_to_its_port(
     assert base is not None
     urls = port_urls(port, base, matcher)
     for url in urls.values():
-        assert url is not None
+        assert isinstance(url, str)
         found_scheme, _, rest = url.partition("://")
         assert found_scheme == scheme
         authority = rest.split("/", 1)[0]
@@ -241,6 +241,39 @@ def test_location_url_on_each_route() -> None:
     assert _location("domain", 4000, b"/x", 5173) is None
 
 
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (b"//evil.com/x", b"/.//evil.com/x"),
+        (b"/\\evil.com", b"/./\\evil.com"),
+        (b"//", b"/.//"),
+        (b"/x//y", b"/x//y"),  # a doubled slash later on is a plain path
+    ],
+)
+def test_a_same_port_absproxy_location_never_becomes_scheme_relative(
+    path: bytes, expected: bytes
+) -> None:
+    """The app's Location stayed on localhost; portproxy must not send it off-site."""
+    assert _location("absproxy", 3000, path, 3000) == expected
+
+
+@given(
+    route=st.sampled_from(["proxy", "absproxy"]),
+    path=st.binary(max_size=12).map(lambda b: b.replace(b"\t", b"")),
+    lead=st.sampled_from([b"/", b"//", b"/\\", b"\\", b""]),
+    same=st.booleans(),
+    base_path=st.sampled_from([b"", b"/b"]),
+)
+def test_no_path_route_location_is_scheme_relative(
+    route: str, path: bytes, lead: bytes, same: bool, base_path: bytes
+) -> None:
+    url = _location(route, 3000, lead + path, 3000 if same else 4000, base_path=base_path)
+    assert url is not None
+    # Browsers drop tabs and newlines anywhere in a URL before parsing it.
+    head = url.translate(None, b"\t\n\r")[:2]
+    assert head[:1] == b"/" and head[1:2] not in (b"/", b"\\")
+
+
 # --- warnings -----------------------------------------------------------------------
 
 
@@ -272,8 +305,9 @@ def test_auth_none_off_loopback_is_warned_about() -> None:
 
 def _startup_log(config: Config) -> list[str]:
     from twisted.internet.testing import MemoryReactorClock
-    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+    from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 
+    from portproxy.net.reactor import IInstanceReactor
     from portproxy.runtime.app import build_service
 
     seen: list[str] = []
@@ -286,11 +320,13 @@ def _startup_log(config: Config) -> list[str]:
             ours = "--listen" in text or "--auth none" in text
             seen.append(("WARN " if level == LogLevel.warn and ours else "") + text)
 
-    globalLogPublisher.addObserver(observer)
+    globalLogPublisher.addObserver(cast(ILogObserver, observer))
     try:
-        build_service(config, environ={}, reactor=MemoryReactorClock())
+        build_service(
+            config, environ={}, reactor=cast(IInstanceReactor, MemoryReactorClock())
+        )
     finally:
-        globalLogPublisher.removeObserver(observer)
+        globalLogPublisher.removeObserver(cast(ILogObserver, observer))
     return seen
 
 
@@ -381,7 +417,7 @@ async def _home(proxy: Any, host: bytes, headers: bytes = b"") -> bytes:
 
 @pytest_twisted.ensureDeferred
 async def test_home_page_links_every_route_relative_to_the_page(
-    upstream, make_proxy
+    upstream: Any, make_proxy: Any
 ) -> None:
     proxy = make_proxy()
     up = upstream()
@@ -393,7 +429,9 @@ async def test_home_page_links_every_route_relative_to_the_page(
 
 
 @pytest_twisted.ensureDeferred
-async def test_home_page_domain_link_keeps_the_listener_port(upstream, make_proxy) -> None:
+async def test_home_page_domain_link_keeps_the_listener_port(
+    upstream: Any, make_proxy: Any
+) -> None:
     proxy = make_proxy(proxy_domains=("localhost",))
     up = upstream()
     body = await _home(proxy, b"localhost:%d" % proxy.port)
@@ -401,7 +439,9 @@ async def test_home_page_domain_link_keeps_the_listener_port(upstream, make_prox
 
 
 @pytest_twisted.ensureDeferred
-async def test_home_page_behind_a_trusted_front_proxy(upstream, make_proxy) -> None:
+async def test_home_page_behind_a_trusted_front_proxy(
+    upstream: Any, make_proxy: Any
+) -> None:
     proxy = make_proxy(proxy_domains=("dev.example.test",), trusted_proxies=LOCAL)
     up = upstream()
     body = await _home(proxy, b"127.0.0.1:%d" % proxy.port, FRONT)
@@ -410,7 +450,7 @@ async def test_home_page_behind_a_trusted_front_proxy(upstream, make_proxy) -> N
 
 @pytest_twisted.ensureDeferred
 async def test_home_page_ignores_forwarded_headers_from_an_untrusted_peer(
-    upstream, make_proxy
+    upstream: Any, make_proxy: Any
 ) -> None:
     proxy = make_proxy(proxy_domains=("dev.example.test",))
     up = upstream()
@@ -438,7 +478,7 @@ async def _location_of(
 
 @pytest_twisted.ensureDeferred
 async def test_loopback_location_already_under_a_route_gets_no_second_prefix(
-    upstream, make_proxy
+    upstream: Any, make_proxy: Any
 ) -> None:
     target: list[bytes] = []
     up = upstream(_redirector(target))
@@ -461,8 +501,26 @@ async def test_loopback_location_already_under_a_route_gets_no_second_prefix(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_loopback_location_to_a_doubled_slash_stays_on_this_site(
+    upstream: Any, make_proxy: Any
+) -> None:
+    target: list[bytes] = []
+    up = upstream(_redirector(target))
+    p = up.port
+    proxy = make_proxy()
+    here = b"/absproxy/%d/" % p
+    cases = {
+        b"http://localhost:%d//evil.com/x" % p: b"/.//evil.com/x",
+        b"http://localhost:%d/\\evil.com" % p: b"/./\\evil.com",
+        b"http://127.0.0.1:%d//evil.com" % p: b"/.//evil.com",
+    }
+    for value, expected in cases.items():
+        assert await _location_of(proxy, target, value, here) == expected, value
+
+
+@pytest_twisted.ensureDeferred
 async def test_loopback_location_on_a_proxy_host_uses_the_request_base(
-    upstream, make_proxy
+    upstream: Any, make_proxy: Any
 ) -> None:
     target: list[bytes] = []
     up = upstream(_redirector(target))
@@ -505,7 +563,9 @@ def tls_proxy(tmp_path: Any) -> Any:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_tls_listener_gives_https_urls_with_its_port(upstream, tls_proxy) -> None:
+async def test_a_tls_listener_gives_https_urls_with_its_port(
+    upstream: Any, tls_proxy: Any
+) -> None:
     from tests.test_tls_live import tls_request
 
     target: list[bytes] = [b""]

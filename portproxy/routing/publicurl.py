@@ -375,7 +375,8 @@ def location_url(
     C{"domain"}): root-relative on the path routes, absolute from the request's base on
     proxy hosts; C{None} when there is no public URL (no proxy host can be named).
     A path that already carries C{/proxy/<n>} or C{/absproxy/<n>} is not prefixed
-    again (see L{route_in_path}).
+    again (see L{route_in_path}). A root-relative result never starts with C{//} or
+    C{/\\}: that would leave the site (see L{_on_this_site}).
 
     @param here_port: the port of the request's own route; C{here_prefix} its
         C{/proxy/<port>} as typed (the case the user wrote is kept).
@@ -386,13 +387,26 @@ def location_url(
         return None if url is None else url[:-1].encode("ascii") + path
     routed = route_in_path(path, base_path)
     if routed is not None:
-        return routed
+        return _on_this_site(routed)
     if route == "proxy":
         here = here_prefix if here_port == port else None
-        return (here or b"/proxy/%d" % port) + path
+        return _on_this_site((here or b"/proxy/%d" % port) + path)
     if here_port == port:
-        return path
-    return base_path + b"/absproxy/%d" % port + path
+        return _on_this_site(path)
+    return _on_this_site(base_path + b"/absproxy/%d" % port + path)
+
+
+def _on_this_site(path: bytes) -> bytes:
+    """C{path}, with C{/.} in front when a browser would read it as C{//host/...}.
+
+    The app's Location named localhost; as C{//evil.com/x} or C{/\\evil.com} (browsers
+    read C{\\} as C{/}) it would send the browser to another site. C{/.//evil.com/x}
+    is the same path on this one. Tabs and newlines are ignored as browsers drop them.
+    """
+    second = path[1:2]
+    if second in (b"\t", b"\n", b"\r"):
+        second = path[1:].lstrip(b"\t\n\r")[:1]
+    return b"/." + path if second in (b"/", b"\\") else path
 
 
 def listener_warnings(

@@ -303,7 +303,7 @@ def test_auth_none_off_loopback_is_warned_about() -> None:
     assert "10.0.0.2" in line and "--auth password" in line
 
 
-def _startup_log(config: Config) -> list[str]:
+def _startup_log(config: Config, environ: dict[str, str] | None = None) -> list[str]:
     from twisted.internet.testing import MemoryReactorClock
     from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 
@@ -323,7 +323,9 @@ def _startup_log(config: Config) -> list[str]:
     globalLogPublisher.addObserver(cast(ILogObserver, observer))
     try:
         build_service(
-            config, environ={}, reactor=cast(IInstanceReactor, MemoryReactorClock())
+            config,
+            environ=environ or {},
+            reactor=cast(IInstanceReactor, MemoryReactorClock()),
         )
     finally:
         globalLogPublisher.removeObserver(cast(ILogObserver, observer))
@@ -337,6 +339,15 @@ def test_startup_warns_about_a_listener_on_every_interface() -> None:
     assert "tcp:8093" in warned[0] and "interface=127.0.0.1" in warned[0]
     assert "--auth none" in warned[1]
     assert "apps open at http://localhost:8093/proxy/{{port}}/" in " ".join(lines)
+
+
+def test_a_worker_leaves_the_warnings_to_its_supervisor() -> None:
+    from portproxy.runtime.handoff import WORKER_ENV
+
+    # With --workers N the supervisor warns once; N workers must not repeat it.
+    config = Config(auth="none", listen=("tcp:8093",))
+    lines = _startup_log(config, environ={WORKER_ENV: "{}"})
+    assert not [line for line in lines if line.startswith("WARN ")]
 
 
 def test_startup_on_loopback_warns_about_nothing() -> None:

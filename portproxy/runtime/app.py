@@ -22,6 +22,7 @@ from portproxy.net.reactor import IInstanceReactor, installed_reactor
 from portproxy.routing.domains import DomainMatcher
 from portproxy.routing.publicurl import listener_warnings, url_template
 from portproxy.routing.routes import RouteKind
+from portproxy.runtime.handoff import WORKER_ENV
 from portproxy.runtime.service import ListeningService, PortProxyService
 from portproxy.web.accesslog import FileSink, ReopenOnSignal
 from portproxy.web.api import API_PREFIX, ApiResource
@@ -290,13 +291,20 @@ def build_service(
             else "Host header passes unchanged to the app"
         ),
     )
+    if WORKER_ENV not in environ:
+        # A --workers supervisor warns once for all its workers.
+        log_listener_warnings(config)
+    return service
+
+
+def log_listener_warnings(config: Config) -> None:
+    """Warn at start-up about listeners that expose plain HTTP or an open proxy."""
     for warning in listener_warnings(
         config.listen,
         auth=config.auth,
         tls_on_tcp=config.cert is not None or config.self_signed,
     ):
         _log.warn("{warning}", warning=warning)
-    return service
 
 
 #: Puts a listening factory behind TLS (L{portproxy.runtime.tlslistener.ServerTLS.wrap}).

@@ -487,6 +487,9 @@ def build_supervisor(
 
     L{portproxy.tap.makeService} decides which kind of process this is.
     """
+    from portproxy.runtime.app import log_listener_warnings
+
+    log_listener_warnings(config)
     reactor = installed_reactor()
     supervisor = WorkerSupervisor(
         reactor,

@@ -376,14 +376,68 @@ def test_a_verified_session_is_remembered_until_it_expires() -> None:
     auth = authenticator(clock=clock)
     value = auth.signer.issue(NOW).encode()
     calls: list[object] = []
-    verify = auth.signer.verify
-    auth.signer.verify = lambda *a: calls.append(a) or verify(*a)  # type: ignore[method-assign]
+    check = auth.signer.check
+    auth.signer.check = lambda *a: calls.append(a) or check(*a)  # type: ignore[method-assign]
     request = with_cookie(b"portproxy-session=" + value)
     assert auth.is_signed_in(request) and auth.is_signed_in(request)
     assert len(calls) == 1
     assert not auth.is_signed_in(with_cookie(b"portproxy-session=" + value[:-2] + b"xx"))
     clock.advance(3601)
     assert not auth.is_signed_in(request)
+
+
+def _on(host: bytes, value: bytes) -> Any:
+    return make_request(headers={b"host": host, b"cookie": b"portproxy-session=" + value})
+
+
+def test_a_ticket_session_signs_in_on_its_own_origin_only_cached_or_not() -> None:
+    """A ticket's session (bound to P) never counts on another host, port or scheme,
+    even once the value sits in the cache of verified values."""
+    clock = Clock()
+    clock.advance(NOW)
+    scheme = {"now": "http"}
+    auth = authenticator(clock=clock, is_https=lambda r: scheme["now"] == "https")
+    value = auth.signer.issue(NOW, origin="http://5173.localhost:8080").encode()
+    assert auth.is_signed_in(_on(b"5173.localhost:8080", value))
+    for host in [b"localhost:8080", b"5174.localhost:8080", b"5173.localhost:8081"]:
+        assert not auth.is_signed_in(_on(host, value)), host
+        fresh = authenticator(clock=clock, is_https=lambda r: False)
+        assert not fresh.is_signed_in(_on(host, value)), host
+    assert auth.is_signed_in(_on(b"5173.LocalHost:8080", value))
+    scheme["now"] = "https"
+    assert not auth.is_signed_in(_on(b"5173.localhost:8080", value))
+    # Port 80 written or not is one origin over http.
+    scheme["now"] = "http"
+    default = auth.signer.issue(NOW, origin="http://5173.localhost:80").encode()
+    assert auth.is_signed_in(_on(b"5173.localhost", default))
+    assert auth.is_signed_in(_on(b"5173.localhost:80", default))
+    assert not auth.is_signed_in(_on(b"localhost", default))
+    # A password login's session still counts everywhere.
+    anywhere = auth.signer.issue(NOW).encode()
+    assert auth.is_signed_in(_on(b"localhost:8080", anywhere))
+    assert auth.is_signed_in(_on(b"5173.localhost:1", anywhere))
+
+
+@pytest.mark.parametrize(
+    ("to", "followed"),
+    [
+        ("http://5173.localhost:8080/x", True),
+        ("http://localhost:8080/y", True),  # the request's own host, exactly
+        ("http://5173.localhost:1/x", False),  # another listener, maybe someone else's
+        ("http://5173.localhost/x", False),
+        ("http://5173.localhost:80/x", False),
+        ("http://5173.localhost:08080/x", False),  # a browser reads 8080: not canonical
+        ("http://5173.localhost:0/x", False),
+        ("https://5173.localhost:8080/x", False),  # another scheme
+        ("https://5173.localhost/x", False),
+    ],
+)
+def test_the_logins_to_keeps_the_scheme_and_port_on_a_proxy_host(
+    to: str, followed: bool
+) -> None:
+    auth = authenticator(proxy_patterns=("localhost",), is_https=lambda r: False)
+    request = make_request(headers={b"host": b"localhost:8080"})
+    assert auth.safe_target(to, request) == (to if followed else "/")
 
 
 # -- one contract, one peer rule, one start-up error ------------------------------------

@@ -243,7 +243,12 @@ async def test_open_redirect_targets_become_root(serve: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_absolute_target_on_a_proxy_host_is_followed(serve: Any) -> None:
-    response = await (await serve()).login(PASSWORD, to="https://3000.example.com/x?y=1")
+    # Same scheme and port as the login page (https, 443): see test_auth_guard.
+    response = await (await serve(https=True)).login(
+        PASSWORD,
+        to="https://3000.example.com/x?y=1",
+        headers={b"host": [b"code.example.com"]},
+    )
     assert response.header(b"location") == [b"https://3000.example.com/x?y=1"]
 
 
@@ -270,8 +275,12 @@ async def test_logout_clears_with_the_same_domain_as_login(serve: Any) -> None:
 async def test_reserved_login_page_posts_and_logs_out_under_the_reserved_prefix(
     serve: Any,
 ) -> None:
-    server = await serve()
-    page = await server.request("GET", "/.portproxy/login?to=https://3000.example.com/")
+    server = await serve(https=True)
+    page = await server.request(
+        "GET",
+        "/.portproxy/login?to=https://3000.example.com/",
+        headers={b"host": [b"code.example.com"]},
+    )
     assert b'action="./../.portproxy/login"' in page.body
     assert b'value="https://3000.example.com/"' in page.body
     out = await server.request("GET", "/.portproxy/logout")

@@ -131,3 +131,50 @@ def test_value_is_a_valid_cookie_value() -> None:
 def test_ttl_must_be_positive() -> None:
     with pytest.raises(ValueError):
         SessionSigner(b"k", 0)
+
+
+# --- Sessions a ticket gives: bound to one origin ---------------------------------------
+
+ORIGIN = "http://5173.localhost:8080"
+
+
+def test_a_bound_session_carries_its_origin_and_is_no_session_for_every_host() -> None:
+    value = signer().issue(NOW, origin=ORIGIN)
+    assert value.startswith("2.")
+    session = signer().check(value, NOW + 5)
+    assert session is not None and session.origin == ORIGIN
+    assert session.expires == int(NOW) + TTL
+    assert not signer().verify(value, NOW + 5)  # only check() knows where it is good
+    assert signer().check(value, NOW + TTL) is None
+    assert signer().check(signer().issue(NOW), NOW).origin is None  # type: ignore[union-attr]
+
+
+def test_a_bound_session_with_its_origin_swapped_or_signed_with_the_session_key_is_refused() -> (
+    None
+):
+    value = signer().issue(NOW, origin=ORIGIN)
+    version, bound, issued, expires, mac = value.split(".")
+    other = signer().issue(NOW, origin="http://localhost:8080").split(".")[1]
+    assert signer().check(f"{version}.{other}.{issued}.{expires}.{mac}", NOW) is None
+    # The same payload MAC'd under the unbound session key: the keys are separate.
+    payload = f"{version}.{bound}.{issued}.{expires}".encode()
+    key = signer()._key  # the session cookie key
+    resigned = base64.urlsafe_b64encode(hmac.new(key, payload, hashlib.sha256).digest())
+    forged = payload.decode() + "." + resigned.rstrip(b"=").decode()
+    assert signer().check(forged, NOW) is None
+    # And an unbound value MAC'd under the bound key is no session either.
+    plain = signer().issue(NOW).rsplit(".", 1)[0].encode()
+    bound_mac = hmac.new(signer()._bound_key, plain, hashlib.sha256).digest()
+    forged = (
+        plain.decode() + "." + base64.urlsafe_b64encode(bound_mac).rstrip(b"=").decode()
+    )
+    assert signer().check(forged, NOW) is None
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-:/[]", max_size=120))
+def test_any_origin_round_trips_and_a_changed_character_is_refused(origin: str) -> None:
+    value = signer().issue(NOW, origin=origin or "x")
+    session = signer().check(value, NOW)
+    assert session is not None and session.origin == (origin or "x").lower()
+    flipped = value[:2] + ("A" if value[2] != "A" else "B") + value[3:]
+    assert signer().check(flipped, NOW) is None

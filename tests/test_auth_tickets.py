@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs, quote, urljoin, urlsplit
 import pytest
 import pytest_twisted
 
+from portproxy.auth.origins import Origin, url_origin
 from tests.support import Recorder, get, parse_response, raw_request
 
 PASSWORD = "correct horse battery staple"
@@ -233,8 +235,9 @@ async def test_expired_forged_and_missing_tickets_are_refused(
     proxy_host = f"{up.port}.localhost:{port}"
     auth = localhost_proxy.instance.root.auth
     now = localhost_proxy.instance.reactor.seconds()
-    expired = auth.tickets.issue(proxy_host, now - 120, secrets.token_bytes(16))
-    good = auth.mint_ticket(proxy_host)
+    bound = url_origin(f"http://{proxy_host}")
+    expired = auth.tickets.issue(bound, now - 120, secrets.token_bytes(16))
+    good = auth.mint_ticket(bound)
     head, mac = good.rsplit(".", 1)
     tampered = head + "." + ("A" if mac[0] != "A" else "B") + mac[1:]
     parts = good.split(".")
@@ -393,7 +396,7 @@ async def test_a_ticket_used_by_one_process_is_refused_by_another_sharing_the_da
     )
     up = upstream(Recorder())
     proxy_host = f"{up.port}.localhost:8080"
-    ticket = first.instance.root.auth.mint_ticket(proxy_host)
+    ticket = first.instance.root.auth.mint_ticket(url_origin(f"http://{proxy_host}"))
     url = f"http://{proxy_host}/.portproxy/ticket/accept?t={ticket}&to=/"
     host, target = _target(url)
     raw = await raw_request(first.port, get(target, host=host, headers=HTML))
@@ -408,3 +411,182 @@ def test_without_proxy_domains_nothing_is_written_for_tickets(
 ) -> None:
     make_proxy(environ={"PASSWORD": PASSWORD}, auth="password", data_dir=str(tmp_path))
     assert not (tmp_path / "tickets").exists()
+
+
+# --- The attacker's review: where a ticket may go, and what it is worth ----------------
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "http://{p}.localhost:1/x",  # a listener someone else may own
+        "http://{p}.localhost:80/x",
+        "http://{p}.localhost/x",  # port 80 too
+        "http://{p}.localhost:0/x",
+        "https://{p}.localhost:{port}/x",  # another scheme than the browser used
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_the_ticket_endpoint_mints_only_for_the_scheme_and_port_the_browser_used(
+    upstream, localhost_proxy, to: str
+) -> None:
+    up = upstream(Recorder())
+    port = localhost_proxy.port
+    main = f"http://localhost:{port}"
+    browser = Browser(port)
+    await _sign_in_on_main(browser, main)
+    to = to.replace("{p}", str(up.port)).replace("{port}", str(port))
+    status, headers, _ = await browser.go(
+        main + "/.portproxy/ticket?to=" + quote(to, safe="")
+    )
+    assert status == 400, headers.get(b"location")
+    assert b"location" not in headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_ticket_endpoint_refuses_a_host_that_needs_no_ticket_from_here(
+    upstream, localhost_proxy, make_proxy, tmp_path: Path
+) -> None:
+    up = upstream(Recorder())
+    port = localhost_proxy.port
+    # 127.0.0.1 is not the main host 5173.localhost signs in through (localhost is).
+    alias = f"http://127.0.0.1:{port}"
+    browser = Browser(port)
+    await _sign_in_on_main(browser, alias)
+    app = f"http://{up.port}.localhost:{port}/x"
+    status, headers, _ = await browser.go(alias + "/.portproxy/ticket?to=" + quote(app))
+    assert status == 400 and b"location" not in headers
+    # A proxy host the main host's cookie covers (Domain=example.test) needs none.
+    covered = make_proxy(
+        environ={"PASSWORD": PASSWORD},
+        auth="password",
+        data_dir=str(tmp_path / "covered"),
+        proxy_domains=("example.test",),
+    )
+    main = b"example.test:%d" % covered.port
+    raw = await raw_request(covered.port, _post_login(b"/login", main, "/"))
+    cookie = parse_response(raw)[1][b"set-cookie"][0].split(b";")[0]
+    to = f"http://{up.port}.example.test:{covered.port}/x"
+    raw = await raw_request(
+        covered.port,
+        get(
+            b"/.portproxy/ticket?to=" + quote(to).encode(),
+            host=main,
+            headers=HTML + b"Cookie: " + cookie + b"\r\n",
+        ),
+    )
+    status, headers, _ = parse_response(raw)
+    assert status == 400 and b"location" not in headers
+
+
+async def _status(port: int, host: str, target: bytes, cookie: bytes) -> int:
+    raw = await raw_request(
+        port, get(target, host=host.encode(), headers=HTML + b"Cookie: " + cookie + b"\r\n")
+    )
+    return parse_response(raw)[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ticket_session_is_good_on_its_own_host_only(
+    upstream, localhost_proxy
+) -> None:
+    """The review's service-worker attack: an app on P steals a ticket for P and
+    redeems it from its backend. The session it gets must not reach past P."""
+    up, other = upstream(rec := Recorder()), upstream(other_rec := Recorder())
+    port = localhost_proxy.port
+    main = f"http://localhost:{port}"
+    proxy_host = f"{up.port}.localhost:{port}"
+    browser = Browser(port)
+    await _sign_in_on_main(browser, main)
+    accept_url = await _mint(browser, main, f"http://{proxy_host}/x")
+    # Redeemed by the thief (no browser, no cookie), as the app's backend would.
+    status, headers, _ = await Browser(port).go(accept_url)
+    assert status == 302
+    stolen, set_cookie = _session(headers)
+    assert b"Domain=" not in set_cookie
+
+    assert await _status(port, proxy_host, b"/x", stolen) == 200
+    assert rec.requests[-1]["uri"] == b"/x"
+    for host, target in [
+        (f"localhost:{port}", b"/"),  # the main host's home page
+        (f"localhost:{port}", b"/proxy/%d/" % other.port),
+        (f"localhost:{port}", b"/proxy/%d/" % up.port),
+        (f"{other.port}.localhost:{port}", b"/"),  # another proxy host
+        (f"127.0.0.1:{port}", b"/"),
+        (f"{up.port}.localhost:{port + 1}", b"/x"),  # P's name, another port
+    ]:
+        assert await _status(port, host, target, stolen) == 302, (host, target)
+    assert other_rec.requests == [] and len(rec.requests) == 1
+    # P reached without its port is another origin for a browser (port 80).
+    assert await _status(port, f"{up.port}.localhost", b"/x", stolen) == 302
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_trailing_dot_proxy_host_signs_in_on_its_own_login_page(
+    upstream, localhost_proxy
+) -> None:
+    """The ticket endpoint refuses 5173.localhost. as a target: no dead end there."""
+    up = upstream(Recorder())
+    port = localhost_proxy.port
+    status, headers, _ = await Browser(port).go(f"http://{up.port}.localhost.:{port}/x")
+    assert status == 302
+    assert headers[b"location"][0].startswith(b"./.portproxy/login?to=http://")
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_workers_and_no_shared_ticket_store_there_are_no_tickets(
+    upstream, make_proxy, tmp_path: Path
+) -> None:
+    """A ticket must not be good once per process: without the shared directory, the
+    proxy hosts fall back to their own sign-in page, and tickets are refused."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    proxy = make_proxy(
+        environ={"PASSWORD": PASSWORD},
+        auth="password",
+        data_dir=str(blocker),
+        proxy_domains=("localhost",),
+        workers=2,
+    )
+    up = upstream(Recorder())
+    port = proxy.port
+    proxy_host = f"{up.port}.localhost:{port}"
+    status, headers, _ = await Browser(port).go(f"http://{proxy_host}/x")
+    assert status == 302
+    assert headers[b"location"][0].startswith(b"./.portproxy/login?to=http://")
+    # A browser that arrives at the ticket endpoint anyway goes to P's own login page.
+    main = f"http://localhost:{port}"
+    browser = Browser(port)
+    await _sign_in_on_main(browser, main)
+    status, headers, _ = await browser.go(
+        main + "/.portproxy/ticket?to=" + quote(f"http://{proxy_host}/x", safe="")
+    )
+    assert status == 302
+    location = headers[b"location"][0].decode()
+    assert location == f"http://{proxy_host}/.portproxy/login?to=/x"
+    ticket = proxy.instance.root.auth.mint_ticket(
+        Origin("http", f"{up.port}.localhost", port)
+    )
+    status, headers, _ = await Browser(port).go(
+        f"http://{proxy_host}/.portproxy/ticket/accept?t={ticket}&to=/x"
+    )
+    assert status == 403 and b"set-cookie" not in headers
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ticket_whose_use_cannot_be_recorded_is_refused(
+    upstream, localhost_proxy, tmp_path: Path
+) -> None:
+    up = upstream(Recorder())
+    port = localhost_proxy.port
+    proxy_host = f"{up.port}.localhost:{port}"
+    main = f"http://localhost:{port}"
+    browser = Browser(port)
+    await _sign_in_on_main(browser, main)
+    accept_url = await _mint(browser, main, f"http://{proxy_host}/x")
+    shutil.rmtree(tmp_path / "tickets")  # say, the data dir was wiped or the disk is full
+    status, headers, _ = await Browser(port).go(accept_url)
+    assert status == 403 and b"set-cookie" not in headers
+    # Until the store works again, P sends browsers to its own sign-in page.
+    status, headers, _ = await Browser(port).go(f"http://{proxy_host}/x")
+    assert headers[b"location"][0].startswith(b"./.portproxy/login?to=http://")

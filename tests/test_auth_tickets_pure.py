@@ -1,4 +1,5 @@
-"""The pure parts of sign-in tickets: signing, host binding, expiry, main host, nonces."""
+"""The pure parts of sign-in tickets: origins, signing, origin binding, expiry, main host,
+where a ticket may go, nonces."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from portproxy.auth.nonces import FileNonces, MemoryNonces, nonce_store
+from portproxy.auth.nonces import (
+    RETRY_INTERVAL,
+    FileNonces,
+    MemoryNonces,
+    NoNonces,
+    nonce_store,
+)
+from portproxy.auth.origins import Origin, origin, url_origin
 from portproxy.auth.sessions import SessionSigner, derive_key
 from portproxy.auth.tickets import (
     TICKET_TTL,
@@ -18,13 +26,14 @@ from portproxy.auth.tickets import (
     TicketSigner,
     main_host,
     sign_in_base,
+    ticket_destination,
 )
 from portproxy.routing.domains import DomainMatcher
 
 KEY = b"k" * 32
 NOW = 1_750_000_000.0
 NONCE = bytes(range(16))
-P = "7001.localhost:8080"
+P = "http://7001.localhost:8080"
 
 
 def signer() -> TicketSigner:
@@ -35,16 +44,22 @@ def test_a_ticket_is_accepted_for_its_host_until_it_expires() -> None:
     token = signer().issue(P, NOW, NONCE)
     found = signer().verify(token, P, NOW + TICKET_TTL - 1)
     assert isinstance(found, Ticket)
-    assert found.authority == P and found.expires == int(NOW) + TICKET_TTL
+    assert found.origin == P and found.expires == int(NOW) + TICKET_TTL
     assert 30 <= TICKET_TTL <= 60
 
 
-def test_host_binding_ignores_case_but_not_the_port() -> None:
-    token = signer().issue("7001.LocalHost:8080", NOW, NONCE)
-    assert isinstance(signer().verify(token, "7001.localhost:8080", NOW), Ticket)
-    assert signer().verify(token, "7001.localhost:8081", NOW) is Refusal.WRONG_HOST
-    assert signer().verify(token, "7001.localhost", NOW) is Refusal.WRONG_HOST
-    assert signer().verify(token, "7002.localhost:8080", NOW) is Refusal.WRONG_HOST
+def test_origin_binding_ignores_case_but_not_the_port_or_the_scheme() -> None:
+    token = signer().issue(Origin("http", "7001.LocalHost", 8080), NOW, NONCE)
+    assert isinstance(signer().verify(token, "http://7001.localhost:8080", NOW), Ticket)
+    for other in (
+        "http://7001.localhost:8081",
+        "http://7001.localhost:80",
+        "https://7001.localhost:8080",  # the ticket went out over http: not for https
+        "http://7002.localhost:8080",
+        "http://7001.localhost.:8080",
+        None,  # a request whose origin cannot be told
+    ):
+        assert signer().verify(token, other, NOW) is Refusal.WRONG_HOST, other
 
 
 @pytest.mark.parametrize("later", [TICKET_TTL, TICKET_TTL + 1, 3600])
@@ -66,14 +81,14 @@ def test_a_ticket_signed_with_another_password_is_forged() -> None:
 def test_tampering_with_any_field_is_detected() -> None:
     token = signer().issue(P, NOW, NONCE)
     head, authority, expires, nonce, mac = token.split(".")
-    other = TicketSigner(KEY).issue("5173.localhost:8080", NOW, NONCE).split(".")[1]
+    other = TicketSigner(KEY).issue("http://5173.localhost:8080", NOW, NONCE).split(".")[1]
     for forged in (
         f"{head}.{other}.{expires}.{nonce}.{mac}",
         f"{head}.{authority}.{int(expires) + 600}.{nonce}.{mac}",
         f"{head}.{authority}.{expires}.{nonce[::-1]}.{mac}",
         f"{head}.{authority}.{expires}.{nonce}.{mac[::-1]}",
     ):
-        assert signer().verify(forged, "5173.localhost:8080", NOW) is Refusal.FORGED
+        assert signer().verify(forged, "http://5173.localhost:8080", NOW) is Refusal.FORGED
         assert signer().verify(forged, P, NOW) is Refusal.FORGED
 
 
@@ -96,6 +111,40 @@ def test_a_session_cookie_and_a_ticket_cannot_pass_for_each_other() -> None:
 @given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
 def test_verify_never_raises_and_refuses_garbage(token: str | bytes) -> None:
     assert isinstance(signer().verify(token, P, NOW), Refusal)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "authority", "expected"),
+    [
+        ("http", "5173.LocalHost", "http://5173.localhost:80"),
+        ("HTTPS", "5173.localhost", "https://5173.localhost:443"),
+        ("http", "5173.localhost:8123", "http://5173.localhost:8123"),
+        ("http", "5173.localhost.:8123", "http://5173.localhost.:8123"),  # another origin
+        ("https", "[::1]:8443", "https://[::1]:8443"),
+        ("http", "5173.localhost:08123", None),  # a browser would use 8123
+        ("http", "5173.localhost:0", None),
+        ("http", "5173.localhost:65536", None),
+        ("http", "5173.localhost:", None),
+        ("ftp", "5173.localhost", None),
+        ("http", "user@5173.localhost", None),
+        ("http", " 5173.localhost", None),
+    ],
+)
+def test_an_origin_writes_its_port_and_refuses_ports_a_browser_would_read_otherwise(
+    scheme: str, authority: str, expected: str | None
+) -> None:
+    found = origin(scheme, authority)
+    assert (None if found is None else str(found)) == expected
+
+
+def test_an_origin_in_a_url_leaves_out_the_default_port() -> None:
+    assert url_origin("http://5173.localhost:80/x?y") == Origin(
+        "http", "5173.localhost", 80
+    )
+    assert Origin("http", "5173.localhost", 80).url == "http://5173.localhost"
+    assert Origin("https", "a.test", 8443).url == "https://a.test:8443"
+    assert url_origin("//5173.localhost/") is None
+    assert url_origin("javascript:alert(1)") is None
 
 
 @pytest.mark.parametrize(
@@ -133,7 +182,7 @@ def _base(
 
 
 def test_sign_in_base_keeps_the_proxy_hosts_scheme_and_port() -> None:
-    assert _base(P, ("{{port}}.localhost",)) == "http://localhost:8080"
+    assert _base("7001.localhost:8080", ("{{port}}.localhost",)) == "http://localhost:8080"
     assert _base("5173.myhost", ("{{port}}.{{host}}",), scheme="https") == "https://myhost"
 
 
@@ -157,6 +206,85 @@ def test_no_ticket_when_no_main_host_can_be_told() -> None:
 def test_no_ticket_through_a_main_host_that_could_not_send_the_browser_back() -> None:
     # {{host}} patterns: from main.test a redirect may not reach another {{host}} value.
     assert _base("5173.other.test", ("{{port}}.{{host}}",), "https://main.test") is None
+
+
+# --- Where the main host may send a ticket --------------------------------------------
+
+MAIN = Origin("http", "localhost", 8123)
+
+
+def _destination(
+    to: str,
+    here: Origin = MAIN,
+    patterns: tuple[str, ...] = ("{{port}}.localhost",),
+    public_url: str | None = None,
+) -> tuple[Origin, str] | None:
+    return ticket_destination(
+        to,
+        here,
+        patterns,
+        public_url,
+        redirect_allowed=DomainMatcher(patterns).redirect_allowed,
+    )
+
+
+def test_a_ticket_goes_to_a_proxy_host_on_the_scheme_and_port_the_browser_used() -> None:
+    assert _destination("http://5173.localhost:8123/app?x=1") == (
+        Origin("http", "5173.localhost", 8123),
+        "/app?x=1",
+    )
+    assert _destination("http://5173.LOCALHOST:8123") == (
+        Origin("http", "5173.localhost", 8123),
+        "/",
+    )
+    tls = Origin("https", "localhost", 443)
+    assert _destination("https://5173.localhost/x", tls) == (
+        Origin("https", "5173.localhost", 443),
+        "/x",
+    )
+    assert _destination("https://5173.localhost:443/x", tls) is not None
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "http://5173.localhost:36555/x",  # another listener: maybe someone else's
+        "http://5173.localhost:80/x",
+        "http://5173.localhost/x",
+        "http://5173.localhost:0/x",
+        "http://5173.localhost:08123/x",  # the browser goes to 8123, the text differs
+        "https://5173.localhost:8123/x",  # another scheme than the browser used
+        "http://5173.localhost.:8123/x",  # a trailing dot: no clean label
+        "http://localhost:8123/x",  # the main host itself
+        "http://5173.evil.test:8123/x",
+        "//5173.localhost:8123/x",
+        "/proxy/5173/",
+    ],
+)
+def test_no_ticket_for_another_port_scheme_or_host(to: str) -> None:
+    assert _destination(to) is None
+
+
+def test_no_ticket_where_none_is_needed_or_the_host_signs_in_elsewhere() -> None:
+    # The main host's cookie (Domain=example.test) covers the proxy host.
+    here = Origin("http", "example.test", 8123)
+    assert _destination("http://5173.example.test:8123/", here, ("example.test",)) is None
+    # 5173.localhost signs in through localhost, not through 127.0.0.1.
+    alias = Origin("http", "127.0.0.1", 8123)
+    assert _destination("http://5173.localhost:8123/", alias) is None
+    # With --public-url the main host is that URL's, and only that.
+    public = "https://main.test/pp"
+    patterns = ("{{port}}.apps.test",)
+    got = _destination(
+        "https://5173.apps.test/x", Origin("https", "main.test", 443), patterns, public
+    )
+    assert got == (Origin("https", "5173.apps.test", 443), "/x")
+    assert (
+        _destination(
+            "https://5173.apps.test/x", Origin("https", "other.test", 443), patterns, public
+        )
+        is None
+    )
 
 
 # --- Nonces: single use -------------------------------------------------------------------
@@ -196,7 +324,7 @@ def test_file_nonces_refuse_a_nonce_that_is_not_a_file_name(tmp_path: Path) -> N
     assert os.listdir(tmp_path) == []
 
 
-def test_an_unwritable_directory_falls_back_to_memory_with_a_warning(
+def test_an_unwritable_directory_falls_back_to_memory_in_a_lone_process(
     tmp_path: Path,
 ) -> None:
     from twisted.logger import Logger
@@ -208,3 +336,37 @@ def test_an_unwritable_directory_falls_back_to_memory_with_a_warning(
     assert isinstance(store, MemoryNonces)
     assert events and "Cannot keep used sign-in tickets" in str(events[0]["log_format"])
     assert store.use("n", 100, 50) and not store.use("n", 100, 50)
+
+
+def test_an_unwritable_directory_turns_tickets_off_for_one_of_several_processes(
+    tmp_path: Path,
+) -> None:
+    from twisted.logger import Logger
+
+    events: list[dict[str, object]] = []
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    store = nonce_store(str(blocker / "t"), Logger(observer=events.append), shared=True)
+    assert isinstance(store, NoNonces)
+    assert not store.available(50)
+    assert not store.use("n", 100, 50)  # a ticket is never good once per process
+    assert "sign-in tickets are off" in str(events[0]["log_format"])
+
+
+def test_a_nonce_that_cannot_be_written_is_refused_not_remembered(tmp_path: Path) -> None:
+    from twisted.logger import Logger
+
+    events: list[dict[str, object]] = []
+    directory = tmp_path / "t"
+    nonces = FileNonces(str(directory), Logger(observer=events.append))
+    assert nonces.available(50)
+    directory.rmdir()  # gone (or full): nothing can be recorded
+    assert not nonces.use("n", 100, 50)
+    assert not nonces.use("n", 100, 51)
+    assert not nonces.available(51)
+    assert len(events) == 1  # logged once, not per ticket
+    # Once the directory works again, so do tickets.
+    directory.mkdir()
+    assert nonces.available(51 + RETRY_INTERVAL)
+    assert nonces.use("n", 500, 51 + RETRY_INTERVAL)
+    assert not nonces.use("n", 500, 51 + RETRY_INTERVAL)

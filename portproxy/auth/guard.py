@@ -10,8 +10,10 @@ reserved paths C{/.portproxy/login} and C{/.portproxy/logout} on every host, pro
 hosts included. A proxy host that a cookie set on the main host cannot cover
 (C{*.localhost}, IPs, C{{{host}}} patterns, other domains) sends signed-out browsers to
 the main host's C{/.portproxy/ticket}, which signs them in there once and hands back a
-ticket for the proxy host (L{portproxy.auth.tickets}); when no main host can be told,
-to C{/.portproxy/login} on that same host, which never shadows an app's own C{/login}.
+ticket for the proxy host (L{portproxy.auth.tickets}), worth a session for that origin
+only; when no main host can be told, or the ticket endpoint would refuse the host, or
+tickets cannot be kept single-use, to C{/.portproxy/login} on that same host, which
+never shadows an app's own C{/login}.
 Requests under L{RESERVED_PREFIX} always reach portproxy, signed in or not: apps cannot
 use that prefix through the proxy.
 
@@ -41,6 +43,7 @@ from portproxy.auth.cookiepolicy import (
     set_cookie_value,
 )
 from portproxy.auth.nonces import MemoryNonces, NonceStore, nonce_store
+from portproxy.auth.origins import Origin, origin, url_origin
 from portproxy.auth.passwords import (
     Credential,
     resolve_credential,
@@ -55,6 +58,7 @@ from portproxy.auth.tickets import (
     Ticket,
     TicketSigner,
     sign_in_base,
+    ticket_destination,
 )
 from portproxy.config import Config, StartupError
 from portproxy.http.cookies import cookie_values
@@ -288,27 +292,44 @@ class PasswordAuthenticator(_Denials):
         self.nonces: NonceStore = nonces if nonces is not None else MemoryNonces()
         self.public_url = public_url
         self.mount_prefix = mount_prefix
-        #: Cookie values already verified, with their expiry: a browser sends the same
-        #: value on every request, so the HMAC is checked once per value, not per
-        #: request. Only valid values are kept, and only until they expire.
-        self._verified: dict[bytes, int] = {}
+        #: Cookie values already verified, with their expiry and the origin they are
+        #: bound to (C{None}: every host): a browser sends the same value on every
+        #: request, so the HMAC is checked once per value, not per request. Only valid
+        #: values are kept, and only until they expire; the origin is compared on
+        #: every request.
+        self._verified: dict[bytes, tuple[int, str | None]] = {}
 
     def is_signed_in(self, request: Request) -> bool:
         values = request.requestHeaders.getRawHeaders(b"cookie") or []
         now = self.clock.seconds()
         verified = self._verified
         for value in cookie_values(values, self.cookie_name, _MAX_COOKIES_CHECKED):
-            expires = verified.get(value)
-            if expires is not None:
+            known = verified.get(value)
+            if known is not None:
+                expires, bound = known
                 if now < expires:
-                    return True
+                    if bound is None or bound == str(self.request_origin(request)):
+                        return True
+                    continue  # a ticket's session, for another host
                 del verified[value]
-            if self.signer.verify(value, now):
+            session = self.signer.check(value, now)
+            if session is not None:
                 if len(verified) >= _VERIFIED_CACHE_SIZE:
                     verified.clear()
-                verified[value] = int(value.split(b".")[2])
-                return True
+                verified[value] = session
+                if session.origin is None or session.origin == str(
+                    self.request_origin(request)
+                ):
+                    return True
         return False
+
+    def request_scheme(self, request: Request) -> str:
+        """C{"https"} or C{"http"}, as the browser used it."""
+        return "https" if self.is_https(request) else "http"
+
+    def request_origin(self, request: Request) -> Origin | None:
+        """The origin the browser used for C{request}, or C{None} if it cannot be told."""
+        return origin(self.request_scheme(request), self.request_host(request))
 
     def allows_preflight(self, request: Request) -> bool:
         """With C{--skip-auth-preflight}: an C{OPTIONS} with C{Origin} and
@@ -343,30 +364,43 @@ class PasswordAuthenticator(_Denials):
         An absolute C{to} passes when its authority is C{request}'s own host (exactly,
         port included) or a proxy host a redirect from there may reach (see
         L{DomainMatcher.redirect_allowed}: with C{{{host}}} patterns, only hosts built
-        from the request's own host).
+        from the request's own host) with the request's scheme and port: one listener,
+        never another port (someone else's) nor plain HTTP from HTTPS.
         """
         here = self.request_host(request).lower()
 
         def allowed(authority: str) -> bool:
-            return authority == here or self.redirect_host_allowed(authority, here)
+            if authority == here:
+                return True
+            # Only called for an absolute http(s) URL, so this is its scheme.
+            there = origin(to.split(":", 1)[0], authority)
+            here_origin = self.request_origin(request)
+            return (
+                here_origin is not None
+                and there is not None
+                and (there.scheme, there.port) == (here_origin.scheme, here_origin.port)
+                and self.redirect_host_allowed(authority, here)
+            )
 
         return safe_redirect_target(to, allowed_host=allowed)
 
     def _domain(self, request: Request) -> str | None:
         return cookie_domain(self.request_host(request), self.proxy_patterns)
 
-    def session_cookie(self, request: Request, *, host_only: bool = False) -> bytes:
+    def session_cookie(self, request: Request, *, bound: Origin | None = None) -> bytes:
         """A C{Set-Cookie} value holding a fresh session for C{request}'s host.
 
-        @param host_only: no Domain even where a login would widen it (a ticket signs
-            in one proxy host only).
+        @param bound: the origin a ticket signs in: the session is good there only, and
+            the cookie is host-only even where a login would widen its Domain.
         """
         return set_cookie_value(
             self.cookie_name.decode("ascii"),
-            self.signer.issue(self.clock.seconds()),
+            self.signer.issue(
+                self.clock.seconds(), origin=None if bound is None else str(bound)
+            ),
             max_age=self.signer.ttl,
             secure=self.is_https(request),
-            domain=None if host_only else self._domain(request),
+            domain=None if bound is not None else self._domain(request),
         )
 
     def deny(self, request: Request, *, original_url: bytes) -> bytes:
@@ -378,15 +412,23 @@ class PasswordAuthenticator(_Denials):
             return redirect(request, ticket_url)
         return self._login_redirect(request, original_url)
 
+    def tickets_available(self) -> bool:
+        """Tell whether tickets can be minted and used now (single use can be kept)."""
+        return self.tickets is not None and self.nonces.available(self.clock.seconds())
+
     def ticket_entry(self, request: Request, original_url: bytes) -> bytes | None:
         """The main host's ticket URL for a signed-out browser on a proxy host, or C{None}.
 
-        C{None} (sign in on this host) for a path route, with tickets off, or when
-        L{sign_in_base} finds that no ticket is needed or none can be had.
+        C{None} (sign in on this host) for a path route, when tickets are off or
+        unavailable, when L{sign_in_base} finds that no ticket is needed or none can be
+        had, and when the main host's endpoint would refuse C{original_url}
+        (L{ticket_destination}: say, a host with a trailing dot), so that a browser is
+        never sent to a refusal it cannot get past.
         """
-        if self.tickets is None or original_url.startswith(b"/"):
+        if original_url.startswith(b"/") or not self.tickets_available():
             return None
-        scheme = urlsplit(original_url.decode("ascii", "replace")).scheme
+        url = original_url.decode("ascii", "replace")
+        scheme = urlsplit(url).scheme
         base = sign_in_base(
             self.request_host(request),
             scheme if scheme in ("http", "https") else "http",
@@ -396,43 +438,45 @@ class PasswordAuthenticator(_Denials):
         )
         if base is None:
             return None
+        main = url_origin(base)
+        if main is None or self._ticket_destination(url, main) is None:
+            return None
         to = quote(original_url, safe="/:").encode("ascii")
         return base.encode("ascii") + RESERVED_TICKET + b"?to=" + to
 
-    def ticket_target(self, to: str, request: Request) -> tuple[str, str] | None:
-        """C{(authority, path)} of C{to} if a ticket may be minted for it, else C{None}.
-
-        C{to} must be an absolute C{http(s)} URL on a proxy host that a redirect from
-        this request's host may reach (the rule of the login's C{to}), and not this
-        host itself. The path keeps its query.
-        """
-        here = self.request_host(request).lower()
-        checked = safe_redirect_target(
-            to, allowed_host=lambda authority: self.redirect_host_allowed(authority, here)
+    def _ticket_destination(self, to: str, here: Origin) -> tuple[Origin, str] | None:
+        return ticket_destination(
+            to,
+            here,
+            self.proxy_patterns,
+            self.public_url,
+            redirect_allowed=self.redirect_host_allowed,
         )
-        if checked != to or to.startswith("/"):
-            return None
-        parts = urlsplit(to)
-        authority = parts.netloc.lower()
-        if authority == here:
-            return None
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        return authority, path
 
-    def mint_ticket(self, authority: str) -> str:
-        """A fresh ticket for C{authority}; requires L{tickets}."""
+    def ticket_target(self, to: str, request: Request) -> tuple[Origin, str] | None:
+        """C{(origin, path)} of C{to} if this request's host may mint a ticket for it.
+
+        See L{ticket_destination}: an C{http(s)} URL on a proxy host a redirect from
+        here may reach, with this request's scheme and port, that signs in through this
+        very host; else C{None}. The path keeps its query.
+        """
+        here = self.request_origin(request)
+        if here is None:
+            return None
+        return self._ticket_destination(to, here)
+
+    def mint_ticket(self, origin: Origin) -> str:
+        """A fresh ticket for C{origin}; requires L{tickets}."""
         assert self.tickets is not None
         nonce = secrets.token_bytes(NONCE_BYTES)
-        return self.tickets.issue(authority, self.clock.seconds(), nonce)
+        return self.tickets.issue(origin, self.clock.seconds(), nonce)
 
     def redeem_ticket(self, token: str, request: Request) -> Ticket | Refusal:
-        """Check C{token} for this request's host and use it up (single use)."""
+        """Check C{token} for this request's origin and use it up (single use)."""
         if self.tickets is None:
             return Refusal.MALFORMED
         now = self.clock.seconds()
-        found = self.tickets.verify(token, self.request_host(request), now)
+        found = self.tickets.verify(token, self.request_origin(request), now)
         if isinstance(found, Refusal):
             return found
         if not self.nonces.use(found.nonce, found.expires, now):
@@ -515,6 +559,7 @@ def build_authenticator(
     allowed_redirect_host: Callable[[str], bool] | None = None,
     threads: IReactorThreads | None = None,
     mount_prefix: Callable[[Request], bytes | None] = _no_prefix,
+    shared_processes: bool | None = None,
 ) -> Authenticator:
     """Make the authenticator that C{config} asks for.
 
@@ -527,6 +572,9 @@ def build_authenticator(
     @param threads: a reactor providing C{IReactorThreads}; when given, argon2 hashes
         are verified in its thread pool instead of blocking the reactor.
     @param mount_prefix: the C{X-Forwarded-Prefix} of a request from a trusted proxy.
+    @param shared_processes: whether other processes serve the same listeners (a
+        C{--workers} worker); default: C{config.workers > 1}. Then tickets need the
+        shared directory of used ones, and are off without it.
     @raise StartupError: for a bad C{--auth}, C{--session-ttl} or password source.
     """
     if config.auth == "none":
@@ -544,9 +592,11 @@ def build_authenticator(
         verify = _threaded_verify(threads, credential)
     key_material = session_key_material(credential)
     patterns = config.proxy_domains if proxy_patterns is None else proxy_patterns
+    if shared_processes is None:
+        shared_processes = config.workers > 1
     # Tickets are for proxy hosts: without any, nothing is written to the data dir.
     nonces = (
-        nonce_store(os.path.join(config.data_dir, "tickets"), log)
+        nonce_store(os.path.join(config.data_dir, "tickets"), log, shared=shared_processes)
         if patterns
         else MemoryNonces()
     )

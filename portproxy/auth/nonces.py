@@ -4,8 +4,13 @@
 With C{--workers}, several processes share the listeners, and a replayed ticket may
 reach another process than the first use did. L{FileNonces} records each nonce as a
 file created with C{O_CREAT|O_EXCL} under the data directory, which the kernel makes
-atomic across processes; L{MemoryNonces} holds for one process only, and is the fallback
-(with a logged warning) when the directory cannot be written.
+atomic across processes; L{MemoryNonces} holds for one process only.
+
+Single use fails closed: when the directory cannot be made, a lone process keeps
+nonces in memory, but one of several processes has no store at all (L{NoNonces});
+and a nonce that cannot be written (disk full, directory gone) is refused, never
+remembered in one process only. A store that is not L{available<NonceStore.available>}
+tells the proxy hosts to ask for the password on their own sign-in page instead.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
-__all__ = ["FileNonces", "MemoryNonces", "NonceStore", "nonce_store"]
+__all__ = ["FileNonces", "MemoryNonces", "NoNonces", "NonceStore", "nonce_store"]
 
 #: Recorded nonces kept in memory at most; tickets are minted only for signed-in users.
 MAX_MEMORY_NONCES = 100_000
 #: Seconds between sweeps of expired nonce files.
 SWEEP_INTERVAL = 60
+#: Seconds a store that failed to write a nonce counts as unavailable.
+RETRY_INTERVAL = 60
 
 _NONCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _FILE = re.compile(r"([0-9]{1,12})-[A-Za-z0-9_-]{1,64}")
@@ -31,7 +38,21 @@ class NonceStore(Protocol):
     """Where used nonces are recorded."""
 
     def use(self, nonce: str, expires: int, now: float) -> bool:
-        """Record C{nonce} (valid until C{expires}); C{False} if it was used before."""
+        """Record C{nonce} (valid until C{expires}); C{False} if it was used before, or
+        if it cannot be recorded."""
+
+    def available(self, now: float) -> bool:
+        """Tell whether tickets can be used at all (else: sign in on the proxy host)."""
+
+
+class NoNonces:
+    """No store: every ticket is refused (several processes, no shared directory)."""
+
+    def use(self, nonce: str, expires: int, now: float) -> bool:
+        return False
+
+    def available(self, now: float) -> bool:
+        return False
 
 
 class MemoryNonces:
@@ -53,12 +74,16 @@ class MemoryNonces:
         used[nonce] = expires
         return True
 
+    def available(self, now: float) -> bool:
+        return True
+
 
 class FileNonces:
     """Used nonces as empty files C{<expires>-<nonce>} in one directory (mode 0700).
 
     Files of expired tickets are removed at most every L{SWEEP_INTERVAL} seconds; an
-    expired ticket is refused for its expiry, so its nonce need not be kept.
+    expired ticket is refused for its expiry, so its nonce need not be kept. After a
+    failed write the store is unavailable for L{RETRY_INTERVAL} seconds.
     """
 
     def __init__(self, directory: str, log: Logger | None = None) -> None:
@@ -67,8 +92,11 @@ class FileNonces:
             raise PermissionError(f"{directory} is not writable")
         self.directory = directory
         self._log = log or Logger()
-        self._fallback = MemoryNonces()
         self._next_sweep = 0.0
+        self._failed_until = 0.0
+
+    def available(self, now: float) -> bool:
+        return now >= self._failed_until
 
     def use(self, nonce: str, expires: int, now: float) -> bool:
         if not _NONCE.fullmatch(nonce):
@@ -83,13 +111,18 @@ class FileNonces:
         except FileExistsError:
             return False
         except OSError as e:
-            self._log.warn(
-                "Cannot record a sign-in ticket in {directory} ({error}); "
-                "single use holds for this process only",
-                directory=self.directory,
-                error=e.strerror or str(e),
-            )
-            return self._fallback.use(nonce, expires, now)
+            # Remembering it in this process only would let another --workers process
+            # take the same ticket again: refuse it.
+            if self.available(now):
+                self._log.warn(
+                    "Cannot record a sign-in ticket in {directory} ({error}): tickets "
+                    "are refused, proxy hosts ask for the password on their own page",
+                    directory=self.directory,
+                    error=e.strerror or str(e),
+                )
+            self._failed_until = now + RETRY_INTERVAL
+            return False
+        self._failed_until = 0.0
         return True
 
     def sweep(self, now: float) -> None:
@@ -107,15 +140,27 @@ class FileNonces:
                     pass
 
 
-def nonce_store(directory: str, log: Logger) -> NonceStore:
-    """A L{FileNonces} in C{directory}, or L{MemoryNonces} with a warning if it fails."""
+def nonce_store(directory: str, log: Logger, *, shared: bool = False) -> NonceStore:
+    """A L{FileNonces} in C{directory}; if it cannot be made, a warning and
+    L{MemoryNonces}, or L{NoNonces} when C{shared} (this is one of several processes).
+    """
     try:
         return FileNonces(directory, log)
     except OSError as e:
+        error = e.strerror or str(e)
+        if shared:
+            log.warn(
+                "Cannot keep used sign-in tickets in {directory} ({error}): with "
+                "--workers, sign-in tickets are off, and proxy hosts ask for the "
+                "password on their own page",
+                directory=directory,
+                error=error,
+            )
+            return NoNonces()
         log.warn(
-            "Cannot keep used sign-in tickets in {directory} ({error}): with --workers, "
-            "a ticket could be used once per process",
+            "Cannot keep used sign-in tickets in {directory} ({error}): they are kept "
+            "in memory (one process)",
             directory=directory,
-            error=e.strerror or str(e),
+            error=error,
         )
         return MemoryNonces()

@@ -205,9 +205,12 @@ def _quoted(value: str | bytes) -> bytes:
 class TicketResource(Resource):
     """C{/.portproxy/ticket?to=<URL on a proxy host>}, on the main host.
 
-    A bad C{to} gets 400 (never a redirect). A signed-out browser goes to the login
-    page with C{to} pointing back here; a signed-in one gets a fresh ticket for the
-    proxy host and is sent to that host's L{TicketAcceptResource}.
+    A bad C{to} gets 400 (never a redirect): see
+    L{ticket_destination<portproxy.auth.tickets.ticket_destination>}. A signed-out
+    browser goes to the login page with C{to} pointing back here; a signed-in one gets
+    a fresh ticket for the proxy host's origin and is sent to that host's
+    L{TicketAcceptResource} (or, when tickets cannot be kept single-use, to that
+    host's own login page).
     """
 
     isLeaf = True
@@ -231,11 +234,15 @@ class TicketResource(Resource):
             back = RESERVED_TICKET + b"?to=" + _quoted(to)
             login = auth.location(request, RESERVED_LOGIN)
             return redirect(request, login + b"?to=" + _quoted(back))
-        authority, path = target
-        scheme = to.split(":", 1)[0].lower()
+        destination, path = target
+        if not auth.tickets_available():
+            # No single use to be had (see portproxy.auth.nonces): the proxy host's
+            # own sign-in page, which is where its denials send browsers meanwhile.
+            login = f"{destination.url}{RESERVED_LOGIN.decode()}?to=".encode("ascii")
+            return redirect(request, login + _quoted(path))
         accept = (
-            f"{scheme}://{authority}/.portproxy/ticket/accept"
-            f"?t={auth.mint_ticket(authority)}&to="
+            f"{destination.url}/.portproxy/ticket/accept"
+            f"?t={auth.mint_ticket(destination)}&to="
         ).encode("ascii") + _quoted(path)
         return redirect(request, accept)
 
@@ -243,9 +250,10 @@ class TicketResource(Resource):
 class TicketAcceptResource(Resource):
     """C{/.portproxy/ticket/accept?t=<ticket>&to=<path>}, on a proxy host.
 
-    A valid ticket for exactly this host, unexpired and unused, becomes a host-only
-    session cookie, then a redirect to C{to} (a path on this host only). Anything else
-    gets 403 with a link to this host's own login page.
+    A valid ticket for exactly this origin (scheme, host and port), unexpired and
+    unused, becomes a host-only session cookie good on this origin only, then a
+    redirect to C{to} (a path on this host only). Anything else gets 403 with a link to
+    this host's own login page.
     """
 
     isLeaf = True
@@ -271,12 +279,14 @@ class TicketAcceptResource(Resource):
                 reason=found.value,
             )
             return self._refused(request, to)
+        bound = auth.request_origin(request)
+        assert bound is not None  # the ticket matched it
         request.responseHeaders.addRawHeader(
-            b"set-cookie", auth.session_cookie(request, host_only=True)
+            b"set-cookie", auth.session_cookie(request, bound=bound)
         )
         auth.log.info(
             "Signed in on {host} with a ticket from {address}",
-            host=found.authority,
+            host=found.origin,
             address=auth.client_address(request),
         )
         return redirect(request, auth.location(request, to))

@@ -7,11 +7,19 @@ C{{{host}}} patterns and hosts outside M's domain it cannot. A signed-out browse
 is then sent to M, which, for a signed-in user, hands back a ticket bound to P: a short
 signed value P exchanges once for a host-only session cookie.
 
-A ticket is C{t1.<authority>.<expires>.<nonce>.<mac>}: P's C{host[:port]} (lower-case,
-base64url), a Unix time, 16 random bytes (base64url) and an HMAC-SHA256 under a key
-derived from the password material with its own label, so that neither a session cookie
-nor a ticket can pass for the other. Single use is the caller's part: the nonce is
-recorded until the ticket expires (L{portproxy.auth.nonces}).
+A ticket is C{t2.<origin>.<expires>.<nonce>.<mac>}: P's origin (C{http://host:port},
+scheme included, port always written, base64url; see L{portproxy.auth.origins}), a Unix
+time, 16 random bytes (base64url) and an HMAC-SHA256 under a key derived from the
+password material with its own label, so that neither a session cookie nor a ticket
+can pass for the other. Single use is the caller's part: the nonce is recorded until
+the ticket expires (L{portproxy.auth.nonces}).
+
+M mints a ticket only for an origin with the scheme and port the browser used to reach
+M (so the browser carries it to this very listener, not to one someone else owns on
+another port, nor over plain HTTP from HTTPS), and only where P really signs in through
+M (L{ticket_destination}). The session a ticket gives is bound to P's origin
+(L{portproxy.auth.sessions}): an app on P, which can always read P's own URLs (a
+service worker), gains nothing beyond P.
 
 Everything here is pure: no clock, no randomness, no I/O; callers pass them in.
 """
@@ -30,6 +38,8 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from portproxy.auth.cookiepolicy import cookie_domain
+from portproxy.auth.origins import Origin, url_origin
+from portproxy.auth.redirects import safe_redirect_target
 from portproxy.auth.sessions import derive_key
 from portproxy.routing.domains import HOST, PORT, host_name
 from portproxy.routing.hosts import parse_authority
@@ -44,6 +54,7 @@ __all__ = [
     "TicketSigner",
     "main_host",
     "sign_in_base",
+    "ticket_destination",
 ]
 
 #: Seconds a ticket is valid: a redirect round trip, with room for a slow network.
@@ -56,7 +67,7 @@ NONCE_BYTES = 16
 TICKET_CONTEXT = b"portproxy sign-in ticket v1"
 
 _LAYOUT = re.compile(
-    rb"t1\.([A-Za-z0-9_-]{1,400})\.([0-9]{1,12})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})"
+    rb"t2\.([A-Za-z0-9_-]{1,400})\.([0-9]{1,12})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})"
 )
 _MAX_LENGTH = 3 + 401 + 13 + 23 + 43
 
@@ -67,15 +78,15 @@ class Refusal(enum.Enum):
     MALFORMED = "malformed"
     FORGED = "forged"
     EXPIRED = "expired"
-    WRONG_HOST = "minted for another host"
+    WRONG_HOST = "minted for another host, port or scheme"
     REPLAYED = "already used"
 
 
 @dataclass(frozen=True)
 class Ticket:
-    """A verified ticket: the host it is for, when it expires, its nonce."""
+    """A verified ticket: the origin it is for, when it expires, its nonce."""
 
-    authority: str
+    origin: str
     expires: int
     nonce: str
 
@@ -106,24 +117,27 @@ class TicketSigner:
     def _mac(self, payload: bytes) -> bytes:
         return _b64(hmac.new(self._key, payload, hashlib.sha256).digest())
 
-    def issue(self, authority: str, now: float, nonce: bytes) -> str:
-        """A ticket for C{authority} (C{host[:port]}), valid from C{now} for L{ttl} s.
+    def issue(self, origin: Origin | str, now: float, nonce: bytes) -> str:
+        """A ticket for C{origin} (C{scheme://host:port}), valid from C{now} for L{ttl} s.
 
         @param nonce: L{NONCE_BYTES} random bytes, never used for another ticket.
         """
         if len(nonce) != NONCE_BYTES:
             raise ValueError(f"a nonce is {NONCE_BYTES} bytes")
-        payload = b"t1.%s.%d.%s" % (
-            _b64(authority.lower().encode("ascii")),
+        payload = b"t2.%s.%d.%s" % (
+            _b64(str(origin).lower().encode("ascii")),
             int(now) + self.ttl,
             _b64(nonce),
         )
         return (payload + b"." + self._mac(payload)).decode("ascii")
 
     def verify(
-        self, token: str | bytes | None, authority: str, now: float
+        self, token: str | bytes | None, origin: Origin | str | None, now: float
     ) -> Ticket | Refusal:
-        """The ticket in C{token} if it was minted here for C{authority} and is fresh.
+        """The ticket in C{token} if it was minted here for C{origin} and is fresh.
+
+        @param origin: the request's origin (L{portproxy.auth.origins.origin});
+            C{None}, for a request whose origin cannot be told, matches no ticket.
 
         Never raises. The MAC is compared before anything else is looked at, so a
         forged value learns nothing from the answer's timing. Single use is not checked
@@ -142,7 +156,11 @@ class TicketSigner:
         if not hmac.compare_digest(self._mac(payload), match.group(4)):
             return Refusal.FORGED
         bound = _unb64(match.group(1))
-        if bound is None or bound.decode("ascii", "replace") != authority.lower():
+        if (
+            origin is None
+            or bound is None
+            or bound.decode("ascii", "replace") != str(origin).lower()
+        ):
             return Refusal.WRONG_HOST
         expires = int(match.group(2))
         if not now < expires <= now + self.ttl + MAX_CLOCK_SKEW:
@@ -238,3 +256,43 @@ def sign_in_base(
     if not redirect_allowed(proxy_authority, authority):
         return None
     return base
+
+
+def ticket_destination(
+    to: str,
+    here: Origin,
+    patterns: Sequence[str],
+    public_url: str | None,
+    *,
+    redirect_allowed: Callable[[str, str], bool],
+) -> tuple[Origin, str] | None:
+    """C{(origin, path)} of C{to} if the main host at C{here} may mint a ticket for it.
+
+    The rule of M's ticket endpoint, and what a proxy host checks before it sends a
+    browser there (no dead end). C{to} must be an absolute C{http(s)} URL that the
+    login's C{to} rule lets through (a proxy host a redirect from C{here} may reach,
+    clean host labels, so no trailing dot), with C{here}'s scheme and port, and its
+    sign-in base (L{sign_in_base}) must be C{here} itself: a host the main host's
+    cookie covers needs no ticket, and a host that signs in elsewhere gets none from
+    here. C{None} otherwise. The path keeps its query.
+    """
+    checked = safe_redirect_target(
+        to, allowed_host=lambda authority: redirect_allowed(authority, here.host)
+    )
+    if checked != to or to.startswith("/"):
+        return None
+    target = url_origin(to)
+    if target is None or target == here:
+        return None
+    if (target.scheme, target.port) != (here.scheme, here.port):
+        return None
+    parts = urlsplit(to)
+    base = sign_in_base(
+        parts.netloc, target.scheme, patterns, public_url, redirect_allowed=redirect_allowed
+    )
+    if base is None or url_origin(base) != here:
+        return None
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return target, path

@@ -74,7 +74,6 @@ def build_instance(
         build_authenticator,
     )
     from portproxy.auth.redirects import forwarded_prefix
-    from portproxy.runtime.handoff import WORKER_ENV
 
     heartbeat = Heartbeat(reactor)
     own_ports: set[int] = set()

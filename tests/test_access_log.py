@@ -14,7 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import pytest
 from hypothesis import given
@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.logger import (
+    ILogObserver,
     LogLevel,
     formatEvent,
     formatEventAsClassicLogText,
@@ -31,6 +32,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
 
+from portproxy.net.reactor import ISiteReactor
 from portproxy.web.accesslog import (
     FileSink,
     LogClock,
@@ -130,7 +132,7 @@ class Lines:
 
 def _request(name: str) -> http.Request:
     client, method, uri, proto, code, sent, referrer, agent = CASES[name]
-    request = http.Request(DummyChannel())
+    request = http.Request(cast(http.HTTPChannel, DummyChannel()))
     request.client = client
     request.method, request.uri, request.clientproto = method, uri, proto
     request.code, request.sentLength = code, sent
@@ -141,10 +143,25 @@ def _request(name: str) -> http.Request:
     return request
 
 
+def _observer(events: list[dict[str, Any]]) -> ILogObserver:
+    """C{events.append} as the log observer it is (a plain callable to mypy)."""
+    return cast(ILogObserver, events.append)
+
+
+def _site_reactor(clock: Clock) -> ISiteReactor:
+    """A task Clock stands in for the reactor: the site only schedules calls on it."""
+    return cast(ISiteReactor, clock)
+
+
 def _site(access_log: str, sink: Any) -> ProxySite:
     clock = Clock()
     clock.advance(T)
-    return ProxySite(Resource(), reactor=clock, access_log=access_log, access_log_sink=sink)
+    return ProxySite(
+        Resource(),
+        reactor=_site_reactor(clock),
+        access_log=access_log,
+        access_log_sink=sink,
+    )
 
 
 @pytest.mark.parametrize(("fmt", "case"), sorted(BEFORE))
@@ -270,7 +287,7 @@ def test_the_log_clock_formats_once_per_second_and_follows_the_clock() -> None:
 
 def test_without_a_reactor_each_line_is_one_info_event_in_the_namespace() -> None:
     events: list[dict[str, Any]] = []
-    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, events.append, clock=lambda: T)
+    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, _observer(events), clock=lambda: T)
     sink.write('a "line" with {braces}')
     sink.write("another")
     assert [formatEvent(e) for e in events] == ['a "line" with {braces}', "another"]
@@ -285,7 +302,7 @@ def test_without_a_reactor_each_line_is_one_info_event_in_the_namespace() -> Non
 def test_a_line_alone_in_its_reactor_turn_is_one_event_as_before() -> None:
     clock = Clock()
     events: list[dict[str, Any]] = []
-    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, events.append, reactor=clock)
+    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, _observer(events), reactor=clock)
     sink.write("GET one")
     assert events == [], "written at the end of the reactor turn"
     clock.advance(0)
@@ -300,7 +317,7 @@ def test_the_lines_of_one_reactor_turn_go_out_as_one_event() -> None:
     # keeps the observers' per-event cost off each request.
     clock = Clock()
     events: list[dict[str, Any]] = []
-    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, events.append, reactor=clock)
+    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, _observer(events), reactor=clock)
     for i in range(3):
         sink.write(f"GET /{i}")
     clock.advance(0)
@@ -315,7 +332,9 @@ def test_the_lines_of_one_reactor_turn_go_out_as_one_event() -> None:
 def test_a_turn_with_many_lines_is_cut_into_bounded_events() -> None:
     clock = Clock()
     events: list[dict[str, Any]] = []
-    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, events.append, reactor=clock, max_lines=4)
+    sink = TwistedLogSink(
+        ACCESS_LOG_NAMESPACE, _observer(events), reactor=clock, max_lines=4
+    )
     for i in range(10):
         sink.write(f"{i}")
     assert [e["line"] for e in events] == ["0\n1\n2\n3", "4\n5\n6\n7"]
@@ -328,17 +347,17 @@ def test_the_sites_lines_reach_the_twisted_log_at_the_end_of_the_turn() -> None:
     from twisted.logger import globalLogPublisher
 
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(_observer(events))
     try:
         clock = Clock()
         clock.advance(T)
-        site = ProxySite(Resource(), reactor=clock)
+        site = ProxySite(Resource(), reactor=_site_reactor(clock))
         site.log(_request("plain"))
         site.log(_request("websocket"))
         assert not [e for e in events if e.get("log_namespace") == ACCESS_LOG_NAMESPACE]
         clock.advance(0)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(_observer(events))
     [event] = [e for e in events if e.get("log_namespace") == ACCESS_LOG_NAMESPACE]
     assert event["line"].split("\n") == [
         BEFORE["combined", "plain"],
@@ -358,7 +377,9 @@ def test_the_twisted_log_event_keeps_the_fields_twists_json_output_had() -> None
         def flush(self) -> None:
             pass
 
-    sink = TwistedLogSink(ACCESS_LOG_NAMESPACE, jsonFileLogObserver(Out()), clock=lambda: T)
+    sink = TwistedLogSink(
+        ACCESS_LOG_NAMESPACE, jsonFileLogObserver(cast(IO[Any], Out())), clock=lambda: T
+    )
     sink.write(BEFORE["combined", "plain"])
     event = json.loads(out[0].strip("\x1e\n"))
     assert event["line"] == BEFORE["combined", "plain"]
@@ -368,7 +389,7 @@ def test_the_twisted_log_event_keeps_the_fields_twists_json_output_had() -> None
 
 
 def test_the_sites_default_sink_is_the_twisted_log() -> None:
-    site = ProxySite(Resource(), reactor=Clock())
+    site = ProxySite(Resource(), reactor=_site_reactor(Clock()))
     assert isinstance(site._access_log, TwistedLogSink)
     assert site._access_log.namespace == ACCESS_LOG_NAMESPACE
 
@@ -529,7 +550,7 @@ def test_a_write_error_is_logged_once_and_never_raised(clock: Clock) -> None:
     events: list[dict[str, Any]] = []
     from twisted.logger import Logger
 
-    log = Logger(observer=events.append, namespace="portproxy.accesslog")
+    log = Logger(observer=_observer(events), namespace="portproxy.accesslog")
     sink = FileSink("/dev/full", reactor=clock, log=log)  # every write: ENOSPC
     for _ in range(3):
         sink.write("lost")
@@ -551,6 +572,80 @@ def test_a_folder_that_cannot_hold_the_file_stops_start_up(tmp_path: Path) -> No
     )
     with pytest.raises(StartupError, match="--access-log-file"):
         build_service(config, environ={}, reactor=Clock())  # type: ignore[arg-type]
+
+
+# -- sign-in tickets never reach the log ------------------------------------------------
+
+
+def _logged_uri(uri: bytes, fmt: str = "combined") -> str:
+    line = {"combined": combined_line, "json": json_line}[fmt]
+    text = line("127.0.0.1", "[t]", b"GET", uri, b"HTTP/1.1", 302, 0, None, None)
+    if fmt == "json":
+        return str(json.loads(text)["uri"])
+    return text.split('"')[3].split(" ")[1]
+
+
+@pytest.mark.parametrize("fmt", ["combined", "json"])
+@pytest.mark.parametrize(
+    ("uri", "logged"),
+    [
+        (
+            b"/.portproxy/ticket/accept?t=v1.SECRET.sig&to=%2Fx",
+            "/.portproxy/ticket/accept?t=[redacted]&to=%2Fx",
+        ),
+        (
+            b"/.portproxy/ticket/accept?to=/&t=SECRET",
+            "/.portproxy/ticket/accept?to=/&t=[redacted]",
+        ),
+        # Every spelling that reaches the ticket page (its path matches without case,
+        # an absolute-form target is reduced to it, Twisted reads ';' and %-escapes).
+        (b"/.PortProxy/Ticket/Accept?t=SECRET", "/.PortProxy/Ticket/Accept?t=[redacted]"),
+        (
+            b"http://5173.dev.test/.portproxy/ticket/accept?t=SECRET",
+            "http://5173.dev.test/.portproxy/ticket/accept?t=[redacted]",
+        ),
+        (
+            b"/.portproxy/ticket/accept?x=1;%74=SECRET&t=SECRET2#f",
+            "/.portproxy/ticket/accept?x=1;%74=[redacted]&t=[redacted]",
+        ),
+        (b"/.portproxy/ticket/accept?t=a=SECRET", "/.portproxy/ticket/accept?t=[redacted]"),
+    ],
+)
+def test_the_ticket_in_the_accept_url_is_redacted_and_the_rest_kept(
+    fmt: str, uri: bytes, logged: str
+) -> None:
+    assert _logged_uri(uri, fmt) == logged
+    assert "SECRET" not in _logged_uri(uri, fmt)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        b"/proxy/5173/?t=kept",  # an app's own t parameter
+        b"/proxy/5173/.portproxy/ticket/accept?t=kept",  # the app's path, not ours
+        b"/.portproxy/ticket?t=kept",
+        b"/.portproxy/ticket/accept/?t=kept",
+        b"/.portproxy/ticket/accept?tt=kept&xt=kept",
+    ],
+)
+def test_other_urls_with_a_t_parameter_are_logged_as_they_came(uri: bytes) -> None:
+    assert _logged_uri(uri) == uri.decode()
+
+
+async def test_a_ticket_accept_request_is_logged_without_its_ticket(
+    make_proxy: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "access.log"
+    proxy = make_proxy(
+        access_log="combined", access_log_file=str(path), data_dir=str(tmp_path / "d")
+    )
+    await raw_request(
+        proxy.port, get(b"/.portproxy/ticket/accept?t=v1.SECRET.sig&to=%2Fapp%2F")
+    )
+    proxy.instance.access_log.close()
+    line = path.read_text()
+    assert '"GET /.portproxy/ticket/accept?t=[redacted]&to=%2Fapp%2F HTTP/1.1"' in line
+    assert "SECRET" not in line
 
 
 # -- wired into a running instance -----------------------------------------------------------

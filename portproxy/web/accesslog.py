@@ -22,14 +22,19 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
 from types import FrameType
 from typing import Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 
+from portproxy.auth.guard import RESERVED_TICKET_ACCEPT
+from portproxy.routing.routes import split_target
+
 __all__ = [
     "FLUSH_BYTES",
     "FLUSH_SECONDS",
+    "REDACTED",
     "FileSink",
     "LogClock",
     "ReopenOnSignal",
@@ -39,6 +44,7 @@ __all__ = [
     "escape",
     "json_line",
     "log_timestamp",
+    "log_uri",
 ]
 
 #: A file sink writes its buffer once it holds this many characters...
@@ -102,6 +108,37 @@ def escape(value: bytes) -> str:
     return text[1:-1]
 
 
+#: What a sign-in ticket's value is logged as.
+REDACTED = b"[redacted]"
+
+
+def log_uri(uri: bytes) -> bytes:
+    """C{uri} as the access log records it: the sign-in ticket page's C{t} redacted.
+
+    C{/.portproxy/ticket/accept?t=<ticket>} carries a ticket that signs a browser in
+    on a proxy host; a log reader must not be able to replay one. Every C{t} of that
+    page's query (names read as Twisted reads them: split on C{&} and C{;},
+    %-decoded, C{+} as a space) is logged as C{t=[redacted]}; the rest, and every
+    other URI, byte for byte. Almost every URI holds no C{/.} and is returned after
+    one substring search.
+    """
+    if b"/." not in uri or b"?" not in uri:
+        return uri
+    if split_target(uri)[0].lower() != RESERVED_TICKET_ACCEPT:
+        return uri
+    head, _, query = uri.partition(b"?")
+    items = []
+    for part in query.split(b"&"):
+        pieces = []
+        for item in part.split(b";"):
+            name, eq, _value = item.partition(b"=")
+            if eq and unquote_to_bytes(name.replace(b"+", b" ")) == b"t":
+                item = name + b"=" + REDACTED
+            pieces.append(item)
+        items.append(b";".join(pieces))
+    return head + b"?" + b"&".join(items)
+
+
 def combined_line(
     client: str | None,
     timestamp: str,
@@ -115,6 +152,8 @@ def combined_line(
 ) -> str:
     """One line of the combined log format (C{"-"} for what is unknown or empty).
 
+    The URI is the one L{log_uri} gives: a sign-in ticket is never logged.
+
     @param client: the peer's IP address, C{None} when it has none (a UNIX socket).
     @param length: the body bytes sent.
     """
@@ -122,7 +161,7 @@ def combined_line(
         escape(client.encode("ascii")) if client is not None else "-",
         timestamp,
         escape(method),
-        escape(uri),
+        escape(log_uri(uri)),
         escape(protocol),
         status,
         length or "-",
@@ -143,7 +182,8 @@ def json_line(
     agent: bytes | None,
 ) -> str:
     """One JSON object: what C{json.dumps} makes of the fields (bytes read as
-    Latin-1, absent headers as C{""}), built without the dict and the encoder."""
+    Latin-1, absent headers as C{""}), built without the dict and the encoder; the
+    URI as L{log_uri} gives it."""
     q = encode_basestring_ascii
     return (
         '{"time": %s, "client": %s, "method": %s, "uri": %s, "protocol": %s, '
@@ -152,7 +192,7 @@ def json_line(
             q(timestamp),
             q(client if client is not None else "-"),
             q(method.decode("latin-1")),
-            q(uri.decode("latin-1")),
+            q(log_uri(uri).decode("latin-1")),
             q(protocol.decode("latin-1")),
             status,
             length,

@@ -27,7 +27,7 @@ from portproxy.runtime.service import ListeningService, PortProxyService
 from portproxy.web.accesslog import FileSink, ReopenOnSignal
 from portproxy.web.api import API_PREFIX, ApiResource
 from portproxy.web.health import Heartbeat
-from portproxy.web.home import IndexResource
+from portproxy.web.home import IndexResource, proc_ports_of
 from portproxy.web.root import PortProxyRoot
 from portproxy.web.site import ProxySite
 
@@ -122,7 +122,7 @@ def build_instance(
     index = IndexResource(
         is_signed_in=authenticator.is_signed_in,
         deny=lambda request: authenticator.deny(request, original_url=request.uri),
-        own_ports=own_ports,
+        ports_of=proc_ports_of(own_ports),
         view_of=view_of,
         domains=DomainMatcher(config.proxy_domains),
     )

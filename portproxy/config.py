@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_LISTEN",
+    "DEFAULT_MAX_SHARE_TTL",
     "Config",
     "StartupError",
     "env_flag",
@@ -27,6 +28,8 @@ DEFAULT_UPSTREAM_TIMEOUT = 60.0
 DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_SEND_TIMEOUT = 60.0
 DEFAULT_MAX_CONNECTIONS = 10000
+#: C{--max-share-ttl}'s default: 30 days.
+DEFAULT_MAX_SHARE_TTL = 30 * 86400.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -89,6 +92,10 @@ class Config:
     compress: bool = True
     #: C{--access-log-file}: write the access log to this file instead of the log.
     access_log_file: str | None = None
+    #: C{--public-port}: ports open without sign-in unless set private at run time.
+    public_ports: tuple[int, ...] = ()
+    #: C{--max-share-ttl}: the longest a share link may live, in seconds.
+    max_share_ttl: float = DEFAULT_MAX_SHARE_TTL
 
 
 def normalize_base_path(value: str) -> bytes:

@@ -227,6 +227,12 @@ class Options(usage.Options):
             "Print the public URL of this port (for apps and scripts) and exit.",
         ],
         [
+            "max-share-ttl",
+            None,
+            "30d",
+            "Longest lifetime of a share link (e.g. 2h, 30d, or seconds).",
+        ],
+        [
             "workers",
             None,
             "1",
@@ -255,6 +261,7 @@ class Options(usage.Options):
         self["trusted-origins"] = []
         self["trusted-proxies"] = []
         self["cert-host"] = []
+        self["public-port"] = []
         self.environ: Mapping[str, str] = os.environ
         self._refused: list[str] = []
 
@@ -273,6 +280,11 @@ class Options(usage.Options):
     def opt_trusted_proxies(self, cidr: str) -> None:
         """Peer (CIDR) whose X-Forwarded-*/Forwarded headers are believed, repeatable."""
         self["trusted-proxies"].append(cidr)
+
+    def opt_public_port(self, port: str) -> None:
+        """A port open without sign-in (until made private on the home page); repeat
+        for more."""
+        self["public-port"].append(port)
 
     def opt_cert_host(self, hosts: str) -> None:
         """Name or IP of --self-signed, repeatable, comma-separated (default localhost)."""
@@ -453,9 +465,28 @@ def build_config(options: Mapping[str, Any], environ: Mapping[str, str]) -> Conf
         workers=workers,
         **tls_fields,
     )
+    fields.update(_sharing_fields(options))
     if options["data-dir"]:
         fields["data_dir"] = os.path.abspath(os.path.expanduser(options["data-dir"]))
     return Config(**fields)
+
+
+def _sharing_fields(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check C{--public-port} and C{--max-share-ttl} (SPEC 12) for L{Config}."""
+    from portproxy.routing.routes import parse_port
+    from portproxy.sharing.durations import parse_duration
+
+    ports = []
+    for value in options.get("public-port") or ():
+        port = parse_port(value.strip())
+        if port is None:
+            raise usage.UsageError(f"--public-port: {value!r} is not a port (1-65535)")
+        ports.append(port)
+    try:
+        max_ttl = parse_duration(options.get("max-share-ttl") or "30d")
+    except ValueError as e:
+        raise usage.UsageError(f"--max-share-ttl: {e}") from None
+    return {"public_ports": tuple(sorted(set(ports))), "max_share_ttl": max_ttl}
 
 
 def _tls_fields(options: Mapping[str, Any]) -> dict[str, Any]:

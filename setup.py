@@ -39,6 +39,10 @@ setup(
         # with smaller JavaScript; wheels for Linux, macOS and Windows. Imported
         # lazily; without it portproxy sends gzip (docs/performance.rst).
         "brotli>=1.1",
+        # The home page's ports (SPEC 13): the process, command line and cwd behind
+        # each listening port, portably (it reads /proc on Linux, and asks the OS on
+        # macOS and Windows, where there is no /proc to read).
+        "psutil>=5.9",
     ],
     extras_require={
         # Kept so that `pip install 'portproxy[http2]'` from older docs still works;

@@ -7,6 +7,7 @@ exactly the same instance.
 
 from __future__ import annotations
 
+import getopt
 import os
 import sys
 from collections.abc import Mapping
@@ -90,12 +91,103 @@ class UrlOptions(usage.Options):
         self.args = args
 
 
+class _AnyOrderOptions(usage.Options):
+    """Options that may come after the arguments (C{share 5173 --ttl 2h}), as in GNU
+    tools: Twisted's parser stops at the first argument, so they are moved first."""
+
+    command_name = ""
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        if options is None:
+            options = sys.argv[1:]
+        try:
+            found, arguments = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            # One line naming the option, not the whole help text.
+            sys.stderr.write(f"portproxy: error: {self.command_name}: {e}\n")
+            raise SystemExit(EX_USAGE) from None
+        ordered: list[str] = []
+        for name, value in found:
+            if name.startswith("--"):
+                takes = name[2:] + "=" in self.longOpt
+                ordered.append(f"{name}={value}" if takes else name)
+            else:
+                ordered.append(name + value)
+        super().parseOptions([*ordered, "--", *arguments])
+
+
+class ShareOptions(_AnyOrderOptions):
+    """C{twist portproxy share PORT ...}: make, list or revoke share links (SPEC 12)."""
+
+    command_name = "share"
+    synopsis = (
+        "PORT [--path P] [--methods GET,HEAD] [--ttl 2h] [--route R] | --list | --revoke ID"
+    )
+    longdesc = (
+        "Print a share link that opens PORT (and only PORT) without the password, "
+        "for --ttl (default 24h, at most --max-share-ttl); the running instance "
+        "honours it within 2 s. See docs/sharing.rst."
+    )
+    optFlags = [["list", None, "List the active share links (tab-separated) and exit."]]
+    optParameters = [
+        ["path", None, "/", "Path prefix the link opens."],
+        ["methods", None, None, "Comma-separated methods the link allows (default all)."],
+        ["ttl", None, None, "Lifetime: seconds, or 30m, 2h, 7d (default 24h)."],
+        [
+            "route",
+            None,
+            None,
+            "URL the link opens: proxy, absproxy or domain "
+            "(default: domain with --proxy-domain, else proxy).",
+        ],
+        ["revoke", None, None, "Revoke the share link with this id and exit."],
+    ]
+
+    def parseArgs(self, *args: str) -> None:
+        self.args = args
+
+
+class TokenOptions(_AnyOrderOptions):
+    """C{twist portproxy token NAME --port P ...}: make, list or revoke machine tokens."""
+
+    command_name = "token"
+    synopsis = (
+        "NAME --port P [--port P2] [--path P] [--methods M] [--ttl 30d] | --list | "
+        "--revoke ID"
+    )
+    longdesc = (
+        "Print the secret (ppt_...) of a new token named NAME for the --port(s) given: "
+        "send it as Authorization: Bearer, as the Basic password or as "
+        "X-Portproxy-Token. It is shown once. See docs/sharing.rst."
+    )
+    optFlags = [["list", None, "List the tokens (tab-separated, never a secret) and exit."]]
+    optParameters = [
+        ["path", None, "/", "Path prefix the token opens."],
+        ["methods", None, None, "Comma-separated methods the token allows (default all)."],
+        ["ttl", None, None, "Lifetime: seconds, or 30m, 2h, 30d (default: no expiry)."],
+        ["revoke", None, None, "Revoke the token with this id and exit."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = []
+
+    def opt_port(self, port: str) -> None:
+        """A port the token opens, repeatable."""
+        self["port"].append(port)
+
+    def parseArgs(self, *args: str) -> None:
+        self.args = args
+
+
 class Options(usage.Options):
     """Options of C{twist portproxy}; see docs/options.rst."""
 
     synopsis = "[options]"
     subCommands = [
         ["url", None, UrlOptions, "Print the public URLs of a port and exit."],
+        ["share", None, ShareOptions, "Print a share link for a port (--list, --revoke)."],
+        ["token", None, TokenOptions, "Print a new machine token (or --list, --revoke)."],
     ]
     longdesc = (
         "Open web apps that listen on local ports through one signed-in address: "
@@ -323,6 +415,8 @@ class Options(usage.Options):
             raise SystemExit(EX_USAGE) from None
         if self.subCommand == "url":
             self._url_command()
+        if self.subCommand in ("share", "token"):
+            self._sharing_command(self.subCommand)
         if self["print-url"] is not None:
             self._print_url(self["print-url"], name="--print-url")
         if self["print-auth-cookie"]:
@@ -361,6 +455,26 @@ class Options(usage.Options):
             lines += [u for u in (urls["proxy"], urls["absproxy"]) if u != first]
         sys.stdout.write("".join(line + "\n" for line in lines))
         sys.stdout.flush()
+        raise SystemExit(0)
+
+    def _sharing_command(self, name: str) -> None:
+        """Run C{share} or C{token} on this configuration's data dir and password."""
+        from portproxy.runtime.sharecli import CommandError, share_command, token_command
+
+        command = share_command if name == "share" else token_command
+        try:
+            output = command(
+                self.config, self.environ, self.subOptions, self.subOptions.args
+            )
+        except CommandError as e:
+            sys.stderr.write(f"portproxy: error: {e}\n")
+            raise SystemExit(EX_USAGE) from None
+        except (ValueError, OSError) as e:  # StartupError: the password's source
+            sys.stderr.write(f"portproxy: error: {name}: {e}\n")
+            raise SystemExit(1) from None
+        sys.stdout.write("".join(line + "\n" for line in output.stdout))
+        sys.stdout.flush()
+        sys.stderr.write("".join(line + "\n" for line in output.stderr))
         raise SystemExit(0)
 
     def _url_command(self) -> None:

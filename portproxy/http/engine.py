@@ -33,7 +33,7 @@ from portproxy.http.compress import (
     header_edits,
     new_encoder,
 )
-from portproxy.http.errorpages import write_error
+from portproxy.http.errorpages import RELOAD_AFTER, nothing_listening_hint, write_error
 from portproxy.http.headers import (
     ClientView,
     forward_request_headers,
@@ -574,7 +574,15 @@ class _Exchange:
             self.request.setHeader(b"retry-after", b"1")
             self._answer(503, "Too many open connections to apps")
         elif failure.check(ConnectionRefusedError):
-            self._answer(502, f"Nothing is listening on port {port}")
+            # A browser's page waits for the app (SPEC 9): it reloads itself until
+            # the app listens. Only a GET can be repeated like that.
+            waits = self.request.method in (b"GET", b"HEAD")
+            self._answer(
+                502,
+                f"Nothing is listening on port {port}",
+                hint=nothing_listening_hint(port) if waits else None,
+                reload_after=RELOAD_AFTER if waits else None,
+            )
         else:
             self._answer(502, f"Could not connect to port {port}")
 
@@ -607,11 +615,18 @@ class _Exchange:
             if connection.owner is self:
                 connection.abort()
 
-    def _answer(self, status: int, message: str) -> None:
+    def _answer(
+        self,
+        status: int,
+        message: str,
+        *,
+        hint: str | None = None,
+        reload_after: int | None = None,
+    ) -> None:
         self._stop_timer()
         self.state = _GONE
         request = self.request
-        body = write_error(request, status, message)
+        body = write_error(request, status, message, hint=hint, reload_after=reload_after)
         request.write(body)
         request.finish()
 

@@ -110,6 +110,8 @@ class RunningProxy:
             if transport is not None:
                 transport.abortConnection()
         _settle(0.01)
+        if getattr(self.instance, "ports", None) is not None:
+            self.instance.ports.close()  # the ports watcher's poll timer, if watched
         pytest_twisted.blockon(self.instance.engine.close())
 
 

@@ -27,7 +27,8 @@ from portproxy.runtime.service import ListeningService, PortProxyService
 from portproxy.web.accesslog import FileSink, ReopenOnSignal
 from portproxy.web.api import API_PREFIX, ApiResource
 from portproxy.web.health import Heartbeat
-from portproxy.web.home import IndexResource, proc_ports_of
+from portproxy.web.home import IndexResource
+from portproxy.web.portsapi import PortsApi, build_ports_api
 from portproxy.web.root import PortProxyRoot
 from portproxy.web.site import ProxySite
 
@@ -54,6 +55,8 @@ class Instance:
     access_log: FileSink | None = None
     #: The JSON API under C{/.portproxy/api/}; features add their routes to it.
     api: ApiResource | None = None
+    #: The ports API and its watcher (SPEC 13); stopped with the service.
+    ports: PortsApi | None = None
 
 
 def build_instance(
@@ -119,10 +122,16 @@ def build_instance(
     )
     login = LoginResource(authenticator)
     logout = LogoutResource(authenticator)
+    ports = build_ports_api(
+        reactor,
+        own_ports=own_ports,
+        view_of=view_of,
+        domains=DomainMatcher(config.proxy_domains),
+    )
     index = IndexResource(
         is_signed_in=authenticator.is_signed_in,
         deny=lambda request: authenticator.deny(request, original_url=request.uri),
-        ports_of=proc_ports_of(own_ports),
+        ports_of=ports.watcher.ports_of,
         view_of=view_of,
         domains=DomainMatcher(config.proxy_domains),
     )
@@ -142,6 +151,7 @@ def build_instance(
         view_of=view_of,
     )
     reserved[API_PREFIX] = api
+    ports.install(api)
     rewrite_host = _host_rewrite(config, authenticator.is_signed_in)
     engine = ProxyEngine(
         reactor,
@@ -203,6 +213,7 @@ def build_instance(
         own_ports,
         access_log=access_log,
         api=api,
+        ports=ports,
     )
 
 
@@ -260,6 +271,8 @@ def build_service(
 
     def close_then_log() -> Deferred[None]:
         # The access log is written out last, once the running requests are logged.
+        if instance.ports is not None:
+            instance.ports.close()  # event streams end, the watcher's timers stop
         return instance.engine.close().addBoth(
             lambda result: instance.site.close_access_log()
         )

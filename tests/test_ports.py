@@ -7,7 +7,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
@@ -380,7 +379,6 @@ def test_entries_group_addresses_and_take_label_and_access_from_hooks() -> None:
         found,
         {},
         own_ports={8080},
-        own_pid=1,
         label_of=lambda port: "web" if port == 5173 else None,
         access_of=lambda port: "public",
     )
@@ -406,10 +404,11 @@ def test_entries_group_addresses_and_take_label_and_access_from_hooks() -> None:
     assert entries[1]["pid"] is None and entries[1]["user"] == "dev"
 
 
-@pytest.mark.parametrize("own_pid", [True, False])
-def test_sockets_of_this_process_are_self_even_on_ports_not_listed(own_pid: bool) -> None:
+def test_only_portproxys_own_listeners_are_self_not_other_sockets_of_its_process() -> None:
     listener = Listener(9999, "127.0.0.1", "ipv4", 0, 1)
-    info = ProcessInfo(5 if own_pid else 6, "python", None, None, None)
+    info = ProcessInfo(os.getpid(), "python", None, None, None)
     found = Found((listener,), {listener: info}, {listener: None})
-    (entry,) = build_entries(found, {}, own_ports=set(), own_pid=5)
-    assert entry["self"] is own_pid
+    (entry,) = build_entries(found, {}, own_ports=set())
+    assert entry["self"] is False
+    (entry,) = build_entries(found, {}, own_ports={9999})
+    assert entry["self"] is True

@@ -12,7 +12,6 @@ client used and are added per request (L{with_urls}).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Collection
 from typing import Any, Literal, TypeVar
 
@@ -60,7 +59,6 @@ def build_entries(
     probes: dict[int, ProbeResult],
     *,
     own_ports: Collection[int],
-    own_pid: int,
     label_of: Callable[[int], str | None] = _no_label,
     access_of: Callable[[int], Access] = _private,
 ) -> list[Entry]:
@@ -78,7 +76,9 @@ def build_entries(
         )
         owner = next((found.owners[x] for x in listeners if x in found.owners), None)
         user = next((found.users.get(x) for x in listeners if found.users.get(x)), None)
-        is_self = port in own_ports or (owner is not None and owner.pid == own_pid)
+        # Only the listeners portproxy opened: an app in the same process (a test's
+        # upstream, a .tac with other services) is still an app.
+        is_self = port in own_ports
         probe = None if is_self else probes.get(port)
         entries.append(
             {
@@ -131,7 +131,6 @@ class PortsWatcher:
         probe: Callable[..., Deferred[ProbeResult]] | None,
         own_ports: Collection[int],
         discovery: Discovery | None = None,
-        own_pid: int | None = None,
         interval: float = INTERVAL,
         linger: float = LINGER,
     ) -> None:
@@ -140,7 +139,6 @@ class PortsWatcher:
         self._probe = probe
         self._own_ports = own_ports
         self._discovery = discovery if discovery is not None else Discovery()
-        self._own_pid = os.getpid() if own_pid is None else own_pid
         self._interval = interval
         self._linger = linger
         #: Hooks of the sharing feature: a port's label and its access level.
@@ -212,7 +210,6 @@ class PortsWatcher:
                     self._discovery.partial(listeners),
                     self._probe_results,
                     own_ports=self._own_ports,
-                    own_pid=self._own_pid,
                     label_of=self.label_of,
                     access_of=self.access_of,
                 )
@@ -314,7 +311,6 @@ class PortsWatcher:
             found,
             self._probe_results,
             own_ports=self._own_ports,
-            own_pid=self._own_pid,
             label_of=self.label_of,
             access_of=self.access_of,
         )

@@ -88,7 +88,7 @@ def open_state(config: Config, environ: Mapping[str, str]) -> SharingState:
         log=Logger(namespace="portproxy.sharing"),
     )
     if state is None:
-        raise CommandError("needs --auth password: with --auth none every port is open")
+        raise ValueError("needs --auth password: with --auth none every port is open")
     return state
 
 

@@ -112,8 +112,9 @@ def test_an_apps_service_worker_that_steals_its_hosts_ticket_gets_that_host_only
         page.press("input[type=password]", "Enter")
     assert urlsplit(page.url).path != "/login", "the password was not accepted"
 
-    # The victim opens the app once; the app does the rest.
-    page.goto(f"http://{evil.port}.localhost:{proxy.port}/")
+    # The victim opens the app once; the app does the rest. Its script navigates on
+    # its own (a reload, then the ticket trip), maybe before "load": wait for the end.
+    page.goto(f"http://{evil.port}.localhost:{proxy.port}/", wait_until="commit")
     page.wait_for_selector("#stolen")
     stolen = json.loads(page.locator("#stolen").inner_text())
 

@@ -149,6 +149,7 @@ border:1px solid currentColor}
 .badge.self{color:#59636e}
 .facts{margin:.75rem 0 0;display:grid;grid-template-columns:max-content minmax(0,1fr);
 gap:.2rem .9rem}
+.facts>div{display:contents}
 .facts dt{color:#59636e}
 .facts dd{margin:0;min-width:0}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em}
@@ -168,8 +169,7 @@ color:#59636e;font-size:.9rem}
 .empty{background:#fff;border-radius:.5rem;padding:1.5rem 1.25rem;
 box-shadow:0 1px 4px rgba(0,0,0,.15)}
 .offscreen{position:fixed;left:-9999px;top:0}
-@media (max-width:30rem){.facts{grid-template-columns:minmax(0,1fr)}
-.facts dd{margin-bottom:.3rem}.port{padding:.9rem}}
+@media (max-width:30rem){.facts{gap:.2rem .6rem}.port{padding:.9rem}}
 """
 
 # The live part. Every value goes in through textContent or an attribute: never HTML.
@@ -189,6 +189,7 @@ _SCRIPT = r"""
     if (text !== undefined && text !== null) { e.textContent = String(text); }
     return e;
   }
+  var FAMILIES = {ipv4: "IPv4", ipv6: "IPv6"};
   function known(v) { return v !== undefined && v !== null && v !== ""; }
   function quote(arg) {
     arg = String(arg);
@@ -251,7 +252,7 @@ _SCRIPT = r"""
     }
     li.appendChild(top);
     var dl = el("dl", "facts");
-    fact(dl, "HTTP", httpText(p));
+    if (!p.self) { fact(dl, "HTTP", httpText(p)); }
     if (known(p.command)) {
       var full = command(p.command);
       var code = el("code", "cmd", full);
@@ -262,7 +263,8 @@ _SCRIPT = r"""
     fact(dl, "Directory", p.cwd);
     fact(dl, "User", p.user);
     var addresses = (p.addresses || []).map(function (a) {
-      return known(a.family) ? a.address + " (" + a.family + ")" : a.address;
+      var family = FAMILIES[a.family] || a.family;
+      return known(family) ? a.address + " (" + family + ")" : a.address;
     });
     fact(dl, "Listens on", addresses.join(", "));
     li.appendChild(dl);
@@ -330,6 +332,10 @@ _SCRIPT = r"""
   Array.prototype.forEach.call(document.querySelectorAll("button.copy"),
     function (b) { b.hidden = false; });
 
+  function state(name, text) {
+    live.setAttribute("data-state", name);
+    live.textContent = text;
+  }
   if (!window.EventSource) { return; }
   var source = new EventSource(events);
   source.addEventListener("ports", function (event) {
@@ -337,12 +343,15 @@ _SCRIPT = r"""
     try { entries = JSON.parse(event.data); } catch (e) { return; }
     if (!Array.isArray(entries)) { return; }
     render(entries);
-    live.textContent = "Live: the list follows ports as they open and close.";
+    state("live", "Live: the list follows ports as they open and close.");
   });
   source.addEventListener("error", function () {
-    live.textContent = source.readyState === EventSource.CLOSED
-      ? "Live updates stopped: reload the page (you may need to sign in again)."
-      : "Live updates interrupted: reconnecting...";
+    if (source.readyState === EventSource.CLOSED) {
+      state("stopped",
+        "Live updates stopped: reload the page (you may need to sign in again).");
+    } else {
+      state("reconnecting", "Live updates interrupted: reconnecting...");
+    }
   });
 })();
 """
@@ -391,6 +400,17 @@ def _text(value: object) -> str | None:
     return escape(str(value)) if _known(value) else None
 
 
+_FAMILIES = {"ipv4": "IPv4", "ipv6": "IPv6"}
+
+
+def _address(address: Mapping[str, Any]) -> str:
+    """C{127.0.0.1 (IPv4)}: a bind address and its family, as people write them."""
+    family = address.get("family")
+    family = _FAMILIES.get(str(family), family)
+    text = str(address.get("address"))
+    return f"{text} ({family})" if _known(family) else text
+
+
 def _link(text: str, href: str) -> str:
     return (
         f'<li><a href="{escape(href)}">{escape(text)}</a> '
@@ -414,7 +434,8 @@ def _card(entry: PortEntry, root: str, sharing: Callable[[PortEntry], str]) -> s
         top.append('<span class="badge self">this proxy</span>')
     else:
         top.append(f'<span class="badge {_access(entry)}">{_access(entry)}</span>')
-    facts = [_fact("HTTP", escape(_http_text(entry)))]
+    # portproxy is never probed (SPEC 13): its own row has no HTTP line.
+    facts = [] if is_self else [_fact("HTTP", escape(_http_text(entry)))]
     if _known(entry.get("command")):
         full = escape(_command(entry["command"]))
         facts.append(
@@ -422,12 +443,7 @@ def _card(entry: PortEntry, root: str, sharing: Callable[[PortEntry], str]) -> s
         )
     facts.append(_fact("Directory", _text(entry.get("cwd"))))
     facts.append(_fact("User", _text(entry.get("user"))))
-    addresses = [
-        f"{a.get('address')} ({a['family']})"
-        if _known(a.get("family"))
-        else str(a.get("address"))
-        for a in entry.get("addresses") or ()
-    ]
+    addresses = [_address(a) for a in entry.get("addresses") or ()]
     facts.append(_fact("Listens on", _text(", ".join(addresses))))
     parts = [
         f'<li class="port" data-port="{port}"><div class="top">{"".join(top)}</div>',
@@ -495,7 +511,7 @@ def render_home(
         f"<header><h1>{escape(title)}<small>listening ports</small></h1>"
         f'<form method="post" action="{escape(logout)}"><button type="submit">'
         "Sign out</button></form></header>\n<main>\n"
-        '<p class="live" id="live" role="status">'
+        '<p class="live" id="live" role="status" data-state="static">'
         "Reload the page to see ports that opened or closed since.</p>\n"
         f'<p class="empty" id="empty"{hidden}>{escape(empty)}</p>\n'
         f'<ul class="ports" id="ports" data-events="{escape(events)}" '

@@ -49,7 +49,11 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 )
 
 # The engine computes the body length itself and has already answered 100-continue.
-_REQUEST_ONLY_DROP = frozenset({b"content-length", b"expect"})
+# X-Portproxy-Token carries a portproxy machine token (portproxy.sharing): never the app's.
+_REQUEST_ONLY_DROP = frozenset({b"content-length", b"expect", b"x-portproxy-token"})
+#: Every share grant cookie's name starts so (C{portproxy-grant-<port>[-suffix]},
+#: L{portproxy.sharing.grants}); like the session cookie, they never reach an app.
+GRANT_COOKIE_PREFIX = b"portproxy-grant-"
 _WEBSOCKET_DROP = frozenset({b"host", b"origin"})
 # A Connection option may never remove Host: the upstream request needs exactly one.
 _NEVER_CONNECTION_OPTION = frozenset({b"host"})
@@ -397,12 +401,30 @@ def _forward(
 
 
 def _merged_cookies(cookies: list[bytes], session_cookie: bytes | None) -> list[bytes]:
-    """The Cookie fields as one value, without portproxy's session cookie; or none."""
-    if session_cookie is None:
-        joined: bytes | None = b"; ".join(v for v in cookies if v.strip(b" \t;"))
+    """The Cookie fields as one value, without portproxy's session and grant cookies;
+    or none."""
+    if any(GRANT_COOKIE_PREFIX in v for v in cookies):
+        # Rare (a share link's visitor): the common path below stays one strip.
+        joined: bytes | None = _strip_own_cookies(cookies, session_cookie)
+    elif session_cookie is None:
+        joined = b"; ".join(v for v in cookies if v.strip(b" \t;"))
     else:
         joined = strip_cookie(cookies, session_cookie)
     return [joined] if joined else []
+
+
+def _strip_own_cookies(cookies: list[bytes], session_cookie: bytes | None) -> bytes | None:
+    kept = []
+    for value in cookies:
+        for pair in value.split(b";"):
+            pair = pair.strip(b" \t")
+            if not pair:
+                continue
+            name = pair.split(b"=", 1)[0].strip(b" \t")
+            if name == session_cookie or name.startswith(GRANT_COOKIE_PREFIX):
+                continue
+            kept.append(pair)
+    return b"; ".join(kept) if kept else None
 
 
 def _forwarded_for(inbound: list[bytes], peer: str) -> list[bytes]:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from portproxy.http.headers import GRANT_COOKIE_PREFIX
+
 __all__ = ["allowed_set_cookies", "cookie_name"]
+
+_GRANT_LENGTH = len(GRANT_COOKIE_PREFIX)
 
 
 def cookie_name(set_cookie: bytes) -> bytes | None:
@@ -28,11 +32,19 @@ def cookie_name(set_cookie: bytes) -> bytes | None:
 def allowed_set_cookies(
     values: Sequence[bytes], session_cookie: bytes | None
 ) -> list[bytes]:
-    """Drop the Set-Cookie values that name portproxy's cookie or have no name."""
+    """Drop the Set-Cookie values that name portproxy's cookies or have no name.
+
+    portproxy's cookies: the session cookie, and every share grant cookie
+    (C{portproxy-grant-*}, in any case: an app must not plant or clear a grant).
+    """
     out = []
     for value in values:
         name = cookie_name(value)
-        if name is None or name == session_cookie:
+        if (
+            name is None
+            or name == session_cookie
+            or name[:_GRANT_LENGTH].lower() == GRANT_COOKIE_PREFIX
+        ):
             continue
         out.append(value)
     return out

@@ -24,11 +24,11 @@ from portproxy.routing.publicurl import listener_warnings, url_template
 from portproxy.routing.routes import RouteKind
 from portproxy.runtime.handoff import WORKER_ENV
 from portproxy.runtime.service import ListeningService, PortProxyService
+from portproxy.sharing.state import SharingState
 from portproxy.web.accesslog import FileSink, ReopenOnSignal
 from portproxy.web.api import API_PREFIX, ApiResource
 from portproxy.web.health import Heartbeat
-from portproxy.web.home import IndexResource
-from portproxy.web.portsapi import PortsApi, build_ports_api
+from portproxy.web.home import IndexResource, proc_ports_of
 from portproxy.web.root import PortProxyRoot
 from portproxy.web.site import ProxySite
 
@@ -55,8 +55,9 @@ class Instance:
     access_log: FileSink | None = None
     #: The JSON API under C{/.portproxy/api/}; features add their routes to it.
     api: ApiResource | None = None
-    #: The ports API and its watcher (SPEC 13); stopped with the service.
-    ports: PortsApi | None = None
+    #: Port access levels, share links and tokens (SPEC 12); C{None} with
+    #: C{--auth none}, where everything is open.
+    sharing: SharingState | None = None
 
 
 def build_instance(
@@ -122,16 +123,11 @@ def build_instance(
     )
     login = LoginResource(authenticator)
     logout = LogoutResource(authenticator)
-    ports = build_ports_api(
-        reactor,
-        own_ports=own_ports,
-        view_of=view_of,
-        domains=DomainMatcher(config.proxy_domains),
-    )
+    sharing = _sharing(config, authenticator, reactor)
     index = IndexResource(
         is_signed_in=authenticator.is_signed_in,
         deny=lambda request: authenticator.deny(request, original_url=request.uri),
-        ports_of=ports.watcher.ports_of,
+        ports_of=proc_ports_of(own_ports),
         view_of=view_of,
         domains=DomainMatcher(config.proxy_domains),
     )
@@ -151,7 +147,12 @@ def build_instance(
         view_of=view_of,
     )
     reserved[API_PREFIX] = api
-    ports.install(api)
+    from portproxy.sharing.endpoint import ShareLinkResource
+    from portproxy.sharing.grants import SHARE_PATH
+
+    reserved[SHARE_PATH] = ShareLinkResource(
+        sharing, view_of=view_of, domains=domains, mount_prefix=prefix_of
+    )
     rewrite_host = _host_rewrite(config, authenticator.is_signed_in)
     engine = ProxyEngine(
         reactor,
@@ -185,6 +186,7 @@ def build_instance(
         websocket=websocket,
         pages=pages,
         reserved=reserved,
+        sharing=sharing,
     )
     limits = ConnectionLimits(
         reactor,
@@ -213,8 +215,20 @@ def build_instance(
         own_ports,
         access_log=access_log,
         api=api,
-        ports=ports,
+        sharing=sharing,
     )
+
+
+def _sharing(
+    config: Config, authenticator: object, reactor: IInstanceReactor
+) -> SharingState | None:
+    """The sharing state, keyed by the password; C{None} with C{--auth none}."""
+    credential = getattr(authenticator, "credential", None)
+    if config.auth == "none" or credential is None:
+        return None
+    from portproxy.sharing.build import open_sharing
+
+    return open_sharing(config, credential, clock=reactor, log=_log)
 
 
 def _host_rewrite(
@@ -271,8 +285,6 @@ def build_service(
 
     def close_then_log() -> Deferred[None]:
         # The access log is written out last, once the running requests are logged.
-        if instance.ports is not None:
-            instance.ports.close()  # event streams end, the watcher's timers stop
         return instance.engine.close().addBoth(
             lambda result: instance.site.close_access_log()
         )

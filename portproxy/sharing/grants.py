@@ -15,10 +15,13 @@ import hashlib
 import hmac
 import re
 
+from portproxy.http.headers import GRANT_COOKIE_PREFIX as GRANT_PREFIX
+
 __all__ = [
     "GRANT_COOKIE_PREFIX",
     "SHARE_PATH",
     "grant_cookie_name",
+    "grant_set_cookie",
     "grant_value",
     "grant_value_id",
     "link_token",
@@ -30,7 +33,7 @@ __all__ = [
 SHARE_PATH = b"/.portproxy/share/"
 #: Every grant cookie's name starts so (C{portproxy-grant-<port>[-<suffix>]}); the
 #: proxy strips such cookies from requests and drops an app's Set-Cookie for them.
-GRANT_COOKIE_PREFIX = "portproxy-grant-"
+GRANT_COOKIE_PREFIX = GRANT_PREFIX.decode("ascii")
 
 _ID = re.compile(r"[0-9a-f]{16}")
 _MAC_CHARS = 22  # 16 bytes of HMAC-SHA256, base64url without padding
@@ -90,3 +93,26 @@ def grant_cookie_name(port: int, suffix: str = "") -> str:
     """C{portproxy-grant-<port>}, or with C{-<suffix>} for C{--cookie-suffix}."""
     name = f"{GRANT_COOKIE_PREFIX}{port}"
     return f"{name}-{_NOT_NAME.sub('-', suffix)}" if suffix else name
+
+
+def grant_set_cookie(
+    name: str, value: str, *, max_age: int, path: bytes, secure: bool
+) -> bytes:
+    """The C{Set-Cookie} value of a grant cookie: host-only, scoped to C{path}.
+
+    HttpOnly (the app's scripts cannot read it) and SameSite=Lax, like the session
+    cookie; Secure over TLS. C{path} is the port's route (C{/proxy/3000}) for a path
+    link, C{/} on the port's own proxy host.
+    """
+    if not re.fullmatch(rb"/[!#-:<-~]*", path):
+        raise ValueError("a cookie path is / then visible ASCII without ;")
+    parts = [
+        f"{name}={value}",
+        f"Max-Age={max(1, int(max_age))}",
+        f"Path={path.decode('ascii')}",
+        "HttpOnly",
+        "SameSite=Lax",
+    ]
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts).encode("ascii")

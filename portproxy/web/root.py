@@ -18,6 +18,7 @@ from twisted.web.server import Request
 
 from portproxy.auth.guard import Authenticator, is_reserved_path
 from portproxy.config import Config
+from portproxy.http.cookies import cookie_values
 from portproxy.http.engine import PortProxyResource, ProxyEngine
 from portproxy.http.errorpages import write_error
 from portproxy.http.headers import BadRequest, ClientView, client_view, request_authority
@@ -33,6 +34,9 @@ from portproxy.routing.routes import (
     parse_route,
     split_target,
 )
+from portproxy.sharing.access import Verdict
+from portproxy.sharing.state import SharingState
+from portproxy.sharing.tokens import TOKEN_HEADER, presented_token
 from portproxy.web.health import HealthResource, Heartbeat
 from portproxy.web.request import Gate, ProxyRequest, Router, UploadTarget
 
@@ -82,8 +86,12 @@ class PortProxyRoot(Resource):
         websocket: WebSocketRelay | None = None,
         pages: Mapping[RouteKind, IResource] | None = None,
         reserved: Mapping[bytes, IResource] | None = None,
+        sharing: SharingState | None = None,
     ) -> None:
         super().__init__()
+        #: Port access levels, share grants and tokens (SPEC 12); C{None} with
+        #: C{--auth none}, where every request is signed in anyway.
+        self.sharing = sharing
         self.config = config
         self.engine = engine
         self.auth = authenticator
@@ -150,9 +158,12 @@ class PortProxyRoot(Resource):
             )
         if route.kind is RouteKind.ABSPROXY:
             path = absproxy_upstream_path(route.rest, self.config.abs_proxy_base_path)
-            return _ProxyGate(
+            gate = _ProxyGate(
                 self, view, route.port_label, route.prefix, path, False, GateKind.ABSPROXY
             )
+            # A grant's path is below the port's URL on every route.
+            gate.scope_path = route.rest[len(route.prefix) :] or b"/"
+            return gate
         page = self.pages.get(route.kind)
         if page is not None:
             return page
@@ -193,12 +204,16 @@ class _ProxyGate(Resource):
 
     Order: proxy disabled (403), WebSocket Origin (403), sign-in (302/401; preflights
     may pass), port syntax (400, after sign-in as in code-server), own port (403), the
-    missing slash of C{/proxy/<port>} (302).
+    missing slash of C{/proxy/<port>} (302). Sign-in is a session; without one, a
+    public port, a token or a share grant in scope (L{_shared_access}).
     """
 
     isLeaf = True
     #: Tells the request not to add its own Date: the app's response has one.
     proxied = True
+    #: The path below the port's URL, which share grants and tokens are scoped to
+    #: (C{None}: L{path}, as on the domain and C{/proxy} routes).
+    scope_path: bytes | None = None
 
     def __init__(
         self,
@@ -252,7 +267,9 @@ class _ProxyGate(Resource):
             signed_in = getattr(request, "signed_in", None)
             if signed_in is not None:
                 signed_in()  # its connection is trusted at the cap (portproxy.net.limits)
-        else:
+        elif (verdict := self._shared_access(request)) is Verdict.FORBIDDEN:
+            return _error(403, "Not allowed by this share link or token"), None
+        elif verdict is not Verdict.ALLOW:
             if upgrade:
                 return auth.deny_unauthorized, None
             if not auth.allows_preflight(request):
@@ -265,6 +282,51 @@ class _ProxyGate(Resource):
         if self.needs_slash:
             return self._add_slash, None
         return None, port
+
+    def _shared_access(self, request: Request) -> Verdict:
+        """Without a session: a public port, else a token, else a share grant (SPEC 12).
+
+        L{Verdict.INVALID} when none of them applies (the usual sign-in answer follows).
+        A token that came in C{Authorization} is taken out of the request here, so that
+        the app never sees it; the request remembers that it was let in, for the second
+        run of the checks (L{proxy_target}, then L{render}).
+        """
+        sharing = self.root.sharing
+        port = parse_port(self.label)
+        if sharing is None or port is None:
+            return Verdict.INVALID
+        if getattr(request, "_portproxy_shared", None) == port:
+            return Verdict.ALLOW
+        if sharing.access(port) == "public":
+            return Verdict.ALLOW
+        headers = request.requestHeaders
+        path = self.path if self.scope_path is None else self.scope_path
+        method = request.method
+        token = presented_token(
+            headers.getRawHeaders(b"authorization"), headers.getRawHeaders(TOKEN_HEADER)
+        )
+        if token is not None:
+            verdict = sharing.check_token(token.secret, port, path, method)
+            if verdict is Verdict.ALLOW:
+                if token.in_authorization:
+                    headers.removeHeader(b"authorization")
+                request._portproxy_shared = port  # type: ignore[attr-defined]
+                return verdict
+            if verdict is Verdict.FORBIDDEN:
+                return verdict
+        cookies = headers.getRawHeaders(b"cookie")
+        if not cookies:
+            return Verdict.INVALID
+        result = Verdict.INVALID
+        for value in cookie_values(cookies, sharing.grant_cookie_name(port), 4):
+            verdict = sharing.check_grant(
+                value.decode("ascii", "replace"), port, path, method
+            )
+            if verdict is Verdict.ALLOW:
+                return verdict
+            if verdict is Verdict.FORBIDDEN:
+                result = verdict
+        return result
 
     def _add_slash(self, request: Request) -> bytes:
         # 302 would let a client turn a POST into a GET and drop its body (RFC 9110

@@ -28,7 +28,8 @@ from portproxy.sharing.state import SharingState
 from portproxy.web.accesslog import FileSink, ReopenOnSignal
 from portproxy.web.api import API_PREFIX, ApiResource
 from portproxy.web.health import Heartbeat
-from portproxy.web.home import IndexResource, proc_ports_of
+from portproxy.web.home import IndexResource
+from portproxy.web.portsapi import PortsApi, build_ports_api
 from portproxy.web.root import PortProxyRoot
 from portproxy.web.site import ProxySite
 
@@ -58,6 +59,8 @@ class Instance:
     #: Port access levels, share links and tokens (SPEC 12); C{None} with
     #: C{--auth none}, where everything is open.
     sharing: SharingState | None = None
+    #: The ports API and its watcher (SPEC 13); stopped with the service.
+    ports: PortsApi | None = None
 
 
 def build_instance(
@@ -124,10 +127,16 @@ def build_instance(
     login = LoginResource(authenticator)
     logout = LogoutResource(authenticator)
     sharing = _sharing(config, authenticator, reactor)
+    ports = build_ports_api(
+        reactor,
+        own_ports=own_ports,
+        view_of=view_of,
+        domains=DomainMatcher(config.proxy_domains),
+    )
     index = IndexResource(
         is_signed_in=authenticator.is_signed_in,
         deny=lambda request: authenticator.deny(request, original_url=request.uri),
-        ports_of=proc_ports_of(own_ports),
+        ports_of=ports.watcher.ports_of,
         view_of=view_of,
         domains=DomainMatcher(config.proxy_domains),
     )
@@ -153,6 +162,7 @@ def build_instance(
     reserved[SHARE_PATH] = ShareLinkResource(
         sharing, view_of=view_of, domains=domains, mount_prefix=prefix_of
     )
+    ports.install(api)
     rewrite_host = _host_rewrite(config, authenticator.is_signed_in)
     engine = ProxyEngine(
         reactor,
@@ -216,6 +226,7 @@ def build_instance(
         access_log=access_log,
         api=api,
         sharing=sharing,
+        ports=ports,
     )
 
 
@@ -285,6 +296,8 @@ def build_service(
 
     def close_then_log() -> Deferred[None]:
         # The access log is written out last, once the running requests are logged.
+        if instance.ports is not None:
+            instance.ports.close()  # event streams end, the watcher's timers stop
         return instance.engine.close().addBoth(
             lambda result: instance.site.close_access_log()
         )

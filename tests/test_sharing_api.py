@@ -464,3 +464,17 @@ async def test_with_auth_none_sharing_says_it_has_no_meaning(
     status, answer = await api.call(b"POST", "shares", {"port": 3000})
     assert status == 409 and "--auth password" in answer["error"]
     assert (await api.call(b"GET", "tokens"))[0] == 409
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_ports_list_shows_the_access_level_and_label_set(api: Api) -> None:
+    async def entry() -> dict[str, Any]:
+        status, listed = await api.call(b"GET", "ports")
+        assert status == 200
+        (found,) = [e for e in listed if e["port"] == api.port]
+        return dict(found)
+
+    assert (await entry())["access"] == "private"
+    await api.call(b"PATCH", f"ports/{api.port}", {"access": "public", "label": "docs"})
+    found = await entry()
+    assert (found["access"], found["label"]) == ("public", "docs")

@@ -163,6 +163,21 @@ def build_instance(
         sharing, view_of=view_of, domains=domains, mount_prefix=prefix_of
     )
     ports.install(api)
+    from portproxy.web.shareapi import SharingApi
+
+    SharingApi(
+        sharing,
+        view_of=view_of,
+        domains=domains,
+        public_url=config.public_url,
+        on_change=ports.watcher.changed,
+    ).install(api)
+    if sharing is not None:
+        # The home page and the ports API show each port's label and access level.
+        ports.watcher.label_of = sharing.label
+        ports.watcher.access_of = lambda port: (
+            "public" if sharing.access(port) == "public" else "private"
+        )
     rewrite_host = _host_rewrite(config, authenticator.is_signed_in)
     engine = ProxyEngine(
         reactor,

@@ -190,8 +190,9 @@ class SharingState:
         if 0 <= now - self._checked < REFRESH_INTERVAL:
             return
         self._checked = now
-        if self._stat() != self._signature:
-            self._load()
+        signature = self._stat()
+        if signature != self._signature:
+            self._load(signature)
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -200,9 +201,10 @@ class SharingState:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _load(self) -> None:
+    def _load(self, signature: tuple[int, int, int] | None = None) -> None:
         self._checked = self.clock.seconds()
-        signature = self._stat()
+        if signature is None:
+            signature = self._stat()
         data, corrupt = self._read()
         self._signature = signature
         self._corrupt = corrupt

@@ -144,6 +144,37 @@ def test_without_javascript_the_list_still_links_each_port(
     expect(page.locator("#app")).to_have_text("Plain app page")
 
 
+def test_the_sharing_placeholder_survives_live_updates(
+    processes: Processes, page: Page
+) -> None:
+    """The contract the sharing controls rely on (home.py's docstring): each port's
+    placeholder node is kept across re-renders, and every render is announced."""
+    from playwright.sync_api import expect
+
+    proxy = processes.portproxy("--auth", "password", env={"PASSWORD": PASSWORD})
+    first = processes.static_app("first", _app_html("First app"))
+    _signed_in_home(page, proxy)
+    _wait_live(page)
+    page.evaluate(
+        """port => {
+            window.renders = [];
+            document.addEventListener("portproxy:ports",
+                event => window.renders.push(event.detail.map(e => e.port)));
+            const div = document.querySelector(`.sharing[data-port="${port}"]`);
+            div.appendChild(document.createElement("form")).id = "kept";
+        }""",
+        first.port,
+    )
+    second = processes.static_app("second", _app_html("Second app"))
+    expect(page.locator(_card(page, second.port))).to_be_visible(timeout=LIVE_WAIT_MS)
+    kept = page.locator(f'.sharing[data-port="{first.port}"] form#kept')
+    expect(kept).to_have_count(1)
+    assert page.evaluate(f"window.renders.some(r => r.includes({second.port}))")
+    fresh = page.locator(f'.sharing[data-port="{second.port}"]')
+    expect(fresh).to_have_attribute("data-access", "private")
+    expect(fresh.locator(".access-note")).to_contain_text("Private")
+
+
 def test_the_copy_button_puts_the_url_on_the_clipboard(
     processes: Processes, new_context: Callable[..., BrowserContext]
 ) -> None:
@@ -231,3 +262,28 @@ def test_the_page_fits_a_phone_and_a_desktop(
         )
         assert overflow <= 0, f"{name}: the page scrolls sideways by {overflow}px"
         save_screenshot(page, name)
+
+
+def test_the_copy_button_falls_back_outside_a_secure_context(
+    processes: Processes, new_context: Callable[..., BrowserContext]
+) -> None:
+    """Plain HTTP on a name other than localhost has no navigator.clipboard: the
+    button copies through a selected text area instead."""
+    proxy = processes.portproxy("--auth", "password", env={"PASSWORD": PASSWORD})
+    app = processes.static_app("fallback", _app_html("Fallback app"))
+    context = new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    home = f"http://home.test:{proxy.port}/"  # *.test resolves to 127.0.0.1 here
+    page.goto(f"{home}login")
+    page.fill("input[type=password]", PASSWORD)
+    with page.expect_navigation():
+        page.press("input[type=password]", "Enter")
+    page.goto(home)
+    assert page.evaluate("window.isSecureContext || !!navigator.clipboard") is False
+    button = page.locator(_card(page, app.port)).locator("button.copy").first
+    button.click()
+    assert button.inner_text() == "Copied"
+    # Read it back from a secure page of the same browser profile.
+    reader = context.new_page()
+    reader.goto(f"http://localhost:{proxy.port}/login")
+    assert reader.evaluate("navigator.clipboard.readText()") == f"{home}proxy/{app.port}/"

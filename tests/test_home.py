@@ -14,8 +14,6 @@ from hypothesis import strategies as st
 
 from portproxy.web.home import (
     content_security_policy,
-    parse_listening_ports,
-    proc_ports_of,
     render_home,
 )
 from tests.support import get, parse_response, raw_request
@@ -23,25 +21,7 @@ from tests.support import get, parse_response, raw_request
 if TYPE_CHECKING:
     from tests.conftest import RunningProxy
 
-TABLE = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
-   1: 00000000:1435 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
-   2: 0100007F:1F91 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0
-   3: 0A00000A:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
-"""
-TABLE6 = """  sl  local_address remote_address st
-   0: 00000000000000000000000001000000:14E5 00000000000000000000000000000000:0000 0A
-   1: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A
-"""
-
 NONCE = "n0nce-Value_123"
-
-
-def test_only_listening_sockets_on_loopback_or_any_address_count() -> None:
-    # 8080 on 127.0.0.1 and 5173 on 0.0.0.0 listen; 8081 is a connection; port 80 on
-    # 10.0.0.10 is not reachable through loopback.
-    assert parse_listening_ports(TABLE) == {8080, 5173}
-    assert parse_listening_ports(TABLE6) == {5349, 22}
 
 
 def entry(port: int = 3000, **fields: Any) -> dict[str, Any]:
@@ -252,15 +232,6 @@ def test_an_empty_list_and_an_unknown_one_say_so() -> None:
     assert "No app is listening" in render_home([], csp_nonce=NONCE).decode()
     assert "does not tell" in render_home(None, csp_nonce=NONCE).decode()
     assert 'id="empty" hidden' in page_of(entry())
-
-
-def test_the_fallback_marks_own_ports_and_knows_nothing_else() -> None:
-    ports_of = proc_ports_of({8080}, read_ports=lambda: {8080, 3000})
-    entries = ports_of(None)  # type: ignore[arg-type]
-    assert entries is not None
-    assert [(e["port"], e["self"]) for e in entries] == [(3000, False), (8080, True)]
-    assert entries[0]["pid"] is None and entries[0]["access"] == "private"
-    assert proc_ports_of(set(), read_ports=lambda: None)(None) is None  # type: ignore[arg-type]
 
 
 def _nonce(headers: dict[bytes, list[bytes]]) -> str:

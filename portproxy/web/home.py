@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import secrets
 import shlex
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any
 
@@ -49,9 +49,6 @@ __all__ = [
     "IndexResource",
     "PortEntry",
     "content_security_policy",
-    "parse_listening_ports",
-    "proc_ports_of",
-    "read_listening_ports",
     "render_home",
 ]
 
@@ -60,47 +57,6 @@ PortEntry = Mapping[str, Any]
 
 #: The Server-Sent Events stream the page follows (on the main host).
 EVENTS_PATH = b"/.portproxy/api/ports/events"
-
-_LISTEN = "0A"
-# Addresses an app on this machine can be reached at through loopback: any, or loopback.
-_REACHABLE_V4 = {"00000000"}
-_REACHABLE_V6 = {"00000000000000000000000000000000", "00000000000000000000000001000000"}
-
-
-def parse_listening_ports(table: str) -> set[int]:
-    """TCP ports in LISTEN state on a loopback or wildcard address, from a proc table."""
-    ports: set[int] = set()
-    for line in table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 4 or fields[3] != _LISTEN:
-            continue
-        address, _, port_hex = fields[1].partition(":")
-        try:
-            port = int(port_hex, 16)
-        except ValueError:
-            continue
-        if (
-            address in _REACHABLE_V4
-            or address in _REACHABLE_V6
-            or (len(address) == 8 and address.endswith("7F"))  # 127.x.x.x, little-endian
-        ):
-            ports.add(port)
-    return ports
-
-
-def read_listening_ports(
-    paths: Iterable[str] = ("/proc/net/tcp", "/proc/net/tcp6"),
-) -> set[int] | None:
-    """Listening ports on this machine, or C{None} when the tables cannot be read."""
-    found: set[int] | None = None
-    for path in paths:
-        try:
-            with open(path, encoding="ascii", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue
-        found = (found or set()) | parse_listening_ports(text)
-    return found
 
 
 def content_security_policy(nonce: str) -> bytes:
@@ -521,43 +477,6 @@ def render_home(
     return page.encode("utf-8")
 
 
-def proc_ports_of(
-    own_ports: Collection[int],
-    read_ports: Callable[[], set[int] | None] = read_listening_ports,
-) -> Callable[[Request], list[dict[str, Any]] | None]:
-    """Entries from the kernel's socket tables alone: the port, and whether it is ours.
-
-    The fallback for systems (or builds) without the ports watcher: no process, address
-    or probe details (they show as unknown), URLs filled in by L{IndexResource}.
-    """
-
-    def ports_of(request: Request) -> list[dict[str, Any]] | None:
-        ports = read_ports()
-        if ports is None:
-            return None
-        return [
-            {
-                "port": port,
-                "addresses": [],
-                "pid": None,
-                "process": None,
-                "command": None,
-                "cwd": None,
-                "user": None,
-                "http": None,
-                "title": None,
-                "label": None,
-                "access": "private",
-                "self": port in own_ports,
-                "urls": None,
-                "warnings": [],
-            }
-            for port in sorted(ports)
-        ]
-
-    return ports_of
-
-
 class IndexResource(Resource):
     """C{/} on the main host: the start page for a signed-in user.
 
@@ -576,6 +495,9 @@ class IndexResource(Resource):
         ports_of: Callable[[Request], list[dict[str, Any]] | None],
         view_of: Callable[[Request], ClientView],
         domains: DomainMatcher,
+        sharing: Callable[[PortEntry], str] = default_sharing,
+        extra_style: str = "",
+        extra_script: str = "",
     ) -> None:
         super().__init__()
         self._is_signed_in = is_signed_in
@@ -583,6 +505,10 @@ class IndexResource(Resource):
         self._ports_of = ports_of
         self._view_of = view_of
         self._domains = domains
+        # The sharing controls (portproxy.web.sharepanel), given by the instance.
+        self._sharing = sharing
+        self._extra_style = extra_style
+        self._extra_script = extra_script
 
     def render_GET(self, request: Request) -> bytes:
         if not self._is_signed_in(request):
@@ -625,6 +551,9 @@ class IndexResource(Resource):
             logout=relative(b"/logout"),
             events=relative(EVENTS_PATH),
             root=relative(b"/"),
+            sharing=self._sharing,
+            extra_style=self._extra_style,
+            extra_script=self._extra_script,
         )
 
     render_HEAD = render_GET

@@ -235,6 +235,7 @@ def test_the_page_fits_a_phone_and_a_desktop(
         )
     )
     shown = {proxy.port, *(app.port for app in apps)}
+    labelled = False
     sizes = {"home-desktop": (1280, 800), "home-phone": (390, 844)}
     for name, (width, height) in sizes.items():
         context = new_context(
@@ -247,6 +248,20 @@ def test_the_page_fits_a_phone_and_a_desktop(
         _wait_live(page)
         for app in apps:
             expect(page.locator(_card(page, app.port))).to_be_visible()
+        if not labelled:
+            # One port made public and labelled through the API: the page shows it live.
+            status = page.evaluate(
+                """port => fetch(`./.portproxy/api/ports/${port}`, {
+                    method: "PATCH", headers: {"Content-Type": "application/json"},
+                    body: JSON.stringify({access: "public", label: "storefront"})
+                }).then(r => r.status)""",
+                apps[0].port,
+            )
+            assert status == 200
+            labelled = True
+        shop = page.locator(_card(page, apps[0].port))
+        expect(shop.locator(".badge.public")).to_have_text("public", timeout=LIVE_WAIT_MS)
+        expect(shop.locator(".label")).to_have_text("storefront")
         for title in titles:  # the HTTP probe's page titles arrive live
             expect(page.locator("#ports")).to_contain_text(title, timeout=LIVE_WAIT_MS)
         expect(page.locator(_card(page, v6_port)).locator(".warnings")).to_be_visible()

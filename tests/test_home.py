@@ -249,6 +249,7 @@ async def test_start_page_lists_a_listening_upstream(
     status, headers, body = parse_response(await raw_request(proxy.port, get(b"/")))
     assert status == 200
     assert b'href="./proxy/%d/"' % up.port in body
+    assert b'data-events="./.portproxy/api/ports/events"' in body
     # Its own listener is listed as such, never linked.
     assert b'href="./proxy/%d/"' % proxy.port not in body
     assert (

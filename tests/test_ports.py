@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,7 +22,10 @@ from portproxy.ports.discovery import (
     Listener,
     ProcessInfo,
     address_warnings,
+    diag_request,
+    parse_diag_messages,
     parse_tcp_table,
+    read_listeners_netlink,
 )
 from portproxy.ports.probe import (
     MAX_BYTES,
@@ -90,6 +95,55 @@ def test_ipv6_words_are_decoded_in_host_byte_order() -> None:
 def test_any_table_text_parses_without_error_into_valid_ports(text: str) -> None:
     for listener in parse_tcp_table(HEAD + text, "ipv4"):
         assert 0 < listener.port < 65536
+
+
+def _diag(
+    family: int, state: int, port: int, address: bytes, uid: int, inode: int
+) -> bytes:
+    body = struct.pack(
+        "=BBBB2s2s16s16sI8sIIIII",
+        family, state, 0, 0, port.to_bytes(2, "big"), b"\0\0",
+        address.ljust(16, b"\0"), b"\0" * 16, 0, b"\0" * 8, 0, 0, 0, uid, inode,
+    )  # fmt: skip
+    return struct.pack("=IHHII", 16 + len(body), 20, 2, 1, 0) + body
+
+
+def test_sock_diag_answers_are_parsed_like_the_tables() -> None:
+    data = (
+        _diag(2, 10, 8080, bytes([127, 0, 0, 1]), 1000, 41)
+        + _diag(2, 10, 80, bytes([10, 0, 0, 10]), 0, 42)  # not loopback: skipped
+        + _diag(10, 10, 5173, bytes(15) + b"\1", 1000, 43)  # ::1
+        + _diag(2, 1, 9000, bytes([127, 0, 0, 1]), 0, 44)  # established: skipped
+    )
+    assert parse_diag_messages(data) == (
+        [
+            Listener(8080, "127.0.0.1", "ipv4", 1000, 41),
+            Listener(5173, "::1", "ipv6", 1000, 43),
+        ],
+        False,
+    )
+    done = struct.pack("=IHHII", 20, 3, 2, 1, 0) + b"\0\0\0\0"
+    assert parse_diag_messages(done) == ([], True)
+    error = struct.pack("=IHHIIi", 20, 2, 0, 1, 0, -95)
+    with pytest.raises(OSError):
+        parse_diag_messages(error)
+    assert len(diag_request(2)) == 16 + 56
+
+
+def test_sock_diag_and_the_tables_agree_on_this_machine() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        by_netlink = read_listeners_netlink()
+        if by_netlink is None:
+            pytest.skip("no sock_diag netlink here")
+        tables = Discovery().read_listeners()
+    assert tables is not None
+    assert [x for x in by_netlink if x.port == port] == [
+        x for x in tables if x.port == port
+    ]
+    assert any(x.port == port and x.address == "127.0.0.1" for x in by_netlink)
 
 
 def test_warnings_name_wildcard_binds_and_ipv6_loopback_only() -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+import socket
+import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -153,6 +155,96 @@ def address_warnings(addresses: Iterable[tuple[str, str]]) -> list[str]:
     return warnings
 
 
+# -- sock_diag netlink (what ss -lt uses) ---------------------------------------------
+
+# The kernel filters by state here, so the cost does not grow with the machine's
+# connections the way /proc/net/tcp's does (a table of every TIME_WAIT socket).
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_TCP_LISTEN = 10
+_AF_INET, _AF_INET6 = 2, 10
+_NLMSG_HEADER = struct.Struct("=IHHII")
+# inet_diag_msg: family, state, timer, retrans; the socket id (ports and addresses in
+# network byte order, interface, cookie); expires, rqueue, wqueue, uid, inode.
+_DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8sIIIII")
+
+
+def diag_request(family: int, seq: int = 1) -> bytes:
+    """A dump request for the listening TCP sockets of one address family."""
+    body = struct.pack("=BBBxI48x", family, 6, 0, 1 << _TCP_LISTEN)  # 6: IPPROTO_TCP
+    header = _NLMSG_HEADER.pack(
+        _NLMSG_HEADER.size + len(body),
+        _SOCK_DIAG_BY_FAMILY,
+        _NLM_F_REQUEST | _NLM_F_DUMP,
+        seq,
+        0,
+    )
+    return header + body
+
+
+def parse_diag_messages(data: bytes) -> tuple[list[Listener], bool]:
+    """The reachable listeners in one netlink read, and whether the dump is done.
+
+    @raise OSError: the kernel answered with an error (no sock_diag support).
+    """
+    found: list[Listener] = []
+    offset = 0
+    while offset + _NLMSG_HEADER.size <= len(data):
+        length, kind, _, _, _ = _NLMSG_HEADER.unpack_from(data, offset)
+        if length < _NLMSG_HEADER.size:
+            break
+        body = offset + _NLMSG_HEADER.size
+        offset += (length + 3) & ~3
+        if kind == _NLMSG_DONE:
+            return found, True
+        if kind == _NLMSG_ERROR:
+            (error,) = struct.unpack_from("=i", data, body)
+            if error:
+                raise OSError(-error, "sock_diag refused the request")
+            continue
+        if kind != _SOCK_DIAG_BY_FAMILY or body + _DIAG_MSG.size > len(data):
+            continue
+        family, state, _, _, sport, _, src, _, _, _, _, _, _, uid, inode = (
+            _DIAG_MSG.unpack_from(data, body)
+        )
+        if state != _TCP_LISTEN or family not in (_AF_INET, _AF_INET6):
+            continue
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+        if family == _AF_INET:
+            ip = ipaddress.IPv4Address(src[:4])
+        else:
+            ip = ipaddress.IPv6Address(src)
+        port = int.from_bytes(sport, "big")
+        if not 0 < port < 65536 or not _reachable(ip):
+            continue
+        kind_name: Family = "ipv4" if family == _AF_INET else "ipv6"
+        found.append(Listener(port, _show(ip), kind_name, uid, inode))
+    return found, False
+
+
+def read_listeners_netlink() -> list[Listener] | None:
+    """The listening sockets through sock_diag, or C{None} where it is unavailable
+    (not Linux, or a sandbox that forbids netlink)."""
+    family = getattr(socket, "AF_NETLINK", None)
+    if family is None:
+        return None
+    found: list[Listener] = []
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as sock:
+            sock.settimeout(1.0)
+            for seq, address_family in enumerate((_AF_INET, _AF_INET6), start=1):
+                sock.send(diag_request(address_family, seq))
+                done = False
+                while not done:
+                    listeners, done = parse_diag_messages(sock.recv(65536))
+                    found.extend(listeners)
+    except OSError:
+        return None
+    return found
+
+
 # -- reading the system ------------------------------------------------------------
 
 
@@ -244,6 +336,8 @@ class Discovery:
 
     @param tables: the C{/proc/net/tcp}-style tables and their families; when none can
         be read, psutil answers instead.
+    @param netlink: ask the kernel through sock_diag first (Linux; the tables when it
+        is unavailable). Off by default so that tests can hand in their tables.
     """
 
     def __init__(
@@ -255,7 +349,9 @@ class Discovery:
         ),
         proc: str = "/proc",
         process_info: Callable[[int, int | None], ProcessInfo | None] = _process_info,
+        netlink: bool = False,
     ) -> None:
+        self._netlink = netlink
         self._tables = tuple(tables)
         self._proc = proc
         self._process_info = process_info
@@ -266,7 +362,12 @@ class Discovery:
     def read_listeners(self) -> list[Listener] | None:
         """The cheap part: the listening sockets from the kernel tables, or C{None}
         when there are no tables (not Linux)."""
-        found: list[Listener] | None = None
+        if self._netlink:
+            found = read_listeners_netlink()
+            if found is not None:
+                return found
+            self._netlink = False  # not here: the tables from now on
+        found = None
         for path, family in self._tables:
             try:
                 with open(path, encoding="ascii", errors="replace") as f:

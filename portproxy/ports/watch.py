@@ -138,7 +138,7 @@ class PortsWatcher:
         self._run_blocking = run_blocking
         self._probe = probe
         self._own_ports = own_ports
-        self._discovery = discovery if discovery is not None else Discovery()
+        self._discovery = discovery if discovery is not None else Discovery(netlink=True)
         self._interval = interval
         self._linger = linger
         #: Hooks of the sharing feature: a port's label and its access level.

@@ -478,3 +478,62 @@ async def test_the_ports_list_shows_the_access_level_and_label_set(api: Api) -> 
     await api.call(b"PATCH", f"ports/{api.port}", {"access": "public", "label": "docs"})
     found = await entry()
     assert (found["access"], found["label"]) == ("public", "docs")
+
+
+# -- the home page's controls -----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_home_page_carries_the_sharing_controls_and_each_access_level(
+    api: Api,
+) -> None:
+    from portproxy.web.sharepanel import PANEL_SCRIPT
+
+    await api.call(b"PATCH", f"ports/{api.port}", {"access": "public"})
+    status, headers, page = await api.raw(
+        b"GET / HTTP/1.1\r\nHost: %s\r\nCookie: %s\r\nAccept: text/html\r\n"
+        b"Connection: close\r\n\r\n" % (api.host, api.cookie)
+    )
+    assert status == 200
+    nonce = re.search(
+        rb"script-src 'nonce-([^']+)'", headers[b"content-security-policy"][0]
+    )
+    assert nonce is not None
+    script = re.search(rb'<script nonce="([^"]+)">(.*?)</script>', page, re.DOTALL)
+    assert script is not None and script.group(1) == nonce.group(1)
+    assert PANEL_SCRIPT.encode() in script.group(2)
+    # Without JavaScript, the port's access level is on the page.
+    card = re.search(
+        rb'<div class="sharing" data-port="%d" data-access="public">(.*?)</div>' % api.port,
+        page,
+        re.DOTALL,
+    )
+    assert card is not None, page
+    assert b"Public: anyone who can reach portproxy" in card.group(1)
+
+
+def test_the_panel_script_never_parses_data_as_html() -> None:
+    from portproxy.web.sharepanel import PANEL_SCRIPT
+
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in PANEL_SCRIPT
+    # Every call is relative (a front proxy's prefix stays) and JSON.
+    assert '"./.portproxy/api/"' in PANEL_SCRIPT
+    assert '"Content-Type"] = "application/json"' in PANEL_SCRIPT
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_auth_none_the_home_page_has_no_sharing_controls(
+    make_proxy: Any, tmp_path: Any
+) -> None:
+    from portproxy.web.sharepanel import PANEL_SCRIPT
+
+    proxy = make_proxy(auth="none", data_dir=str(tmp_path))
+    status, _, page = parse_response(
+        await raw_request(
+            proxy.port,
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        )
+    )
+    assert status == 200
+    assert PANEL_SCRIPT.encode() not in page

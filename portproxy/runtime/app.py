@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred
@@ -139,6 +140,7 @@ def build_instance(
         ports_of=ports.watcher.ports_of,
         view_of=view_of,
         domains=DomainMatcher(config.proxy_domains),
+        **_sharing_controls(sharing),
     )
     pages = {RouteKind.LOGIN: login, RouteKind.LOGOUT: logout, RouteKind.INDEX: index}
     reserved = {
@@ -255,6 +257,16 @@ def _sharing(
     from portproxy.sharing.build import open_sharing
 
     return open_sharing(config, credential, clock=reactor, log=_log)
+
+
+def _sharing_controls(sharing: SharingState | None) -> dict[str, Any]:
+    """The home page's sharing controls (L{portproxy.web.sharepanel}); none with
+    C{--auth none}, where there is nothing to share."""
+    if sharing is None:
+        return {}
+    from portproxy.web.sharepanel import PANEL_CSS, PANEL_SCRIPT, render_panel
+
+    return {"sharing": render_panel, "extra_style": PANEL_CSS, "extra_script": PANEL_SCRIPT}
 
 
 def _host_rewrite(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import pytest
 from tests.browser.harness import Process, Processes
 
 if TYPE_CHECKING:
-    from playwright.sync_api import BrowserContext
+    from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Response
 
 pytestmark = pytest.mark.browser
 
@@ -110,3 +111,69 @@ def test_a_share_link_opens_its_app_in_a_fresh_browser_and_nothing_else(
     # The shared app still works in the same browser.
     page.goto(f"http://localhost:{proxy.port}/proxy/{shared.port}/")
     assert page.locator("#app").inner_text() == "shared app page"
+
+
+def _failures(page: Page) -> list[str]:
+    """Collect what went wrong in C{page}: console errors other than failed loads (a
+    script the CSP blocked) and every API call that did not succeed."""
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error" and "Failed to load resource" not in message.text:
+            errors.append(message.text)
+
+    def on_response(response: Response) -> None:
+        if "/.portproxy/api/" in response.url and response.status >= 400:
+            errors.append(f"{response.status} {response.request.method} {response.url}")
+
+    page.on("console", on_console)
+    page.on("response", on_response)
+    return errors
+
+
+def test_the_start_page_makes_and_revokes_a_link_and_toggles_public(
+    processes: Processes, new_context: Callable[..., BrowserContext]
+) -> None:
+    from playwright.sync_api import expect
+
+    app = processes.static_app("panel", _app_html("panel app"))
+    proxy = processes.portproxy(env={"PASSWORD": PASSWORD})
+    home = f"http://localhost:{proxy.port}/"
+    owner = new_context().new_page()
+    errors = _failures(owner)
+    owner.goto(home + "login")
+    owner.fill("input[type=password]", PASSWORD)
+    with owner.expect_navigation():
+        owner.press("input[type=password]", "Enter")
+    owner.goto(home)
+    panel = owner.locator(f'li.port[data-port="{app.port}"] .sharing')
+    # Without a click the level shows (the server wrote it); the script adds controls.
+    expect(panel.locator(".access-note")).to_contain_text("Private")
+    controls = panel.locator(".share-controls")
+    expect(controls).to_have_count(1)
+
+    # A link for two hours, shown once, opens the app in a fresh profile.
+    controls.locator("select[name=ttl]").select_option("7200")
+    controls.get_by_role("button", name="Create share link").click()
+    link_box = controls.locator("input.link")
+    expect(link_box).to_have_value(re.compile(r"^http://localhost:\d+/\.portproxy/share/"))
+    link = link_box.input_value()
+    expect(controls.locator("li.share")).to_have_count(1)
+    guest = new_context().new_page()
+    guest.goto(link)
+    assert guest.locator("#app").inner_text() == "panel app page"
+
+    # Revoked from the page: the guest's next request is refused.
+    controls.locator("li.share").get_by_role("button", name="Revoke").click()
+    expect(controls.locator("li.share")).to_have_count(0)
+    guest.goto(f"{home}proxy/{app.port}/")
+    assert "panel app" not in guest.content()
+
+    # Made public from the page: anyone opens it, and the page says so.
+    controls.get_by_role("button", name="Make public").click()
+    expect(controls.get_by_role("button", name="Make private")).to_have_count(1)
+    expect(panel.locator(".access-note")).to_contain_text("Public")
+    stranger = new_context().new_page()
+    stranger.goto(f"{home}proxy/{app.port}/")
+    assert stranger.locator("#app").inner_text() == "panel app page"
+    assert errors == []

@@ -8,6 +8,7 @@ about ports only through portproxy's own discovery and event stream.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -302,3 +303,65 @@ def test_the_copy_button_falls_back_outside_a_secure_context(
     reader = context.new_page()
     reader.goto(f"http://localhost:{proxy.port}/login")
     assert reader.evaluate("navigator.clipboard.readText()") == f"{home}proxy/{app.port}/"
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+def _nginx_under_prefix(processes: Processes, backend: int) -> Process:
+    """nginx on a free port mounting portproxy under /pp/ without telling it (no
+    X-Forwarded-Prefix): only relative URLs keep the browser under /pp/."""
+    if not os.access(NGINX, os.X_OK):
+        pytest.skip("this test needs nginx (apt-get install nginx)")
+    root = processes.workdir / "nginx"
+    root.mkdir()
+    port = free_port()
+    temp = " ".join(
+        f"{kind}_temp_path {root}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (root / "nginx.conf").write_text(
+        f"""
+worker_processes 1;
+error_log {root}/error.log;
+pid {root}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    {temp}
+    server {{
+        listen 127.0.0.1:{port};
+        location /pp/ {{ proxy_pass http://127.0.0.1:{backend}/; }}
+    }}
+}}
+"""
+    )
+    argv = [NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"]
+    return processes.start("nginx", argv, port=port)
+
+
+def test_under_a_front_proxys_prefix_the_page_stays_under_it(
+    processes: Processes, new_context: Callable[..., BrowserContext]
+) -> None:
+    from playwright.sync_api import expect
+
+    proxy = processes.portproxy("--auth", "password", env={"PASSWORD": PASSWORD})
+    front = _nginx_under_prefix(processes, proxy.port)
+    home = f"http://localhost:{front.port}/pp/"
+    context = new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.goto(f"{home}login")
+    page.fill("input[type=password]", PASSWORD)
+    with page.expect_navigation():
+        page.press("input[type=password]", "Enter")
+    page.goto(home)
+    _wait_live(page)  # the event stream was found under /pp/ too
+    app = processes.static_app("prefixed", _app_html("Prefixed app"))
+    card = page.locator(_card(page, app.port))
+    expect(card).to_be_visible(timeout=LIVE_WAIT_MS)
+    card.locator("button.copy").first.click()
+    assert page.evaluate("navigator.clipboard.readText()") == f"{home}proxy/{app.port}/"
+    with page.expect_navigation():
+        card.locator(f'a:text-is("/proxy/{app.port}/")').click()
+    expect(page.locator("#app")).to_have_text("Prefixed app page")
+    assert page.url == f"{home}proxy/{app.port}/"

@@ -314,15 +314,27 @@ class Tables:
 
     def __init__(self, tmp_path: Path) -> None:
         self.path = tmp_path / "tcp"
-        self.set()
         self.proc = tmp_path / "proc"
         self.proc.mkdir()
+        self.set()
 
-    def set(self, *ports: int) -> None:
-        self.path.write_text(HEAD + "".join(_line("0100007F", p, inode=p) for p in ports))
+    def set(self, *ports: int, hidden: tuple[int, ...] = ()) -> None:
+        """Listen on C{ports} (pid = port) and C{hidden} (another user's process)."""
+        lines = [_line("0100007F", p, inode=p) for p in (*ports, *hidden)]
+        self.path.write_text(HEAD + "".join(lines))
+        for port in ports:
+            fd = self.proc / str(port) / "fd"
+            if not fd.exists():
+                fd.mkdir(parents=True)
+                os.symlink(f"socket:[{port}]", fd / "3")
 
     def discovery(self) -> Discovery:
-        return Discovery(tables=[(str(self.path), "ipv4")], proc=str(self.proc))
+        def info(pid: int, uid: int | None) -> ProcessInfo:
+            return ProcessInfo(pid, "app", f"app --port {pid}", "/srv", "dev")
+
+        return Discovery(
+            tables=[(str(self.path), "ipv4")], proc=str(self.proc), process_info=info
+        )
 
 
 class Probes:
@@ -410,6 +422,18 @@ def test_the_probe_runs_once_a_minute_per_port_and_never_holds_up_a_snapshot(
     assert probes.calls == [3000]
     clock.pump([1.0] * 2)
     assert probes.calls == [3000, 3000]
+    watcher.stop()
+
+
+def test_ports_of_processes_portproxy_may_not_see_are_not_probed(tmp_path: Path) -> None:
+    # Another user's service (a database, sshd) is listed but not poked every minute.
+    watcher, clock, tables, probes = _watcher(tmp_path)
+    tables.set(3000, hidden=(5432,))
+    watcher.touch()
+    assert probes.calls == [3000]
+    entries = watcher.entries
+    assert entries is not None
+    assert [(e["port"], e["pid"]) for e in entries] == [(3000, 3000), (5432, None)]
     watcher.stop()
 
 

@@ -4,7 +4,8 @@
 It reaches people's apps, so it is identifiable, rare and bounded: a C{GET /} with
 C{User-Agent: portproxy-probe} and no cookies, at most 16 KiB read, at most 1 s waited,
 at most once a minute per port. The watcher runs it only while someone looks, never on
-portproxy's own ports, and never waits for it: a snapshot shows what is known now.
+portproxy's own ports or another user's (whose process it may not see), and never
+waits for it: a snapshot shows what is known now.
 
 L{extract_title}, L{answers_http} and L{ProbeSchedule} are pure; L{HttpProbe} is the
 thin socket part.

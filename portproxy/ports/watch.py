@@ -336,7 +336,11 @@ class PortsWatcher:
                 del self._probe_results[port]
         for entry in self._entries:
             port = entry["port"]
-            if entry["self"] or not self._schedule.due(port, now):
+            # Only apps whose process portproxy may see (the user's own): another
+            # user's service (a database, sshd) is listed, not poked every minute.
+            if entry["self"] or entry["pid"] is None:
+                continue
+            if not self._schedule.due(port, now):
                 continue
             ipv6 = all(a["family"] == "ipv6" for a in entry["addresses"])
             self._schedule.started(port, now)

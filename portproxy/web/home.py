@@ -286,7 +286,10 @@ _SCRIPT = r"""
     }
   });
   Array.prototype.forEach.call(document.querySelectorAll("button.copy"),
-    function (b) { b.hidden = false; });
+    function (b) {
+      b.setAttribute("aria-label", "Copy the URL " + b.parentNode.querySelector("a").href);
+      b.hidden = false;
+    });
 
   function state(name, text) {
     live.setAttribute("data-state", name);

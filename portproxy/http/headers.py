@@ -403,7 +403,8 @@ def _forward(
 def _merged_cookies(cookies: list[bytes], session_cookie: bytes | None) -> list[bytes]:
     """The Cookie fields as one value, without portproxy's session and grant cookies;
     or none."""
-    if any(GRANT_COOKIE_PREFIX in v for v in cookies):
+    # One substring search per request (~0.2 us, measured: 0.15 % of an S1 request).
+    if GRANT_COOKIE_PREFIX in (cookies[0] if len(cookies) == 1 else b";".join(cookies)):
         # Rare (a share link's visitor): the common path below stays one strip.
         joined: bytes | None = _strip_own_cookies(cookies, session_cookie)
     elif session_cookie is None:

@@ -43,6 +43,11 @@ PURE_MODULES = (
     "portproxy.auth.redirects",
     "portproxy.auth.cookiepolicy",
     "portproxy.auth.loginpage",
+    "portproxy.sharing.access",
+    "portproxy.sharing.durations",
+    "portproxy.sharing.grants",
+    "portproxy.sharing.keys",
+    "portproxy.sharing.tokens",
 )
 FORBIDDEN = ("twisted", "autobahn")
 

@@ -534,3 +534,23 @@ async def test_a_corrupt_state_file_is_logged_and_treated_as_empty(
     _state(proxy).create_token(name="ci", ports=[up.port])
     assert os.stat(tmp_path / "sharing.json").st_mode & 0o777 == 0o600
     assert (tmp_path / "sharing.json.corrupt").read_text() == "{not json"
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_a_trusted_front_proxy_the_grant_cookie_follows_its_prefix_and_scheme(
+    make_proxy: Any, upstream: Any, tmp_path: Path
+) -> None:
+    from portproxy.config import parse_trusted_proxies
+
+    up = upstream(Recorder())
+    proxy = _start(
+        make_proxy, tmp_path, trusted_proxies=parse_trusted_proxies(["127.0.0.1/32"])
+    )
+    _, link = _state(proxy).create_share(port=up.port)
+    front = b"X-Forwarded-Prefix: /pp\r\nX-Forwarded-Proto: https\r\n"
+    status, headers, _ = await _ask(proxy, b"/.portproxy/share/" + link.encode(), front)
+    assert status == 302
+    # The browser is at /pp/.portproxy/share/...: relative, it lands on /pp/proxy/<port>/.
+    assert headers[b"location"] == [b"./../../proxy/%d/" % up.port]
+    attributes = [a.strip() for a in headers[b"set-cookie"][0].split(b";")]
+    assert b"Path=/pp/proxy/%d" % up.port in attributes and b"Secure" in attributes

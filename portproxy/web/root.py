@@ -255,7 +255,8 @@ class _ProxyGate(Resource):
 
         The one place the order of the checks lives, for L{render} and for
         L{proxy_target}; it writes nothing, the returned answer does. (A signed-in
-        request marks its connection trusted, for the connection cap: idempotent.)
+        request marks its connection trusted, for the connection cap; a token let in
+        from C{Authorization} is taken out of the request: both idempotent.)
         """
         root = self.root
         if root.config.disable_proxy:

@@ -554,3 +554,24 @@ async def test_behind_a_trusted_front_proxy_the_grant_cookie_follows_its_prefix_
     assert headers[b"location"] == [b"./../../proxy/%d/" % up.port]
     attributes = [a.strip() for a in headers[b"set-cookie"][0].split(b";")]
     assert b"Path=/pp/proxy/%d" % up.port in attributes and b"Secure" in attributes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_streamed_upload_with_a_token_reaches_the_app_without_it(
+    make_proxy: Any, upstream: Any, tmp_path: Path
+) -> None:
+    """A large body streams to the app before the request is rendered: the token must
+    be gone by then too."""
+    up = upstream(rec := Recorder(handler=lambda request: b"got"))
+    proxy = _start(make_proxy, tmp_path)
+    _, secret = _state(proxy).create_token(name="ci", ports=[up.port], methods=["POST"])
+    body = b"x" * (256 * 1024)
+    request = (
+        b"POST /proxy/%d/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (up.port, secret.encode(), len(body), body)
+    )
+    status, _, answer = parse_response(await raw_request(proxy.port, request))
+    assert (status, answer) == (200, b"got")
+    assert rec.requests[0]["body"] == body
+    assert rec.header(0, b"authorization") == []

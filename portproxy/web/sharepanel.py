@@ -26,11 +26,14 @@ __all__ = ["PANEL_CSS", "PANEL_SCRIPT", "render_panel"]
 
 def render_panel(entry: Mapping[str, Any]) -> str:
     """The server-rendered inside of a port's sharing placeholder: its access level
-    (readable without JavaScript), escaped; the script adds the controls after it."""
+    (readable without JavaScript), escaped; the script adds the controls after it.
+
+    The words are the home page's own (its live updates rewrite the note with them).
+    """
     if entry.get("access") == "public":
         text = "Public: anyone who can reach portproxy opens it, without signing in."
     else:
-        text = "Private: only signed-in users, share links and tokens open it."
+        text = "Private: only signed-in users open it."
     return f'<p class="access-note">{html.escape(text)}</p>'
 
 
@@ -52,7 +55,7 @@ PANEL_SCRIPT = r"""
                    ["7 days", 604800], ["30 days", 2592000]];
   var NOTES = {
     "public": "Public: anyone who can reach portproxy opens it, without signing in.",
-    "private": "Private: only signed-in users, share links and tokens open it."
+    "private": "Private: only signed-in users open it."
   };
   var lists = {shares: [], tokens: []};
   var panels = [];

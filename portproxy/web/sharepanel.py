@@ -6,13 +6,13 @@ L{render_panel} into each port's C{<div class="sharing" data-port="..."
 data-access="...">}: the port's access level, readable without JavaScript.
 L{PANEL_SCRIPT}, included once under the page's CSP nonce, turns each panel into
 controls: the public/private toggle, the label, "create share link" (path, methods,
-lifetime; the link shown once, with a copy button) and the port's active links and
-tokens with revoke buttons; it fills new placeholders on the page's C{portproxy:ports}
-event and keeps the panels it made (the page keeps their nodes). The script builds
-every node with DOM methods and sets text with C{textContent} (never C{innerHTML}
-with data), and calls the API with
-relative URLs (C{./.portproxy/api/...}, so a front proxy's path prefix stays) and
-C{Content-Type: application/json}, which the API requires of state changes.
+lifetime) and "create token" (name, lifetime), each secret shown once with a copy
+button, and the port's active links and tokens with revoke buttons. It fills new
+placeholders on the page's C{portproxy:ports} event and keeps the panels it made (the
+page keeps their nodes). The script builds every node with DOM methods and sets text
+with C{textContent} (never C{innerHTML} with data), and calls the API with relative
+URLs (C{./.portproxy/api/...}, so a front proxy's path prefix stays) and C{Content-Type:
+application/json}, which the API requires of state changes.
 """
 
 from __future__ import annotations
@@ -175,23 +175,49 @@ PANEL_SCRIPT = r"""
         methods: methods.value ? [methods.value] : null,
         ttl: parseInt(lifetime.value, 10)
       }).then(function (share) {
-        var link = el("input", {type: "text", readonly: "readonly", "class": "link",
-                                "aria-label": "share link"});
-        link.value = share.url;
-        clear(self.created);
-        self.created.appendChild(el("span", {text: "Share link (shown once): "}));
-        self.created.appendChild(link);
-        self.created.appendChild(copyButton(link));
-        self.message.textContent = "";
+        self.showOnce("Share link (shown once): ", share.url, "share link");
         lists.shares.push(share);
+        renderAll();
+      }, function (e) { self.fail(e); });
+    });
+    var name = el("input", {type: "text", name: "name", maxlength: "64",
+                            placeholder: "token name", "aria-label": "token name"});
+    var expiry = el("select", {name: "token-ttl", "aria-label": "token lifetime"},
+      [el("option", {value: "", text: "no expiry"})]);
+    LIFETIMES.forEach(function (item) {
+      expiry.appendChild(el("option", {value: String(item[1]), text: item[0]}));
+    });
+    var tokenForm = el("form", {"class": "token-form"},
+      [name, expiry, el("button", {text: "Create token"})]);
+    tokenForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      call("POST", "tokens", {
+        name: name.value,
+        ports: [self.port],
+        ttl: expiry.value ? parseInt(expiry.value, 10) : null
+      }).then(function (token) {
+        self.showOnce("Token (shown once): ", token.token, "token");
+        delete token.token;  // never kept in the page once shown
+        lists.tokens.push(token);
         renderAll();
       }, function (e) { self.fail(e); });
     });
     var controls = el("div", {"class": "share-controls"}, [
       el("div", {}, [self.toggle, " ", self.message]),
-      labelForm, shareForm, self.created, self.list
+      labelForm, shareForm, tokenForm, self.created, self.list
     ]);
     self.root.appendChild(controls);
+  };
+
+  Panel.prototype.showOnce = function (text, value, what) {
+    var box = el("input", {type: "text", readonly: "readonly", "class": "link",
+                           "aria-label": what});
+    box.value = value;
+    clear(this.created);
+    this.created.appendChild(el("span", {text: text}));
+    this.created.appendChild(box);
+    this.created.appendChild(copyButton(box));
+    this.message.textContent = "";
   };
 
   Panel.prototype.render = function () {

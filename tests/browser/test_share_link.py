@@ -113,6 +113,16 @@ def test_a_share_link_opens_its_app_in_a_fresh_browser_and_nothing_else(
     assert page.locator("#app").inner_text() == "shared app page"
 
 
+def _status(proxy: Process, path: str, token: str) -> int:
+    """The status of a GET through the proxy with C{token} as a Bearer token."""
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def _failures(page: Page) -> list[str]:
     """Collect what went wrong in C{page}: console errors other than failed loads (a
     script the CSP blocked) and every API call that did not succeed."""
@@ -131,7 +141,7 @@ def _failures(page: Page) -> list[str]:
     return errors
 
 
-def test_the_start_page_makes_and_revokes_a_link_and_toggles_public(
+def test_the_start_page_makes_and_revokes_links_and_tokens_and_toggles_public(
     processes: Processes, new_context: Callable[..., BrowserContext]
 ) -> None:
     from playwright.sync_api import expect
@@ -168,6 +178,18 @@ def test_the_start_page_makes_and_revokes_a_link_and_toggles_public(
     expect(controls.locator("li.share")).to_have_count(0)
     guest.goto(f"{home}proxy/{app.port}/")
     assert "panel app" not in guest.content()
+
+    # A token from the page: shown once, opens the port for a machine, revocable.
+    controls.locator("input[name=name]").fill("ci")
+    controls.get_by_role("button", name="Create token").click()
+    secret_box = controls.get_by_label("token", exact=True)
+    expect(secret_box).to_have_value(re.compile(r"^ppt_"))
+    secret = secret_box.input_value()
+    expect(controls.locator("li.token")).to_have_count(1)
+    assert _status(proxy, f"/proxy/{app.port}/", secret) == 200
+    controls.locator("li.token").get_by_role("button", name="Revoke").click()
+    expect(controls.locator("li.token")).to_have_count(0)
+    assert _status(proxy, f"/proxy/{app.port}/", secret) == 401
 
     # Made public from the page: anyone opens it, and the page says so.
     controls.get_by_role("button", name="Make public").click()

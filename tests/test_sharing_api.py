@@ -537,3 +537,62 @@ async def test_with_auth_none_the_home_page_has_no_sharing_controls(
     )
     assert status == 200
     assert PANEL_SCRIPT.encode() not in page
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_link_keeps_the_public_url_prefix_on_its_own_origin(
+    make_proxy: Any, tmp_path: Any
+) -> None:
+    # A front proxy mounts portproxy under /pp on dev.example.test (--public-url says so).
+    fields: dict[str, Any] = dict(
+        auth="password", data_dir=str(tmp_path), public_url="https://dev.example.test/pp"
+    )
+    proxy = make_proxy(environ={"PASSWORD": PASSWORD}, **fields)
+    cookie = print_auth_cookie(Config(**fields), environ={"PASSWORD": PASSWORD})
+
+    async def link_for(host: bytes) -> str:
+        body = json.dumps({"port": 3000}).encode()
+        status, _, answer = parse_response(
+            await raw_request(
+                proxy.port,
+                b"POST /.portproxy/api/shares HTTP/1.1\r\nHost: %s\r\nCookie: %s\r\n"
+                b"X-Forwarded-Proto: https\r\n%sContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s"
+                % (host, cookie.encode(), JSON, len(body), body),
+            )
+        )
+        assert status == 201, answer
+        return str(json.loads(answer)["url"])
+
+    # X-Forwarded-Proto counts only from a trusted proxy: this peer is not one, so the
+    # request's own scheme (http) is its origin, which is not --public-url's.
+    assert (await link_for(b"dev.example.test")).startswith(
+        "http://dev.example.test/.portproxy/share/"
+    )
+    assert (await link_for(b"127.0.0.1")).startswith("http://127.0.0.1/.portproxy/share/")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_link_made_on_the_public_url_origin_keeps_its_prefix(
+    make_proxy: Any, tmp_path: Any
+) -> None:
+    fields: dict[str, Any] = dict(
+        auth="password",
+        data_dir=str(tmp_path),
+        public_url="http://dev.example.test/pp",
+    )
+    proxy = make_proxy(environ={"PASSWORD": PASSWORD}, **fields)
+    cookie = print_auth_cookie(Config(**fields), environ={"PASSWORD": PASSWORD})
+    body = json.dumps({"port": 3000}).encode()
+    status, _, answer = parse_response(
+        await raw_request(
+            proxy.port,
+            b"POST /.portproxy/api/shares HTTP/1.1\r\nHost: dev.example.test\r\n"
+            b"Cookie: %s\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (cookie.encode(), JSON, len(body), body),
+        )
+    )
+    assert status == 201, answer
+    assert json.loads(answer)["url"].startswith(
+        "http://dev.example.test/pp/.portproxy/share/"
+    )

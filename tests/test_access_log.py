@@ -41,6 +41,7 @@ from portproxy.web.accesslog import (
     escape,
     json_line,
     log_timestamp,
+    log_uri,
 )
 from portproxy.web.site import ACCESS_LOG_NAMESPACE, ProxySite
 from tests.support import free_port, get, parse_response, raw_request
@@ -801,3 +802,18 @@ def test_with_workers_sigusr1_to_the_supervisor_reaches_every_worker(
     after = path.read_text()
     assert all(f"/healthz?after{i}" in after for i in range(6)), after
     assert "after" not in rotated.read_text()
+
+
+@pytest.mark.parametrize(
+    ("uri", "logged"),
+    [
+        (b"/.portproxy/share/k3y.s1gn?x=1", b"/.portproxy/share/[redacted]"),
+        (b"/.PORTPROXY/Share/k3y", b"/.PORTPROXY/Share/[redacted]"),
+        (b"http://h:8/.portproxy/share/k3y", b"http://h:8/.portproxy/share/[redacted]"),
+        (b"/proxy/3000/.portproxy/share/k3y", b"/proxy/3000/.portproxy/share/k3y"),
+    ],
+)
+def test_a_share_links_token_is_never_logged(uri: bytes, logged: bytes) -> None:
+    # A share link opens its port until it expires or is revoked: a log reader must
+    # not be able to use it. An app's own path that looks alike is logged as it came.
+    assert log_uri(uri) == logged

@@ -30,6 +30,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 
 from portproxy.auth.guard import RESERVED_TICKET_ACCEPT
 from portproxy.routing.routes import split_target
+from portproxy.sharing.grants import SHARE_PATH
 
 __all__ = [
     "FLUSH_BYTES",
@@ -113,7 +114,10 @@ REDACTED = b"[redacted]"
 
 
 def log_uri(uri: bytes) -> bytes:
-    """C{uri} as the access log records it: the sign-in ticket page's C{t} redacted.
+    """C{uri} as the access log records it: secrets in portproxy's own URLs redacted.
+
+    A share link's token (C{/.portproxy/share/<token>}, any query dropped) is logged
+    as C{/.portproxy/share/[redacted]}.
 
     C{/.portproxy/ticket/accept?t=<ticket>} carries a ticket that signs a browser in
     on a proxy host; a log reader must not be able to replay one. Every C{t} of that
@@ -122,9 +126,15 @@ def log_uri(uri: bytes) -> bytes:
     other URI, byte for byte. Almost every URI holds no C{/.} and is returned after
     one substring search.
     """
-    if b"/." not in uri or b"?" not in uri:
+    if b"/." not in uri:
         return uri
-    if split_target(uri)[0].lower() != RESERVED_TICKET_ACCEPT:
+    path = split_target(uri)[0]
+    lowered = path.lower()
+    if lowered.startswith(SHARE_PATH):
+        # A share link works until it expires or is revoked: its token is a secret.
+        authority = uri[: uri.find(path)]  # absolute-form: scheme://host kept
+        return authority + path[: len(SHARE_PATH)] + REDACTED
+    if b"?" not in uri or lowered != RESERVED_TICKET_ACCEPT:
         return uri
     head, _, query = uri.partition(b"?")
     items = []

@@ -936,9 +936,9 @@ class _Big(Resource):
     def render_GET(self, request: Any) -> int:
         request.setHeader(b"content-type", b"text/javascript")
         hose = _TextHose(request, self.size)
-        if request.path == b"/big.js":
-            # Only the test's own requests: a port scanner or probe elsewhere on the
-            # machine may GET / here too.
+        if request.path != b"/":
+            # Only the test's own requests: a port probe elsewhere on the machine (the
+            # home page's, of another test run) may GET / here too.
             self.hoses.append(hose)
         hose.start()
         return NOT_DONE_YET

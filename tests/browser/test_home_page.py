@@ -267,10 +267,15 @@ def test_the_page_fits_a_phone_and_a_desktop(
             expect(page.locator("#ports")).to_contain_text(title, timeout=LIVE_WAIT_MS)
         expect(page.locator(_card(page, v6_port)).locator(".warnings")).to_be_visible()
         # The machine runs other people's processes too: the picture keeps this
-        # test's own apps and portproxy.
+        # test's own apps and portproxy, also after a live update re-renders the list.
         page.evaluate(
-            "shown => document.querySelectorAll('li.port').forEach(li => {"
-            " if (!shown.includes(Number(li.dataset.port))) li.remove(); })",
+            """shown => {
+                const keep = () => document.querySelectorAll("li.port").forEach(li => {
+                    if (!shown.includes(Number(li.dataset.port))) { li.remove(); }
+                });
+                document.addEventListener("portproxy:ports", keep);
+                keep();
+            }""",
             sorted(shown),
         )
         overflow = page.evaluate(

@@ -211,7 +211,9 @@ def limited_proxy(tmp_path: Path) -> Iterator[Callable[..., int]]:
         cert, key, _ = write_pair(tmp_path)
         if site is None:
             config = Config(auth="none", access_log="off", data_dir=str(tmp_path / "d"))
-            site = build_instance(config, environ={}, reactor=get_reactor()).site
+            instance = build_instance(config, environ={}, reactor=get_reactor())
+            instances.append(instance)
+            site = instance.site
         tls = ServerTLS(
             cert=cert,
             cert_key=key,
@@ -233,7 +235,10 @@ def limited_proxy(tmp_path: Path) -> Iterator[Callable[..., int]]:
         return int(ports[-1].getHost().port)
 
     watched: list[Any] = []
+    instances: list[Any] = []
     yield start
+    for instance in instances:
+        instance.ports.close()  # a GET / (the home page) starts the ports watcher
     for limits, port in watched:
         limits.unwatch(port)
     for port in ports:

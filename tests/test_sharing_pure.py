@@ -28,7 +28,11 @@ from portproxy.sharing.grants import (
     link_token_id,
 )
 from portproxy.sharing.keys import SharingKeys
-from portproxy.sharing.tokens import new_secret, presented_token
+from portproxy.sharing.tokens import (
+    authorization_holds_token,
+    new_secret,
+    presented_token,
+)
 
 # -- durations -----------------------------------------------------------------------
 
@@ -88,6 +92,15 @@ def test_a_formatted_duration_reads_back_the_same(seconds: int) -> None:
         ("/api", b"//api/x", False),
         ("/a/b", b"/a/b/c", True),
         ("/a/b", b"/a/bc", False),
+        # Review 15: what Tomcat, Jetty or Spring read as a dot segment.
+        ("/hooks", b"/hooks/..;/admin", False),
+        ("/hooks", b"/hooks/x;jsessionid=1", False),
+        ("/hooks", b"/hooks/%252e%252e/admin", False),
+        ("/hooks", b"/hooks/%c0%ae%c0%ae/admin", False),
+        ("/hooks", b"/hooks/%C0%AE/x", False),
+        ("/hooks", b"/hooks/caf%c3%a9", False),
+        ("/hooks", b"/hooks/x?a=;&b=%25", True),  # the query is the app's
+        ("/", b"/..;/admin", True),  # the whole port is shared: nothing to escape
     ],
 )
 def test_a_prefix_covers_paths_on_segment_boundaries_only(
@@ -301,3 +314,53 @@ def test_an_app_cannot_set_or_clear_a_grant_cookie() -> None:
         b"mine=2",
     ]
     assert allowed_set_cookies(values, b"s") == [b"portproxy-grantee=ok", b"mine=2"]
+
+
+_TRICKS = [";", "%25", "%2525"] + [f"%{b:02x}" for b in range(0x80, 0x100)] + [
+    f"%{b:02X}" for b in range(0x80, 0x100)
+]
+
+
+@given(
+    st.lists(_SEGMENT, min_size=1, max_size=3),
+    st.text(alphabet=string.ascii_letters + "/.-", max_size=12),
+    st.sampled_from(_TRICKS),
+    st.text(alphabet=string.ascii_letters + "/.-", max_size=12),
+)
+def test_under_a_prefix_a_semicolon_a_double_or_a_non_ascii_escape_is_refused(
+    segments: list[str], before: str, trick: str, after: str
+) -> None:
+    prefix = "/" + "/".join(segments)
+    path = f"{prefix}/{before}{trick}{after}".encode("ascii")
+    assert not path_in_scope(prefix, path)
+    assert path_in_scope("/", path)
+
+
+def test_only_a_scope_open_to_every_method_allows_a_websocket_upgrade() -> None:
+    assert method_allowed(None, b"GET", upgrade=True)
+    assert not method_allowed(("GET", "HEAD"), b"GET", upgrade=True)
+    assert not method_allowed(("GET", "HEAD", "POST", "PUT"), b"GET", upgrade=True)
+    assert method_allowed(("GET", "HEAD"), b"GET", upgrade=False)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"Bearer ppt_" + b"a" * 43,
+        b"bearer  ppt_" + b"a" * 43,
+        b"Basic " + base64.b64encode(b"ci:ppt_" + b"a" * 43),
+    ],
+)
+def test_a_token_in_authorization_is_recognised_for_removal(value: bytes) -> None:
+    assert authorization_holds_token([value])
+    assert authorization_holds_token([b"Bearer abc", value])  # even next to another
+
+
+@pytest.mark.parametrize(
+    "values",
+    [None, [], [b"Bearer abc"], [b"Basic " + base64.b64encode(b"app:secret")], [b"x"]],
+)
+def test_an_apps_own_authorization_is_not_taken_for_a_token(
+    values: list[bytes] | None,
+) -> None:
+    assert not authorization_holds_token(values)

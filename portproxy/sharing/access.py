@@ -11,7 +11,14 @@ A prefix covers a path on segment boundaries only: C{/api} covers C{/api}, C{/ap
 C{/api/x}, never C{/apix}. Nothing is normalised, since the app might not normalise it
 the same way: under a prefix other than C{/}, a path holding a dot segment (C{/./},
 C{/../}), a backslash or an encoded dot, slash or backslash (C{%2e}, C{%2f}, C{%5c}) is
-refused, so that C{/webhook/%2e%2e/admin} cannot escape C{/webhook}.
+refused, so that C{/webhook/%2e%2e/admin} cannot escape C{/webhook}. So are, below the
+prefix, a C{;} (Tomcat, Jetty and Spring drop C{;params} from a segment and read
+C{/webhook/..;/admin} as C{/admin}), a C{%25} (decoded twice, C{%252e} is a dot) and a
+percent escape of a byte above 127 (overlong UTF-8 such as C{%c0%ae} is a dot to some
+decoders): an app that means such a path can be shared whole (prefix C{/}).
+
+A scope limited to some methods never allows a WebSocket upgrade: a WebSocket is
+opened by a GET, but its messages carry writes (a Jupyter kernel, a terminal).
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
 _PREFIX_CHARS = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 _ENCODED_TRICK = re.compile(rb"%(?:2e|2f|5c)", re.IGNORECASE)
 _PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Below a prefix: a ;param, an encoded percent, an escape of a byte above 127.
+_BELOW_PREFIX_TRICK = re.compile(rb";|%25|%[89a-fA-F][0-9a-fA-F]")
 MAX_PREFIX = 1024
 
 
@@ -116,11 +125,20 @@ def path_in_scope(prefix: str, path: bytes) -> bool:
         return False
     if b"\\" in path or _ENCODED_TRICK.search(path):
         return False
+    if _BELOW_PREFIX_TRICK.search(path, len(raw)):
+        return False
     return not any(s in (b".", b"..") for s in path.split(b"/"))
 
 
-def method_allowed(methods: tuple[str, ...] | None, method: bytes) -> bool:
-    """Tell whether C{method} is one of C{methods} (C{None}: all)."""
+def method_allowed(
+    methods: tuple[str, ...] | None, method: bytes, *, upgrade: bool = False
+) -> bool:
+    """Tell whether C{method} is one of C{methods} (C{None}: all).
+
+    A WebSocket upgrade (C{upgrade}) needs every method: see the module docstring.
+    """
     if methods is None:
         return True
+    if upgrade:
+        return False
     return method.decode("ascii", "replace") in methods

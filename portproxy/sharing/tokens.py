@@ -16,7 +16,14 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["TOKEN_HEADER", "TOKEN_PREFIX", "Presented", "new_secret", "presented_token"]
+__all__ = [
+    "TOKEN_HEADER",
+    "TOKEN_PREFIX",
+    "Presented",
+    "authorization_holds_token",
+    "new_secret",
+    "presented_token",
+]
 
 TOKEN_PREFIX = "ppt_"
 #: The header a token can come in besides Authorization (never forwarded to apps).
@@ -82,6 +89,18 @@ def presented_token(
         if secret is not None:
             return Presented(secret, in_authorization=True)
     return None
+
+
+def authorization_holds_token(authorization: Sequence[bytes] | None) -> bool:
+    """Tell whether any C{Authorization} value carries a C{ppt_} token.
+
+    Such a field is removed before every app, whoever is let in: an app (on a public
+    port, or seen by a signed-in browser) must never get a secret it could replay
+    against other ports. Cheap when the header is absent.
+    """
+    if not authorization:
+        return False
+    return any(_from_authorization(value) is not None for value in authorization)
 
 
 def looks_like_secret(value: str) -> bool:

@@ -289,6 +289,11 @@ async def test_a_share_link_sets_a_grant_cookie_for_its_port_and_redirects_there
         b"/proxy/{p}/webhook/..%2fadmin",
         b"/proxy/{p}/webhook/./../admin",
         b"/proxy/{p}/webhook\\..\\admin",
+        # Review 15: read as /admin by Tomcat/Jetty/Spring or a double decoder.
+        b"/proxy/{p}/webhook/..;/admin",
+        b"/proxy/{p}/webhook/%252e%252e/admin",
+        b"/proxy/{p}/webhook/%c0%ae%c0%ae/admin",
+        b"/absproxy/{p}/webhook/..;/admin",
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -575,3 +580,130 @@ async def test_a_streamed_upload_with_a_token_reaches_the_app_without_it(
     assert (status, answer) == (200, b"got")
     assert rec.requests[0]["body"] == body
     assert rec.header(0, b"authorization") == []
+
+
+# -- review 15 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["bearer", "basic"])
+@pytest_twisted.ensureDeferred
+async def test_a_token_in_authorization_never_reaches_an_app_on_a_public_port(
+    make_proxy: Any, upstream: Any, tmp_path: Path, form: str
+) -> None:
+    up = upstream(rec := Recorder())
+    other = upstream(Recorder())
+    proxy = _start(make_proxy, tmp_path, public_ports=(up.port,))
+    # A token for another port, sent by a client of the public app: the app must not
+    # get it (it could replay it against the private port).
+    _, secret = _state(proxy).create_token(name="ci", ports=[other.port])
+    for path in (b"/proxy/%d/x" % up.port, b"/absproxy/%d/x" % up.port):
+        status, _, _ = await _ask(proxy, path, _presentations(secret)[form])
+        assert status == 200
+    assert (
+        await _ask(
+            proxy, b"/x", _presentations(secret)[form], host=b"%d.example.test" % up.port
+        )
+    )[0] == 200
+    for i in range(3):
+        assert rec.header(i, b"authorization") == []
+        assert secret.encode() not in repr(rec.requests[i]["headers"]).encode()
+
+
+@pytest.mark.parametrize("form", ["bearer", "basic"])
+@pytest_twisted.ensureDeferred
+async def test_a_token_in_authorization_never_reaches_the_app_of_a_signed_in_client(
+    make_proxy: Any, upstream: Any, tmp_path: Path, form: str
+) -> None:
+    up = upstream(rec := Recorder())
+    proxy = _start(make_proxy, tmp_path)
+    _, secret = _state(proxy).create_token(name="ci", ports=[up.port])
+    unknown = "ppt_" + "x" * 43  # token-shaped, valid or not: never the app's
+    for token in (secret, unknown):
+        headers = _session(proxy) + _presentations(token)[form]
+        assert (await _ask(proxy, b"/proxy/%d/x" % up.port, headers))[0] == 200
+    assert rec.header(0, b"authorization") == [] and rec.header(1, b"authorization") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_in_authorization_never_reaches_the_app_next_to_a_grant(
+    make_proxy: Any, upstream: Any, tmp_path: Path
+) -> None:
+    up = upstream(rec := Recorder())
+    other = upstream(Recorder())
+    proxy = _start(make_proxy, tmp_path)
+    state = _state(proxy)
+    _, secret = state.create_token(name="ci", ports=[other.port], path="/only")
+    _, link = state.create_share(port=up.port)
+    grant = _grant_header((await _open_link(proxy, link))[1])
+    unknown = _presentations("ppt_" + "y" * 43)["bearer"]
+    assert (await _ask(proxy, b"/proxy/%d/x" % up.port, grant + unknown))[0] == 200
+    assert rec.header(0, b"authorization") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_junk_grant_cookies_planted_before_the_real_one_do_not_lock_it_out(
+    make_proxy: Any, upstream: Any, tmp_path: Path
+) -> None:
+    up = upstream(Recorder())
+    proxy = _start(make_proxy, tmp_path)
+    _, link = _state(proxy).create_share(port=up.port)
+    real = _grant_header((await _open_link(proxy, link))[1])[len(b"Cookie: ") : -2]
+    name = real.split(b"=", 1)[0]
+    junk = [b"junk%d" % i for i in range(12)]
+    junk += [b"0123456789abcdef.%s" % (b"A" * 22) for _ in range(12)]  # forged MACs
+    cookie = b"; ".join([name + b"=" + value for value in junk] + [real])
+    assert (await _ask(proxy, b"/proxy/%d/" % up.port, b"Cookie: " + cookie + b"\r\n"))[
+        0
+    ] == 200
+
+
+@pytest.mark.parametrize("limited", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_a_method_limited_grant_or_token_strips_method_overrides(
+    make_proxy: Any, upstream: Any, tmp_path: Path, limited: bool
+) -> None:
+    up = upstream(rec := Recorder())
+    proxy = _start(make_proxy, tmp_path)
+    state = _state(proxy)
+    methods = ["GET"] if limited else None
+    _, link = state.create_share(port=up.port, methods=methods)
+    _, secret = state.create_token(name="ro", ports=[up.port], methods=methods)
+    overrides = (
+        b"X-HTTP-Method-Override: DELETE\r\nX-HTTP-Method: DELETE\r\n"
+        b"X-Method-Override: DELETE\r\n"
+    )
+    grant = _grant_header((await _open_link(proxy, link))[1])
+    token = _presentations(secret)["header"]
+    for i, headers in enumerate((grant, token)):
+        assert (await _ask(proxy, b"/proxy/%d/x" % up.port, headers + overrides))[0] == 200
+        for name in (b"x-http-method-override", b"x-http-method", b"x-method-override"):
+            assert rec.header(i, name) == ([] if limited else [b"DELETE"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_only_grant_or_token_cannot_open_a_websocket(
+    make_proxy: Any,
+    app: Any,  # noqa: F811 (the relay tests' fixture)
+    browsers: list[Browser],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    proxy = _start(make_proxy, tmp_path)
+    state = _state(proxy)
+    _, link = state.create_share(port=app.port, methods=["GET"])
+    grant = _grant_header((await _open_link(proxy, link))[1]).split(b": ", 1)[1].strip()
+    with pytest.raises(Exception, match="handshake failed"):
+        await open_ws(
+            browsers, proxy.port, f"/proxy/{app.port}/", headers={"Cookie": grant.decode()}
+        )
+    _, secret = state.create_token(name="ro", ports=[app.port], methods=["GET", "POST"])
+    with pytest.raises(Exception, match="handshake failed"):
+        await open_ws(
+            browsers,
+            proxy.port,
+            f"/proxy/{app.port}/",
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+    # The same HTTP GET is let in: only the upgrade is refused.
+    assert (await _ask(proxy, b"/proxy/%d/" % app.port, b"Cookie: " + grant + b"\r\n"))[
+        0
+    ] != 403

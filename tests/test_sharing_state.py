@@ -205,6 +205,14 @@ def test_another_key_checks_nothing_made_under_the_first(
         b'{"version": 1, "shares": [{"id": 1}]}',
         b"\xff\xfe",
         b'{"version": 1, "ports": {"x": {}}}',
+        # Review 15: nesting deeper than the parser's recursion, non-finite numbers.
+        b"[" * 100_000,
+        b'{"version": 1, "shares": [{"id": "0123456789abcdef", "port": 80, "path": "/",'
+        b' "methods": null, "route": "proxy", "created": 1, "expires": NaN}]}',
+        b'{"version": 1, "tokens": [{"id": "a", "name": "n", "ports": [80], "path": "/",'
+        b' "methods": null, "created": 1, "expires": Infinity, "hash": "'
+        + b"0" * 64
+        + b'"}]}',
     ],
 )
 def test_a_corrupt_file_is_logged_treated_as_empty_and_kept_aside(
@@ -218,6 +226,37 @@ def test_a_corrupt_file_is_logged_treated_as_empty_and_kept_aside(
     state.set_port(80, access="public")
     assert (tmp_path / "sharing.json.corrupt").read_bytes() == content
     assert _state(tmp_path, clock).access(80) == "public"
+
+
+def test_a_file_that_turns_corrupt_under_a_running_instance_empties_its_state(
+    tmp_path: Path, clock: Clock
+) -> None:
+    state = _state(tmp_path, clock)
+    state.set_port(80, access="public")
+    (tmp_path / "sharing.json").write_bytes(b"[" * 100_000)
+    clock.advance(5)
+    assert state.access(80) == "private"  # no stale state, no exception
+    assert any("corrupt" in f for f in state.events.formats())  # type: ignore[attr-defined]
+
+
+def test_a_method_limited_scope_is_told_apart_and_never_opens_a_websocket(
+    tmp_path: Path, clock: Clock
+) -> None:
+    state = _state(tmp_path, clock)
+    _, read_only = state.create_token(name="ro", ports=[80], methods=["GET"])
+    _, every = state.create_token(name="rw", ports=[80])
+    assert state.check_token(read_only, 80, b"/", b"GET") is Verdict.ALLOW_LIMITED
+    assert state.check_token(every, 80, b"/", b"GET") is Verdict.ALLOW
+    assert state.check_token(read_only, 80, b"/", b"GET", upgrade=True) is (
+        Verdict.FORBIDDEN
+    )
+    assert state.check_token(every, 80, b"/", b"GET", upgrade=True) is Verdict.ALLOW
+    share, _ = state.create_share(port=80, methods=["GET"])
+    _, cookie = state.grant_cookie(share)
+    assert state.check_grant(cookie, 80, b"/", b"GET") is Verdict.ALLOW_LIMITED
+    assert state.check_grant(cookie, 80, b"/", b"GET", upgrade=True) is Verdict.FORBIDDEN
+    assert Verdict.ALLOW.allowed and Verdict.ALLOW_LIMITED.allowed
+    assert not Verdict.FORBIDDEN.allowed and not Verdict.INVALID.allowed
 
 
 def test_an_unreadable_file_is_logged_and_treated_as_empty(

@@ -28,6 +28,7 @@ import re
 from collections.abc import Sequence
 
 __all__ = [
+    "METHOD_OVERRIDES",
     "Verdict",
     "check_methods",
     "check_path_prefix",
@@ -43,11 +44,24 @@ class Verdict(enum.Enum):
 
     #: Valid and in scope: the request may reach the app.
     ALLOW = "allow"
+    #: Valid and in scope, for a scope limited to some methods: the request may reach
+    #: the app, without the headers that override its method.
+    ALLOW_LIMITED = "allow-limited"
     #: Valid but out of scope (another port, path or method): 403.
     FORBIDDEN = "forbidden"
     #: Not valid (unknown, revoked, expired, forged): as if nothing had been presented.
     INVALID = "invalid"
 
+    @property
+    def allowed(self) -> bool:
+        """Whether the request may reach the app."""
+        return self is Verdict.ALLOW or self is Verdict.ALLOW_LIMITED
+
+
+#: Headers some frameworks (Rails, Express method-override, Symfony, ASP.NET) read as
+#: the request's real method: removed when a scope limits methods, so that a GET-only
+#: link cannot DELETE. (A C{?_method=} query cannot be removed: see docs/sharing.rst.)
+METHOD_OVERRIDES = (b"x-http-method-override", b"x-http-method", b"x-method-override")
 
 # RFC 9110 5.6.2 token characters, for method names.
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")

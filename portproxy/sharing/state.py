@@ -226,7 +226,9 @@ class SharingState:
             return _Data(), True
         try:
             return _parse(json.loads(raw)), False
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        # Any failure (RecursionError from deep nesting too): a file another process
+        # can write must never stop start-up, a command or a request.
+        except Exception as e:
             self.log.error(
                 "sharing state {path} is corrupt ({why}); treated as empty",
                 path=self.path,
@@ -417,10 +419,13 @@ class SharingState:
 
     # -- checking requests -------------------------------------------------------
 
-    def check_token(self, secret: str, port: int, path: bytes, method: bytes) -> Verdict:
+    def check_token(
+        self, secret: str, port: int, path: bytes, method: bytes, *, upgrade: bool = False
+    ) -> Verdict:
         """What token C{secret} allows for C{method path} on C{port}.
 
-        C{path} is below the port's URL (see L{portproxy.sharing.access}).
+        C{path} is below the port's URL (see L{portproxy.sharing.access}); C{upgrade}:
+        the request opens a WebSocket.
         """
         self.refresh()
         token_id = self._by_hash.get(self._hash(secret))
@@ -433,13 +438,15 @@ class SharingState:
         if (
             port not in token.ports
             or not path_in_scope(token.path, path)
-            or not method_allowed(token.methods, method)
+            or not method_allowed(token.methods, method, upgrade=upgrade)
         ):
             return Verdict.FORBIDDEN
         self._record_use(token, now)
-        return Verdict.ALLOW
+        return Verdict.ALLOW if token.methods is None else Verdict.ALLOW_LIMITED
 
-    def check_grant(self, value: str, port: int, path: bytes, method: bytes) -> Verdict:
+    def check_grant(
+        self, value: str, port: int, path: bytes, method: bytes, *, upgrade: bool = False
+    ) -> Verdict:
         """What a grant cookie's C{value} allows for C{method path} on C{port}."""
         share_id = grant_value_id(self.keys.grant, value, port)
         if share_id is None:
@@ -448,9 +455,11 @@ class SharingState:
         share = self._data.shares.get(share_id)
         if share is None or share.port != port or share.expires <= self.clock.seconds():
             return Verdict.INVALID
-        if not path_in_scope(share.path, path) or not method_allowed(share.methods, method):
+        if not path_in_scope(share.path, path) or not method_allowed(
+            share.methods, method, upgrade=upgrade
+        ):
             return Verdict.FORBIDDEN
-        return Verdict.ALLOW
+        return Verdict.ALLOW if share.methods is None else Verdict.ALLOW_LIMITED
 
     def open_link(self, token: str) -> Share:
         """The share a link token opens; raises L{LinkRefusal} (403 or 410)."""
@@ -616,9 +625,18 @@ def _serialise(data: _Data) -> bytes:
 
 
 def _number(value: object) -> float:
+    # json reads NaN and Infinity: an expiry of NaN would never come.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{value!r} is not a number")
-    return float(value)
+    if isinstance(value, int) and abs(value) > _LARGEST:
+        raise ValueError(f"{value!r} is out of range")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
+
+
+_LARGEST = 10**300
 
 
 def _optional_number(value: object) -> float | None:

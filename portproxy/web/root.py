@@ -13,6 +13,7 @@ import enum
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Protocol, cast
 
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -34,9 +35,13 @@ from portproxy.routing.routes import (
     parse_route,
     split_target,
 )
-from portproxy.sharing.access import Verdict
+from portproxy.sharing.access import METHOD_OVERRIDES, Verdict
 from portproxy.sharing.state import SharingState
-from portproxy.sharing.tokens import TOKEN_HEADER, presented_token
+from portproxy.sharing.tokens import (
+    TOKEN_HEADER,
+    authorization_holds_token,
+    presented_token,
+)
 from portproxy.web.health import HealthResource, Heartbeat
 from portproxy.web.request import Gate, ProxyRequest, Router, UploadTarget
 
@@ -255,8 +260,9 @@ class _ProxyGate(Resource):
 
         The one place the order of the checks lives, for L{render} and for
         L{proxy_target}; it writes nothing, the returned answer does. (A signed-in
-        request marks its connection trusted, for the connection cap; a token let in
-        from C{Authorization} is taken out of the request: both idempotent.)
+        request marks its connection trusted, for the connection cap; a token in
+        C{Authorization} is taken out of a request that passes, whoever lets it in, and
+        so are method overrides under a method-limited scope: all idempotent.)
         """
         root = self.root
         if root.config.disable_proxy:
@@ -268,9 +274,9 @@ class _ProxyGate(Resource):
             signed_in = getattr(request, "signed_in", None)
             if signed_in is not None:
                 signed_in()  # its connection is trusted at the cap (portproxy.net.limits)
-        elif (verdict := self._shared_access(request)) is Verdict.FORBIDDEN:
+        elif (verdict := self._shared_access(request, upgrade)) is Verdict.FORBIDDEN:
             return _error(403, "Not allowed by this share link or token"), None
-        elif verdict is not Verdict.ALLOW:
+        elif not verdict.allowed:
             if upgrade:
                 return auth.deny_unauthorized, None
             if not auth.allows_preflight(request):
@@ -282,15 +288,21 @@ class _ProxyGate(Resource):
             return _error(403, "portproxy does not proxy to itself"), None
         if self.needs_slash:
             return self._add_slash, None
+        # Never an app's, on a public port or for a signed-in browser too: the app
+        # could replay it against private ports. One lookup when there is no header.
+        headers = request.requestHeaders
+        if authorization_holds_token(headers.getRawHeaders(b"authorization")):
+            headers.removeHeader(b"authorization")
         return None, port
 
-    def _shared_access(self, request: Request) -> Verdict:
+    def _shared_access(self, request: Request, upgrade: bool) -> Verdict:
         """Without a session: a public port, else a token, else a share grant (SPEC 12).
 
         L{Verdict.INVALID} when none of them applies (the usual sign-in answer follows).
         A token that came in C{Authorization} is taken out of the request here, so that
         the app never sees it; the request remembers that it was let in, for the second
-        run of the checks (L{proxy_target}, then L{render}).
+        run of the checks (L{proxy_target}, then L{render}). A WebSocket (C{upgrade})
+        needs a scope open to every method.
         """
         sharing = self.root.sharing
         port = parse_port(self.label)
@@ -307,10 +319,11 @@ class _ProxyGate(Resource):
             headers.getRawHeaders(b"authorization"), headers.getRawHeaders(TOKEN_HEADER)
         )
         if token is not None:
-            verdict = sharing.check_token(token.secret, port, path, method)
-            if verdict is Verdict.ALLOW:
+            verdict = sharing.check_token(token.secret, port, path, method, upgrade=upgrade)
+            if verdict.allowed:
                 if token.in_authorization:
                     headers.removeHeader(b"authorization")
+                _limit_methods(headers, verdict)
                 request._portproxy_shared = port  # type: ignore[attr-defined]
                 return verdict
             if verdict is Verdict.FORBIDDEN:
@@ -319,11 +332,15 @@ class _ProxyGate(Resource):
         if not cookies:
             return Verdict.INVALID
         result = Verdict.INVALID
-        for value in cookie_values(cookies, sharing.grant_cookie_name(port), 4):
+        # A bound on the MACs checked, high enough that values planted by a sibling
+        # host (cookies of *.example.com) cannot push the real one out; a value that
+        # does not parse costs no MAC.
+        for value in cookie_values(cookies, sharing.grant_cookie_name(port), _GRANTS_READ):
             verdict = sharing.check_grant(
-                value.decode("ascii", "replace"), port, path, method
+                value.decode("ascii", "replace"), port, path, method, upgrade=upgrade
             )
-            if verdict is Verdict.ALLOW:
+            if verdict.allowed:
+                _limit_methods(headers, verdict)
                 return verdict
             if verdict is Verdict.FORBIDDEN:
                 result = verdict
@@ -394,6 +411,17 @@ class _ProxyGate(Resource):
             matcher=self.root.domains,
             request_host=view.host,
         )
+
+
+#: How many grant cookies of one port are checked at most (see L{_ProxyGate}).
+_GRANTS_READ = 32
+
+
+def _limit_methods(headers: Headers, verdict: Verdict) -> None:
+    """Under a method-limited scope, drop the headers that would override the method."""
+    if verdict is Verdict.ALLOW_LIMITED:
+        for name in METHOD_OVERRIDES:
+            headers.removeHeader(name)
 
 
 def _error(status: int, message: str) -> Callable[[Request], bytes]:

@@ -159,7 +159,13 @@ async def test_post_shares_gives_201_and_a_link_that_opens_its_scope_only(
     status, share = await api.call(
         b"POST",
         "shares",
-        {"port": api.port, "path": "/hook", "methods": ["POST"], "ttl": 3600},
+        {
+            "port": api.port,
+            "path": "/hook",
+            "methods": ["POST"],
+            "ttl": 3600,
+            "route": "proxy",
+        },
     )
     assert status == 201
     assert set(share) >= {"id", "url", "port", "path", "methods", "expires"}
@@ -191,6 +197,33 @@ async def test_a_domain_route_link_lives_on_the_proxy_host(api: Api) -> None:
         f"http://{api.port}.dev.test:{api.proxy.port}/.portproxy/share/"
     )
     assert share["route"] == "domain" and share["methods"] is None and share["path"] == "/"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_share_opens_on_the_proxy_host_unless_told_when_a_proxy_domain_names_it(
+    api: Api, make_proxy: Any, tmp_path: Any
+) -> None:
+    # A proxy host is an origin of its own (docs/sharing.rst); the CLI chose it already.
+    status, share = await api.call(b"POST", "shares", {"port": api.port})
+    assert status == 201 and share["route"] == "domain"
+    assert share["url"].startswith(f"http://{api.port}.dev.test:{api.proxy.port}/")
+    status, share = await api.call(b"POST", "shares", {"port": api.port, "route": "proxy"})
+    assert status == 201 and share["route"] == "proxy"
+    # Without a proxy domain: the path route, as before.
+    fields: dict[str, Any] = dict(auth="password", data_dir=str(tmp_path / "other"))
+    proxy = make_proxy(environ={"PASSWORD": PASSWORD}, **fields)
+    cookie = print_auth_cookie(Config(**fields), environ={"PASSWORD": PASSWORD})
+    plain = Api(proxy, None, Recorder(), cookie.encode())
+    status, share = await plain.call(b"POST", "shares", {"port": 3000})
+    assert status == 201 and share["route"] == "proxy"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_lives_at_most_100_years(api: Api) -> None:
+    status, token = await api.call(
+        b"POST", "tokens", {"name": "long", "ports": [api.port], "ttl": 99 * 365 * 86400}
+    )
+    assert status == 201 and token["expires"] > token["created"]
 
 
 @pytest_twisted.ensureDeferred
@@ -308,6 +341,8 @@ BAD_SHARES = [
     ({"port": 3000, "ttl": "2h"}, "ttl"),
     ({"port": 3000, "ttl": None}, "ttl"),
     ({"port": 3000, "ttl": 31 * 86400}, "ttl"),
+    ({"port": 3000, "ttl": 10**400}, "ttl"),  # review 15: was a 500 (OverflowError)
+    ({"port": 3000, "ttl": -(10**400)}, "ttl"),
     ({"port": 3000, "route": "ftp"}, "route"),
     ({"port": 3000, "route": 1}, "route"),
     ({"port": 3000, "colour": "red"}, "colour"),
@@ -332,6 +367,10 @@ BAD_TOKENS = [
     ({"name": "ci", "ports": [3000], "methods": ["GET", "BREW"]}, "methods"),
     ({"name": "ci", "ports": [3000], "ttl": 0}, "ttl"),
     ({"name": "ci", "ports": [3000], "ttl": False}, "ttl"),
+    # Review 15: a 400-digit ttl was a 500; 1e308 made `token --list` crash.
+    ({"name": "ci", "ports": [3000], "ttl": 10**400}, "ttl"),
+    ({"name": "ci", "ports": [3000], "ttl": 1e308}, "ttl"),
+    ({"name": "ci", "ports": [3000], "ttl": 100 * 366 * 86400}, "ttl"),
     ({"name": "ci", "ports": [3000], "token": "ppt_mine"}, "token"),
     (None, "body"),
 ]
@@ -510,6 +549,13 @@ async def test_the_home_page_carries_the_sharing_controls_and_each_access_level(
     )
     assert card is not None, page
     assert b"Public: anyone who can reach portproxy" in card.group(1)
+
+
+def test_the_panels_read_only_choice_says_it_opens_no_websocket() -> None:
+    from portproxy.web.sharepanel import PANEL_SCRIPT
+
+    # A GET-only scope refuses WebSocket upgrades (review 15): the label says so.
+    assert '{value: "GET", text: "GET, HEAD (read only, no WebSockets)"}' in PANEL_SCRIPT
 
 
 def test_the_panel_script_never_parses_data_as_html() -> None:

@@ -9,6 +9,7 @@ must be honoured by the running instance within 2 s (it re-reads the state file)
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import subprocess
@@ -212,6 +213,9 @@ BAD = [
     (["token", "ci", "--port", "70000"], "token --port: "),
     (["token", "x" * 65, "--port", "80"], "token NAME: "),
     (["token", "ci", "--port", "80", "--ttl", "-1"], "token --ttl: "),
+    # Review 15: wrote the token, then crashed before printing its secret.
+    (["token", "ci", "--port", "80", "--ttl", "99999999999999999999999d"], "token --ttl: "),
+    (["token", "ci", "--port", "80", "--ttl", "36600d"], "token --ttl: "),
     (["token", "ci", "--port", "80", "--methods", "GET,BREW"], "token --methods: "),
     (["token", "--revoke", "0123456789abcdef"], "token --revoke: "),
     (["--auth", "none", "share", "80"], "share: "),
@@ -228,6 +232,22 @@ def test_a_bad_command_exits_64_with_one_line_naming_the_option(
     assert err.count("\n") == 1, err
     assert err.startswith("portproxy: error: " + start), err
     assert not (tmp_path / "sharing.json").exists() or "--revoke" in args
+
+
+def test_token_list_shows_a_far_future_expiry_without_crashing(tmp_path: Path) -> None:
+    base = ["--data-dir", str(tmp_path)]
+    status, out, err = run([*base, "token", "far", "--port", "80", "--ttl", "36500d"])
+    assert status == 0, err
+    assert "expires 2" in err or "expires 2" in out
+    # Written by an older version (or by hand): an expiry past any calendar.
+    path = tmp_path / "sharing.json"
+    document = json.loads(path.read_text())
+    document["tokens"][0]["expires"] = 1e308
+    path.write_text(json.dumps(document))
+    status, out, err = run([*base, "token", "--list"])
+    assert status == 0, err
+    (line,) = out.splitlines()
+    assert line.split("\t")[1] == "far" and "9999" in line.split("\t")[5]
 
 
 def test_share_and_token_run_from_the_installed_command(tmp_path: Path) -> None:

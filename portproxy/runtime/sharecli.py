@@ -93,9 +93,18 @@ def open_state(config: Config, environ: Mapping[str, str]) -> SharingState:
 
 
 def _when(seconds: float | None, never: str = "never") -> str:
+    """C{seconds} since the epoch as an ISO 8601 UTC time; total, for any number the
+    state file may hold (past year 9999, C{gmtime} overflows or strftime misprints)."""
     if seconds is None:
         return never
+    if not _FIRST_DAY <= seconds < _AFTER_LAST_DAY:
+        return "after 9999-12-31" if seconds > 0 else "before 1970-01-01"
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+# The times _when prints as a date: 1970-01-01 to the end of 9999-12-31 UTC.
+_FIRST_DAY = 0.0
+_AFTER_LAST_DAY = 253402300800.0
 
 
 def _methods_text(methods: Sequence[str] | None) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "KNOWN_METHODS",
     "MAX_LABEL",
     "MAX_NAME",
+    "MAX_TOKEN_TTL",
     "ROUTES",
     "SHARE_PATH",
     "SharingApi",
@@ -58,6 +59,9 @@ ROUTES = ("proxy", "absproxy", "domain")
 MAX_NAME = 64
 MAX_LABEL = 64
 _DEFAULT_SHARE_TTL = 86400.0
+#: The longest a token may live: 100 years. "Never" is C{null}; a larger number only
+#: makes dates no calendar can print.
+MAX_TOKEN_TTL = 36525 * 86400.0
 
 
 class _Share(Protocol):
@@ -168,20 +172,22 @@ def check_methods(value: object) -> tuple[str, ...] | None:
 
 
 def check_ttl(value: object, *, most: float | None, optional: bool) -> float | None:
-    """A lifetime in seconds: a positive JSON number, at most C{most}; C{None} only
-    when C{optional} (a token that never expires)."""
+    """A lifetime in seconds: a positive JSON number, at most C{most} (C{None}: at most
+    L{MAX_TOKEN_TTL}); C{None} only when C{optional} (a token that never expires)."""
     if value is None:
         if optional:
             return None
         raise ValueError("ttl: must be a number of seconds")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("ttl: must be a number of seconds")
-    ttl = float(value)
-    if not math.isfinite(ttl) or ttl <= 0:
+    # Compared before float(): a 400-digit JSON integer overflows a float.
+    if isinstance(value, float) and not math.isfinite(value) or value <= 0:
         raise ValueError("ttl: must be a positive number of seconds")
-    if most is not None and ttl > most:
+    if most is not None and value > most:
         raise ValueError(f"ttl: at most {format_duration(most)} (--max-share-ttl)")
-    return ttl
+    if value > MAX_TOKEN_TTL:
+        raise ValueError(f"ttl: at most {format_duration(MAX_TOKEN_TTL)} (100 years)")
+    return float(value)
 
 
 def _printable(value: str) -> bool:
@@ -398,8 +404,8 @@ class SharingApi:
                 given.get("ttl", min(_DEFAULT_SHARE_TTL, most)), most=most, optional=False
             )
             assert ttl is not None
-            route = check_route(given.get("route"))
             base = self._base(request)
+            route = check_route(given.get("route"), self._default_route(port, base))
             # The link's URL is checked before the share exists: no orphan share.
             share_link("x", port=port, route=route, base=base, domains=self._domains)
             share, secret = self._state.create_share(
@@ -412,6 +418,15 @@ class SharingApi:
             return view
 
         return 201, _bad_input(create)
+
+    def _default_route(self, port: int, base: PublicBase | None) -> str:
+        """C{domain} when a proxy domain names C{port}, else C{proxy}: a proxy host is
+        an origin of its own, a path route shares the home page's (as the CLI does)."""
+        try:
+            share_link("x", port=port, route="domain", base=base, domains=self._domains)
+        except ValueError:
+            return "proxy"
+        return "domain"
 
     def revoke_share(
         self, request: Request, fields: Mapping[str, str], body: Any

@@ -156,7 +156,7 @@ PANEL_SCRIPT = r"""
     var path = el("input", {type: "text", name: "path", value: "/", "aria-label": "path"});
     var methods = el("select", {name: "methods", "aria-label": "methods"}, [
       el("option", {value: "", text: "all methods"}),
-      el("option", {value: "GET", text: "GET, HEAD (read only)"}),
+      el("option", {value: "GET", text: "GET, HEAD (read only, no WebSockets)"}),
       el("option", {value: "POST", text: "POST (webhook)"})
     ]);
     var lifetime = el("select", {name: "ttl", "aria-label": "lifetime"});

@@ -35,7 +35,13 @@ from portproxy.ports.probe import (
     answers_http,
     extract_title,
 )
-from portproxy.ports.watch import LINGER, PortsWatcher, build_entries
+from portproxy.ports.watch import (
+    INTERVAL,
+    LINGER,
+    PUBLISH_DELAY,
+    PortsWatcher,
+    build_entries,
+)
 from tests.support import Recorder, free_port, get_reactor
 
 HEAD = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
@@ -417,6 +423,7 @@ def test_the_probe_runs_once_a_minute_per_port_and_never_holds_up_a_snapshot(
     ]
     assert probes.calls == [3000]  # never portproxy's own port
     probes.pending[3000].callback(ProbeResult(True, "Vite App"))
+    clock.advance(PUBLISH_DELAY)  # probe answers reach subscribers together, a moment on
     assert (seen[-1][0]["http"], seen[-1][0]["title"]) == (True, "Vite App")
     clock.pump([1.0] * 59)
     assert probes.calls == [3000]
@@ -490,3 +497,116 @@ def test_only_portproxys_own_listeners_are_self_not_other_sockets_of_its_process
     assert entry["self"] is False
     (entry,) = build_entries(found, {}, own_ports={9999})
     assert entry["self"] is True
+
+
+# -- many ports: bounded work (issue 16) ------------------------------------------------
+
+
+def _answer_all(probes: Probes, clock: Clock, step: float = 0.0) -> int:
+    """Answer the probes as they come (each one on its own, lowest port first),
+    advancing the clock by C{step} after each; the most that were out at once."""
+    most = 0
+    while probes.pending:
+        most = max(most, len(probes.pending))
+        port = min(probes.pending)
+        probes.pending.pop(port).callback(ProbeResult(True, f"app {port}"))
+        if step:
+            clock.advance(step)
+    return most
+
+
+def test_many_ports_are_probed_16_at_a_time_and_only_the_lowest_256(
+    tmp_path: Path,
+) -> None:
+    watcher, clock, tables, probes = _watcher(tmp_path)
+    tables.set(*range(20000, 21000))
+    watcher.touch()
+    assert probes.calls == list(range(20000, 20016))  # the rest wait their turn
+    assert _answer_all(probes, clock) == 16
+    clock.advance(0.5)
+    assert probes.calls == list(range(20000, 20256))
+    entries = watcher.entries
+    assert entries is not None and len(entries) == 1000
+    assert [e["title"] for e in entries[:256]] == [f"app {p}" for p in range(20000, 20256)]
+    for entry in entries[256:]:
+        assert entry["http"] is None
+        assert any("not probed" in w.lower() for w in entry["warnings"]), entry["warnings"]
+    assert all(e["warnings"] == [] for e in entries[:256])
+    watcher.stop()
+
+
+def test_probe_answers_cost_a_bounded_number_of_rebuilds_not_one_per_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from portproxy.ports import watch
+
+    builds: list[int] = []
+    real_build = watch.build_entries
+
+    def counting_build(*args: Any, **kwargs: Any) -> Any:
+        builds.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(watch, "build_entries", counting_build)
+    watcher, clock, tables, probes = _watcher(tmp_path)
+    tables.set(*range(20000, 21000))
+    published: list[Any] = []
+    watcher.subscribe(published.append)
+    builds.clear()
+    published.clear()
+    # Every answer in the same instant: one rebuild and one event for all of them.
+    _answer_all(probes, clock)
+    clock.advance(0.5)
+    assert len(builds) <= 2 and len(published) == 1
+    # Answers spread over time (one every 10 ms, for 256 ports): the rebuilds follow
+    # the clock (a few a second), not the number of answers.
+    clock.advance(60.0)  # a minute on: every port is due again
+    builds.clear()
+    published.clear()
+    start = clock.seconds()
+    _answer_all(probes, clock, step=0.01)
+    elapsed = clock.seconds() - start
+    assert 2.0 < elapsed < 3.0
+    per_second = 1 / PUBLISH_DELAY + 1 / INTERVAL  # answers gathered, and the polls
+    assert len(builds) <= per_second * elapsed + 2
+    assert len(published) <= per_second * elapsed + 2
+    watcher.stop()
+
+
+def test_queued_probes_are_dropped_when_nobody_watches_or_at_stop(
+    tmp_path: Path,
+) -> None:
+    watcher, clock, tables, probes = _watcher(tmp_path)
+    tables.set(*range(20000, 20100))
+    watcher.touch()
+    assert len(probes.calls) == 16
+    clock.pump([1.0] * int(LINGER + 1))  # the probes hang; the page is closed
+    _answer_all(probes, clock)
+    clock.advance(PUBLISH_DELAY)  # their answers are shown once, then all is quiet
+    assert len(probes.calls) == 16 and clock.getDelayedCalls() == []
+    watcher.touch()  # looked at again, a minute later: the next 16 go out
+    clock.pump([1.0] * 60)
+    calls = len(probes.calls)
+    assert 16 < calls <= 32
+    watcher.stop()
+    assert probes.pending == {} or all(d.called for d in probes.pending.values())
+    _answer_all(probes, clock)
+    assert len(probes.calls) == calls and clock.getDelayedCalls() == []
+
+
+def test_command_cwd_and_process_name_are_capped_with_an_ellipsis() -> None:
+    listener = Listener(3000, "127.0.0.1", "ipv4", 1000, 1)
+    info = ProcessInfo(7, "p" * 1000, "node " + "x" * 10_000, "/" + "d" * 10_000, "dev")
+    found = Found((listener,), {listener: info}, {listener: "dev"})
+    (entry,) = build_entries(found, {}, own_ports=set())
+    assert len(entry["command"]) == 4096 and entry["command"].endswith("…")
+    assert entry["command"].startswith("node xxx")
+    assert len(entry["cwd"]) == 4096 and entry["cwd"].endswith("…")
+    assert len(entry["process"]) <= 256 and entry["process"].endswith("…")
+    short = ProcessInfo(7, "node", "node vite", "/app", "dev")
+    (entry,) = build_entries(Found((listener,), {listener: short}, {}), {}, own_ports=())
+    assert (entry["process"], entry["command"], entry["cwd"]) == (
+        "node",
+        "node vite",
+        "/app",
+    )

@@ -383,3 +383,43 @@ def test_other_502_pages_do_not_reload() -> None:
 
     page = error_body(502, "Port 3000 sent no valid response", html_page=True).body
     assert b"refresh" not in page
+
+
+# -- many ports (issue 16) ----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_proxied_request_is_answered_promptly_while_hundreds_of_ports_are_probed(
+    ports_proxy: Any, upstream: Callable[..., Any]
+) -> None:
+    # 1000 listeners of this process that never answer: each probe waits its full 1 s.
+    # Before issue 16 all 1000 probes went out at once and every answer rebuilt and
+    # published all 1000 entries: a proxied request waited 11 s.
+    site = upstream()
+    sockets = []
+    try:
+        for _ in range(1000):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(8)
+            sockets.append(s)
+        watcher = ports_proxy.instance.ports.watcher
+        status, _ = await _ports(ports_proxy)  # starts the watcher and its probes
+        assert status == 200
+        request = get(b"/proxy/%d/" % site.port, headers=ports_proxy.cookie_header)
+        slowest = 0.0
+        probed = False
+        end = time.monotonic() + 3.0  # past the first probes' 1 s deadline
+        while time.monotonic() < end:
+            probed = probed or watcher.probing > 0
+            started = time.monotonic()
+            status, _, _ = parse_response(await raw_request(ports_proxy.port, request))
+            assert status == 200
+            slowest = max(slowest, time.monotonic() - started)
+            await _sleep(0.05)
+        assert probed
+        # A GENEROUS bound, not a speed test: it catches a reactor frozen for seconds.
+        assert slowest < 2.0, slowest
+    finally:
+        for s in sockets:
+            s.close()

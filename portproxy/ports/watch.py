@@ -8,10 +8,16 @@ list changed. When nobody looks, no timer runs at all.
 
 An entry is the SPEC 13 JSON object without its C{urls}, which depend on the host the
 client used and are added per request (L{with_urls}).
+
+Its cost stays flat however many ports listen (issue 16): at most L{MAX_PROBED} ports
+are probed per round (the lowest by number; the others say so in their warnings), at
+most L{MAX_CONCURRENT_PROBES} at a time, and probe answers reach the entries and the
+subscribers together, at most once per L{PUBLISH_DELAY}, not once per answer.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any, Literal, TypeVar
 
@@ -27,9 +33,16 @@ from portproxy.routing.publicurl import PortURLs
 __all__ = [
     "INTERVAL",
     "LINGER",
+    "MAX_CONCURRENT_PROBES",
+    "MAX_NAME",
+    "MAX_PROBED",
+    "MAX_TEXT",
+    "PUBLISH_DELAY",
     "Entry",
     "PortsWatcher",
     "build_entries",
+    "cap",
+    "probe_targets",
     "with_urls",
 ]
 
@@ -39,6 +52,16 @@ _log = Logger(namespace="portproxy.ports")
 INTERVAL = 1.0
 #: Seconds the watcher keeps polling after the last page or API request.
 LINGER = 10.0
+#: Ports probed per round at most: the lowest-numbered ones portproxy may probe.
+MAX_PROBED = 256
+#: Probes out at once at most; the others wait in line.
+MAX_CONCURRENT_PROBES = 16
+#: Seconds probe answers are gathered before the entries are rebuilt and published.
+PUBLISH_DELAY = 0.25
+#: Characters of a command line or working directory shown at most.
+MAX_TEXT = 4096
+#: Characters of a process name shown at most.
+MAX_NAME = 256
 
 #: One port, as the API shows it (without C{urls}).
 Entry = dict[str, Any]
@@ -54,6 +77,40 @@ def _private(port: int) -> Access:
     return "private"
 
 
+def cap(text: str | None, limit: int) -> str | None:
+    """C{text} cut to C{limit} characters, the last one an ellipsis when it was longer
+    (a command line can be megabytes; the page and every event carry it)."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+def _probeable(entry: Entry) -> bool:
+    # Only apps whose process portproxy may see (the user's own): another user's
+    # service (a database, sshd) is listed, not poked every minute.
+    return not entry["self"] and entry["pid"] is not None
+
+
+def probe_targets(entries: list[Entry], limit: int = MAX_PROBED) -> dict[int, bool]:
+    """The ports to probe this round, lowest first, each with whether to reach it
+    over IPv6 (it listens on IPv6 only): at most C{limit} of them."""
+    targets: dict[int, bool] = {}
+    for entry in entries:
+        if len(targets) >= limit:
+            break
+        if _probeable(entry):
+            ipv6 = all(a["family"] == "ipv6" for a in entry["addresses"])
+            targets[entry["port"]] = ipv6
+    return targets
+
+
+def _not_probed(limit: int) -> str:
+    return (
+        f"HTTP not probed: portproxy probes only the {limit} lowest-numbered ports "
+        "of your apps, and more listen."
+    )
+
+
 def build_entries(
     found: Found,
     probes: dict[int, ProbeResult],
@@ -61,13 +118,19 @@ def build_entries(
     own_ports: Collection[int],
     label_of: Callable[[int], str | None] = _no_label,
     access_of: Callable[[int], Access] = _private,
+    max_probed: int | None = None,
 ) -> list[Entry]:
     """One entry per listening port, sorted by port (the SPEC 13 shape, less C{urls},
-    plus C{warnings} about its bind addresses)."""
+    plus C{warnings} about its bind addresses).
+
+    @param max_probed: how many ports the watcher probes (L{probe_targets}); the
+        probeable ports beyond them get a warning saying so. C{None}: no probing.
+    """
     by_port: dict[int, list[Listener]] = {}
     for listener in found.listeners:
         by_port.setdefault(listener.port, []).append(listener)
     entries: list[Entry] = []
+    probeable = 0
     for port in sorted(by_port):
         listeners = by_port[port]
         addresses = sorted(
@@ -80,23 +143,26 @@ def build_entries(
         # upstream, a .tac with other services) is still an app.
         is_self = port in own_ports
         probe = None if is_self else probes.get(port)
-        entries.append(
-            {
-                "port": port,
-                "addresses": [{"address": a, "family": f} for a, f in addresses],
-                "pid": owner.pid if owner else None,
-                "process": owner.process if owner else None,
-                "command": owner.command if owner else None,
-                "cwd": owner.cwd if owner else None,
-                "user": owner.user if owner and owner.user else user,
-                "http": probe.http if probe else None,
-                "title": probe.title if probe else None,
-                "label": label_of(port),
-                "access": access_of(port),
-                "self": is_self,
-                "warnings": [] if is_self else address_warnings(addresses),
-            }
-        )
+        entry: Entry = {
+            "port": port,
+            "addresses": [{"address": a, "family": f} for a, f in addresses],
+            "pid": owner.pid if owner else None,
+            "process": cap(owner.process, MAX_NAME) if owner else None,
+            "command": cap(owner.command, MAX_TEXT) if owner else None,
+            "cwd": cap(owner.cwd, MAX_TEXT) if owner else None,
+            "user": owner.user if owner and owner.user else user,
+            "http": probe.http if probe else None,
+            "title": probe.title if probe else None,
+            "label": label_of(port),
+            "access": access_of(port),
+            "self": is_self,
+            "warnings": [] if is_self else address_warnings(addresses),
+        }
+        if max_probed is not None and _probeable(entry):
+            probeable += 1
+            if probeable > max_probed:
+                entry["warnings"].append(_not_probed(max_probed))
+        entries.append(entry)
     return entries
 
 
@@ -156,6 +222,12 @@ class PortsWatcher:
         self._schedule = ProbeSchedule()
         self._probe_results: dict[int, ProbeResult] = {}
         self._probing: dict[int, Deferred[ProbeResult]] = {}
+        #: This round's ports to probe (port -> over IPv6), and those waiting in line.
+        self._targets: dict[int, bool] = {}
+        self._queue: deque[int] = deque()
+        self._queued: set[int] = set()
+        self._starting = False
+        self._flush: IDelayedCall | None = None
 
     # -- what the API and the page call --------------------------------------------
 
@@ -163,6 +235,11 @@ class PortsWatcher:
     def running(self) -> bool:
         """True while a poll is due or under way (someone looks)."""
         return self._timer is not None or self._polling
+
+    @property
+    def probing(self) -> int:
+        """How many probes are out now."""
+        return len(self._probing)
 
     @property
     def entries(self) -> list[Entry] | None:
@@ -206,13 +283,7 @@ class PortsWatcher:
         ):
             listeners = self._discovery.read_listeners()
             if listeners is not None:
-                entries = build_entries(
-                    self._discovery.partial(listeners),
-                    self._probe_results,
-                    own_ports=self._own_ports,
-                    label_of=self.label_of,
-                    access_of=self.access_of,
-                )
+                entries = self._build(self._discovery.partial(listeners))
         if entries is None:
             return None
         return [{**entry, "urls": None} for entry in entries]
@@ -245,6 +316,11 @@ class PortsWatcher:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        self._queue.clear()
+        self._queued.clear()
         for probing in list(self._probing.values()):
             probing.cancel()
         self._subscribers.clear()
@@ -305,15 +381,23 @@ class PortsWatcher:
             return  # nobody looks: no timer at all
         self._timer = self._clock.callLater(self._interval, self._poll)
 
-    def _publish(self, found: Found) -> None:
-        self._found = found
-        entries = build_entries(
+    def _build(self, found: Found) -> list[Entry]:
+        return build_entries(
             found,
             self._probe_results,
             own_ports=self._own_ports,
             label_of=self.label_of,
             access_of=self.access_of,
+            max_probed=None if self._probe is None else MAX_PROBED,
         )
+
+    def _publish(self, found: Found) -> None:
+        # Whatever probe answers were waiting for a flush are in this build.
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        self._found = found
+        entries = self._build(found)
         if entries == self._entries:
             return
         self._entries = entries
@@ -326,6 +410,7 @@ class PortsWatcher:
     # -- probing -------------------------------------------------------------------
 
     def _start_probes(self) -> None:
+        """Queue this round's due ports (at most L{MAX_PROBED}) and start the first."""
         if self._probe is None or self._entries is None:
             return
         now = self._clock.seconds()
@@ -334,25 +419,50 @@ class PortsWatcher:
         for port in list(self._probe_results):
             if port not in ports and self._schedule.due(port, now):
                 del self._probe_results[port]
-        for entry in self._entries:
-            port = entry["port"]
-            # Only apps whose process portproxy may see (the user's own): another
-            # user's service (a database, sshd) is listed, not poked every minute.
-            if entry["self"] or entry["pid"] is None:
-                continue
-            if not self._schedule.due(port, now):
-                continue
-            ipv6 = all(a["family"] == "ipv6" for a in entry["addresses"])
-            self._schedule.started(port, now)
-            d = self._probe(port, ipv6=ipv6)
-            self._probing[port] = d
-            d.addBoth(self._probed, port)
+        self._targets = probe_targets(self._entries)
+        for port in self._targets:
+            if port not in self._queued and self._schedule.due(port, now):
+                self._queue.append(port)
+                self._queued.add(port)
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        """Start queued probes while fewer than L{MAX_CONCURRENT_PROBES} are out;
+        drop the line when nobody looks any more."""
+        if self._starting or self._probe is None:
+            return  # a probe that answered at once, from inside the loop below
+        if self._stopped or not self._watched():
+            self._queue.clear()
+            self._queued.clear()
+            return
+        self._starting = True
+        try:
+            while self._queue and len(self._probing) < MAX_CONCURRENT_PROBES:
+                port = self._queue.popleft()
+                self._queued.discard(port)
+                ipv6 = self._targets.get(port)
+                now = self._clock.seconds()
+                if ipv6 is None or not self._schedule.due(port, now):
+                    continue  # gone since it was queued, or probed meanwhile
+                self._schedule.started(port, now)
+                d = self._probe(port, ipv6=ipv6)
+                self._probing[port] = d
+                d.addBoth(self._probed, port)
+        finally:
+            self._starting = False
 
     def _probed(self, result: ProbeResult | Failure, port: int) -> None:
         self._probing.pop(port, None)
         self._schedule.finished(port)
-        if self._stopped or not isinstance(result, ProbeResult):
+        if self._stopped:
             return
-        self._probe_results[port] = result
-        if self._found is not None:
+        if isinstance(result, ProbeResult):
+            self._probe_results[port] = result
+            if self._flush is None:
+                self._flush = self._clock.callLater(PUBLISH_DELAY, self._flushed)
+        self._start_queued()
+
+    def _flushed(self) -> None:
+        self._flush = None
+        if self._found is not None and not self._stopped:
             self._publish(self._found)

@@ -181,7 +181,7 @@ def check_ttl(value: object, *, most: float | None, optional: bool) -> float | N
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("ttl: must be a number of seconds")
     # Compared before float(): a 400-digit JSON integer overflows a float.
-    if isinstance(value, float) and not math.isfinite(value) or value <= 0:
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
         raise ValueError("ttl: must be a positive number of seconds")
     if most is not None and value > most:
         raise ValueError(f"ttl: at most {format_duration(most)} (--max-share-ttl)")

@@ -316,9 +316,11 @@ def test_an_app_cannot_set_or_clear_a_grant_cookie() -> None:
     assert allowed_set_cookies(values, b"s") == [b"portproxy-grantee=ok", b"mine=2"]
 
 
-_TRICKS = [";", "%25", "%2525"] + [f"%{b:02x}" for b in range(0x80, 0x100)] + [
-    f"%{b:02X}" for b in range(0x80, 0x100)
-]
+_TRICKS = (
+    [";", "%25", "%2525"]
+    + [f"%{b:02x}" for b in range(0x80, 0x100)]
+    + [f"%{b:02X}" for b in range(0x80, 0x100)]
+)
 
 
 @given(

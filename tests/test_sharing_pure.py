@@ -351,11 +351,30 @@ def test_only_a_scope_open_to_every_method_allows_a_websocket_upgrade() -> None:
         b"Bearer ppt_" + b"a" * 43,
         b"bearer  ppt_" + b"a" * 43,
         b"Basic " + base64.b64encode(b"ci:ppt_" + b"a" * 43),
+        # Not accepted as credentials, but still secrets the app must not get.
+        b"Token ppt_" + b"a" * 43,
+        b"Bearer ppt_" + b"a" * 43 + b",",
+        b"Bearer ppt_" + b"a" * 43 + b" x",
+        b"Bearer\tppt_" + b"a" * 43,
+        b"Basic " + base64.b64encode(b"ppt_" + b"a" * 43 + b":"),  # curl -u "$T:"
+        b"Basic " + base64.b64encode(b"ppt_" + b"a" * 42 + b":")[:-1],  # no padding
     ],
 )
 def test_a_token_in_authorization_is_recognised_for_removal(value: bytes) -> None:
     assert authorization_holds_token([value])
     assert authorization_holds_token([b"Bearer abc", value])  # even next to another
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"Bearer abc.def.ghi",
+        b"Basic " + base64.b64encode(b"user:a long password of the app itself"),
+        b'Digest username="ppt", realm="x"',
+    ],
+)
+def test_an_app_authorization_with_no_token_is_kept(value: bytes) -> None:
+    assert not authorization_holds_token([value])
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,25 @@ def authorization_holds_token(authorization: Sequence[bytes] | None) -> bool:
     """
     if not authorization:
         return False
-    return any(_from_authorization(value) is not None for value in authorization)
+    return any(_mentions_secret(value) for value in authorization)
+
+
+def _mentions_secret(value: bytes) -> bool:
+    # Wider than what is accepted: a token in any scheme or position (`Token ppt_..`,
+    # `Bearer ppt_.., x`, the user name of Basic as in `curl -u "$TOKEN:"`) is still a
+    # secret the app must not see.
+    if _SECRET_BYTES.search(value):
+        return True
+    for word in value.replace(b",", b" ").split():
+        if len(word) < 28:  # base64 of at least "ppt_" and 20 characters
+            continue
+        try:
+            decoded = base64.b64decode(word + b"=" * (-len(word) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if _SECRET_BYTES.search(decoded):
+            return True
+    return False
 
 
 def looks_like_secret(value: str) -> bool:

@@ -13,7 +13,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import pytest
@@ -590,3 +590,32 @@ async def test_a_ticket_whose_use_cannot_be_recorded_is_refused(
     # Until the store works again, P sends browsers to its own sign-in page.
     status, headers, _ = await Browser(port).go(f"http://{proxy_host}/x")
     assert headers[b"location"][0].startswith(b"./.portproxy/login?to=http://")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_refused_tickets_logs_a_bounded_number_of_lines(
+    upstream, localhost_proxy
+) -> None:
+    from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+
+    up = upstream(Recorder())
+    port = localhost_proxy.port
+    proxy_host = f"{up.port}.localhost:{port}".encode()
+    lines: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        text = formatEvent(event)
+        if "Refused a sign-in ticket" in text:
+            lines.append(text)
+
+    globalLogPublisher.addObserver(cast(ILogObserver, observer))
+    try:
+        for _ in range(30):
+            raw = await raw_request(
+                port, get(b"/.portproxy/ticket/accept?t=junk", host=proxy_host)
+            )
+            assert parse_response(raw)[0] == 403
+    finally:
+        globalLogPublisher.removeObserver(cast(ILogObserver, observer))
+    # A client replaying junk cannot fill the log: at most 10 lines a minute.
+    assert 1 <= len(lines) <= 10

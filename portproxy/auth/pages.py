@@ -257,10 +257,26 @@ class TicketAcceptResource(Resource):
     """
 
     isLeaf = True
+    #: Refusals logged per minute at most; the rest are counted into the next line, so
+    #: a client replaying junk tickets cannot fill the log.
+    LOGGED_REFUSALS_PER_MINUTE = 10
 
     def __init__(self, authenticator: Authenticator) -> None:
         super().__init__()
         self.auth = authenticator
+        self._minute = -1
+        self._logged = 0
+        self._unlogged = 0
+
+    def _may_log(self, now: float) -> bool:
+        minute = int(now // 60)
+        if minute != self._minute:
+            self._minute, self._logged = minute, 0
+        if self._logged >= self.LOGGED_REFUSALS_PER_MINUTE:
+            self._unlogged += 1
+            return False
+        self._logged += 1
+        return True
 
     def render_GET(self, request: Request) -> bytes:
         auth = self.auth
@@ -273,11 +289,14 @@ class TicketAcceptResource(Resource):
             if auth.is_signed_in(request):
                 # Say, the back button over a used ticket: nothing to refuse.
                 return redirect(request, auth.location(request, to))
-            auth.log.info(
-                "Refused a sign-in ticket from {address}: {reason}",
-                address=auth.client_address(request),
-                reason=found.value,
-            )
+            if self._may_log(auth.clock.seconds()):
+                unlogged, self._unlogged = self._unlogged, 0
+                auth.log.info(
+                    "Refused a sign-in ticket from {address}: {reason}{more}",
+                    address=auth.client_address(request),
+                    reason=found.value,
+                    more=f" ({unlogged} more refused, not logged)" if unlogged else "",
+                )
             return self._refused(request, to)
         bound = auth.request_origin(request)
         assert bound is not None  # the ticket matched it

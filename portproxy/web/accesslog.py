@@ -111,6 +111,8 @@ def escape(value: bytes) -> str:
 
 #: What a sign-in ticket's value is logged as.
 REDACTED = b"[redacted]"
+#: A ticket-page query longer than this is logged as a whole as L{REDACTED}.
+_LONGEST_REDACTED_QUERY = 1024
 
 
 def log_uri(uri: bytes) -> bytes:
@@ -137,6 +139,10 @@ def log_uri(uri: bytes) -> bytes:
     if b"?" not in uri or lowered != RESERVED_TICKET_ACCEPT:
         return uri
     head, _, query = uri.partition(b"?")
+    if len(query) > _LONGEST_REDACTED_QUERY:
+        # No real ticket URL is this long; redacting each value of a junk query would
+        # make its line grow several times over.
+        return head + b"?" + REDACTED
     items = []
     for part in query.split(b"&"):
         pieces = []

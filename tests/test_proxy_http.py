@@ -472,3 +472,25 @@ def test_code_server_disable_variable_disables_the_proxy(variable, value, disabl
     options.environ = {variable: value}
     options.parseOptions(["--auth", "none"])
     assert options.config.disable_proxy is disabled
+
+
+@pytest.mark.parametrize(
+    ("route", "kept"),
+    [(b"/proxy/%d/sw.js", False), (b"/absproxy/%d/sw.js", False), (b"/sw.js", True)],
+)
+@pytest_twisted.ensureDeferred
+async def test_service_worker_allowed_is_dropped_on_path_routes(
+    upstream, make_proxy, route, kept
+) -> None:
+    # On /proxy/ and /absproxy/ the app shares the main host's origin: the header would
+    # let its service worker control sign-in, the home page and every other port. A
+    # proxy host is the app's own origin: the header passes there.
+    up = upstream(Recorder(handler=_responder(200, [(b"Service-Worker-Allowed", b"/")])))
+    proxy = make_proxy(proxy_domains=("{{port}}.dev.test",))
+    host = b"%d.dev.test" % up.port if kept else b"127.0.0.1"
+    target = route % up.port if b"%d" in route else route
+    status, headers, _ = parse_response(
+        await raw_request(proxy.port, get(target, host=host))
+    )
+    assert status == 200
+    assert (b"service-worker-allowed" in headers) is kept

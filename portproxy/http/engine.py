@@ -188,6 +188,7 @@ class PortProxyResource(ReverseProxyResource):
         view: ClientView,
         prefix: bytes | None,
         public_url: PublicURL,
+        main_origin: bool = False,
     ) -> None:
         # ReverseProxyResource.__init__ only stores these (and builds a children dict).
         self.host = "127.0.0.1"
@@ -198,6 +199,8 @@ class PortProxyResource(ReverseProxyResource):
         self.view = view
         self.prefix = prefix
         self.public_url = public_url
+        #: Served on a path route, same origin as the main host (not a proxy host).
+        self.main_origin = main_origin
 
     #: The exchange L{start_upload} began, which L{render} attaches.
     _upload: _Exchange | None = None
@@ -460,6 +463,12 @@ class _Exchange:
                 values = self._cookies(values, prefix)
                 if not values:
                     continue
+            elif lower == b"service-worker-allowed" and self.resource.main_origin:
+                # On a path route the app shares the main host's origin: this header
+                # would let its service worker control every path of it (sign-in, the
+                # home page, the API, other ports). Without it, the worker's scope
+                # stays under the app's own folder.
+                continue
             out.setRawHeaders(name, values)
         if head.code == 204:
             # RFC 9110 8.6: a 204 carries no Content-Length (twisted.web would send it).

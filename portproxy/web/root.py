@@ -366,6 +366,7 @@ class _ProxyGate(Resource):
             view=self.view,
             prefix=self.prefix if self.kind is GateKind.PROXY else None,
             public_url=self.public_url,
+            main_origin=self.kind is not GateKind.DOMAIN,
         )
 
     def render(self, request: Request) -> bytes | int:

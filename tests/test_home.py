@@ -288,8 +288,15 @@ async def test_start_page_needs_a_session(
     status, headers, _ = parse_response(
         await raw_request(proxy.port, get(b"/", headers=b"Accept: text/html\r\n"))
     )
-    # Root-relative or relative to the page (the sign-in redirect survives a prefix).
-    assert status == 302 and headers[b"location"][0].startswith((b"/login", b"./login"))
+    # Relative to the page (the sign-in redirect survives a prefix).
+    assert status == 302 and headers[b"location"] == [b"./login?to=/"]
+    # An absolute-form request line comes back to the same page, not to its URL.
+    absolute = (
+        b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Accept: text/html\r\nConnection: close\r\n\r\n"
+    )
+    status, headers, _ = parse_response(await raw_request(proxy.port, absolute))
+    assert status == 302 and headers[b"location"] == [b"./login?to=/"]
     status, _, body = parse_response(await raw_request(proxy.port, get(b"/")))
     assert status == 401
     assert b"ports" not in body.lower() or b"data-port" not in body

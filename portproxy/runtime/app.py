@@ -22,7 +22,7 @@ from portproxy.net.peer import peer_host
 from portproxy.net.reactor import IInstanceReactor, installed_reactor
 from portproxy.routing.domains import DomainMatcher
 from portproxy.routing.publicurl import listener_warnings, url_template
-from portproxy.routing.routes import RouteKind
+from portproxy.routing.routes import RouteKind, origin_form
 from portproxy.runtime.handoff import WORKER_ENV
 from portproxy.runtime.service import ListeningService, PortProxyService
 from portproxy.sharing.state import SharingState
@@ -136,7 +136,9 @@ def build_instance(
     )
     index = IndexResource(
         is_signed_in=authenticator.is_signed_in,
-        deny=lambda request: authenticator.deny(request, original_url=request.uri),
+        deny=lambda request: authenticator.deny(
+            request, original_url=origin_form(request.uri)
+        ),
         ports_of=ports.watcher.ports_of,
         view_of=view_of,
         domains=DomainMatcher(config.proxy_domains),

@@ -186,11 +186,14 @@ def test_the_copy_button_puts_the_url_on_the_clipboard(
     _signed_in_home(page, proxy)
     card = page.locator(_card(page, app.port))
     button = card.locator(f'li:has(a:text-is("/proxy/{app.port}/")) button.copy')
+    from playwright.sync_api import expect
+
     button.click()
+    # "Copied" shows for 1.5 s: look for it first (waiting for it), the clipboard after.
+    expect(button).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == (
         f"{_home(proxy)}proxy/{app.port}/"
     )
-    assert button.inner_text() == "Copied"
 
 
 def test_the_waiting_502_page_turns_into_the_app_once_it_starts(

@@ -98,7 +98,24 @@ def _h2_exchange(
         tls.sendall(conn.data_to_send())
         open_streams = set(streams)
         while open_streams:
-            data = tls.recv(65536)
+            try:
+                data = tls.recv(65536)
+            except TimeoutError:
+                # Say what was still waiting, so an intermittent stall can be told apart
+                # (an upload stuck on flow control, or a response that never came).
+                state = {
+                    s: (
+                        streams[s].status,
+                        len(streams[s].body),
+                        len(uploads.get(s, b"")),
+                        conn.local_flow_control_window(s) if s in uploads else None,
+                    )
+                    for s in sorted(open_streams)
+                }
+                raise TimeoutError(
+                    "h2 streams still open (status, body bytes, upload bytes left, "
+                    f"send window): {state}"
+                ) from None
             if not data:
                 raise ConnectionError("the server closed the connection")
             for event in conn.receive_data(data):

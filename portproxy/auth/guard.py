@@ -51,7 +51,7 @@ from portproxy.auth.passwords import (
 )
 from portproxy.auth.ratelimit import Clock, LoginRateLimiter
 from portproxy.auth.redirects import mounted_location, safe_redirect_target
-from portproxy.auth.sessions import SessionSigner
+from portproxy.auth.sessions import Session, SessionSigner
 from portproxy.auth.tickets import (
     NONCE_BYTES,
     Refusal,
@@ -297,30 +297,29 @@ class PasswordAuthenticator(_Denials):
         #: request, so the HMAC is checked once per value, not per request. Only valid
         #: values are kept, and only until they expire; the origin is compared on
         #: every request.
-        self._verified: dict[bytes, tuple[int, str | None]] = {}
+        self._verified: dict[bytes, Session] = {}
 
     def is_signed_in(self, request: Request) -> bool:
         values = request.requestHeaders.getRawHeaders(b"cookie") or []
         now = self.clock.seconds()
         verified = self._verified
         for value in cookie_values(values, self.cookie_name, _MAX_COOKIES_CHECKED):
-            known = verified.get(value)
-            if known is not None:
-                expires, bound = known
-                if now < expires:
-                    if bound is None or bound == str(self.request_origin(request)):
-                        return True
-                    continue  # a ticket's session, for another host
+            session = verified.get(value)
+            if session is not None and now >= session.expires:
                 del verified[value]
-            session = self.signer.check(value, now)
-            if session is not None:
+                session = None
+            if session is None:
+                session = self.signer.check(value, now)
+                if session is None:
+                    continue
                 if len(verified) >= _VERIFIED_CACHE_SIZE:
                     verified.clear()
                 verified[value] = session
-                if session.origin is None or session.origin == str(
-                    self.request_origin(request)
-                ):
-                    return True
+            # A ticket's session is good on its own origin only.
+            if session.origin is None or session.origin == str(
+                self.request_origin(request)
+            ):
+                return True
         return False
 
     def request_scheme(self, request: Request) -> str:

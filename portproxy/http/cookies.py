@@ -39,10 +39,20 @@ def cookie_values(values: Iterable[bytes], name: bytes, limit: int) -> list[byte
     return found
 
 
-def strip_cookie(values: Iterable[bytes], name: bytes) -> bytes | None:
-    """Join the C{Cookie} values with C{"; "}, leaving out every cookie called C{name}.
+def strip_cookie(
+    values: Iterable[bytes], name: bytes | None, *, prefix: bytes | None = None
+) -> bytes | None:
+    """Join the C{Cookie} values with C{"; "}, leaving out every cookie called C{name}
+    and, with C{prefix}, every cookie whose name starts with it.
 
     Returns C{None} when nothing is left, so that no empty C{Cookie} header is sent.
     """
-    kept = [pair for pair in _pairs(values) if _name(pair) != name]
+    if prefix is None:
+        kept = [pair for pair in _pairs(values) if _name(pair) != name]
+    else:
+        kept = [
+            pair
+            for pair in _pairs(values)
+            if (own := _name(pair)) != name and not own.startswith(prefix)
+        ]
     return b"; ".join(kept) if kept else None

@@ -406,26 +406,14 @@ def _merged_cookies(cookies: list[bytes], session_cookie: bytes | None) -> list[
     # One substring search per request (~0.2 us, measured: 0.15 % of an S1 request).
     if GRANT_COOKIE_PREFIX in (cookies[0] if len(cookies) == 1 else b";".join(cookies)):
         # Rare (a share link's visitor): the common path below stays one strip.
-        joined: bytes | None = _strip_own_cookies(cookies, session_cookie)
+        joined: bytes | None = strip_cookie(
+            cookies, session_cookie, prefix=GRANT_COOKIE_PREFIX
+        )
     elif session_cookie is None:
         joined = b"; ".join(v for v in cookies if v.strip(b" \t;"))
     else:
         joined = strip_cookie(cookies, session_cookie)
     return [joined] if joined else []
-
-
-def _strip_own_cookies(cookies: list[bytes], session_cookie: bytes | None) -> bytes | None:
-    kept = []
-    for value in cookies:
-        for pair in value.split(b";"):
-            pair = pair.strip(b" \t")
-            if not pair:
-                continue
-            name = pair.split(b"=", 1)[0].strip(b" \t")
-            if name == session_cookie or name.startswith(GRANT_COOKIE_PREFIX):
-                continue
-            kept.append(pair)
-    return b"; ".join(kept) if kept else None
 
 
 def _forwarded_for(inbound: list[bytes], peer: str) -> list[bytes]:

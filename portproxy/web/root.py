@@ -299,9 +299,9 @@ class _ProxyGate(Resource):
         """Without a session: a public port, else a token, else a share grant (SPEC 12).
 
         L{Verdict.INVALID} when none of them applies (the usual sign-in answer follows).
-        A token that came in C{Authorization} is taken out of the request here, so that
-        the app never sees it; the request remembers that it was let in, for the second
-        run of the checks (L{proxy_target}, then L{render}). A WebSocket (C{upgrade})
+        The request remembers that it was let in, for the second run of the checks
+        (L{proxy_target}, then L{render}), since L{_check} takes the token out of
+        C{Authorization} after the first. A WebSocket (C{upgrade})
         needs a scope open to every method.
         """
         sharing = self.root.sharing
@@ -321,8 +321,7 @@ class _ProxyGate(Resource):
         if token is not None:
             verdict = sharing.check_token(token.secret, port, path, method, upgrade=upgrade)
             if verdict.allowed:
-                if token.in_authorization:
-                    headers.removeHeader(b"authorization")
+                # Authorization is cleared of it at the end of _check, with every ppt_.
                 _limit_methods(headers, verdict)
                 request._portproxy_shared = port  # type: ignore[attr-defined]
                 return verdict

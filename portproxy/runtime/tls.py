@@ -17,7 +17,6 @@ import hashlib
 import ipaddress
 import os
 import re
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from portproxy.files import write_private_file
 from portproxy.routing.hosts import parse_authority
 
 __all__ = [
@@ -292,29 +292,16 @@ def load_or_create_self_signed(
         )
         # The key first: a crash between the two leaves a mismatch, which the next
         # start detects and repairs.
-        _replace(key_path, key_pem)
-        _replace(cert_path, pair.certificate.public_bytes(serialization.Encoding.PEM))
+        write_private_file(key_path, key_pem)
+        write_private_file(
+            cert_path, pair.certificate.public_bytes(serialization.Encoding.PEM)
+        )
     except OSError as e:
         raise TLSError(
             f"--data-dir: {data_dir}: cannot store the self-signed certificate: "
             f"{e.strerror}"
         ) from None
     return pair, True
-
-
-def _replace(path: str, data: bytes) -> None:
-    """Write C{data} to C{path} (mode 0600) through a temporary file and a rename."""
-    temporary = f"{path}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def https_location(host: bytes | None, target: bytes) -> bytes | None:

@@ -18,7 +18,6 @@ against the state on every use. All keys derive from the password
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import hmac
@@ -34,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 from twisted.logger import Logger
 
 from portproxy.config import DEFAULT_MAX_SHARE_TTL
+from portproxy.files import write_private_file
 from portproxy.sharing.access import (
     Verdict,
     check_methods,
@@ -525,7 +525,7 @@ class SharingState:
             data = self._data
             result = change(data)
             _prune(data, self.clock.seconds())
-            _write_atomically(self.path, _serialise(data))
+            write_private_file(self.path, _serialise(data))
             self._load()
         finally:
             os.close(lock)  # releases the lock
@@ -553,37 +553,6 @@ def _prune(data: _Data, now: float) -> None:
 def _ensure_dir(path: str) -> None:
     if not os.path.isdir(path):
         os.makedirs(path, mode=0o700, exist_ok=True)
-
-
-def _write_atomically(path: str, content: bytes) -> None:
-    """Replace C{path} by a file holding C{content} (0600), never half-written."""
-    directory = os.path.dirname(path)
-    temporary = f"{path}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    # The rename itself must survive a crash: fsync the folder that holds it.
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError as e:  # some file systems cannot fsync a folder
-        if e.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(dir_fd)
 
 
 def _methods_out(methods: tuple[str, ...] | None) -> list[str] | None:

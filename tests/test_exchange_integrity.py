@@ -852,3 +852,58 @@ async def test_response_to_an_upload_has_no_date_the_app_did_not_send(
     status, headers, body = parse_response(raw)
     assert (status, body) == (200, b"%d" % size)
     assert b"date" not in headers
+
+
+class _LateBodyAfterHead(Protocol):
+    """A keep-alive app that answers HEAD like GET (Python's C{do_HEAD = do_GET}), and
+    a 304 with its Content-Length, sending that body late: at the worst moment, just as
+    the next request on the connection arrives, so that it is read as that request's
+    response (the race, made certain)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.late = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
+            method, target = head.split(b"\r\n")[0].split(b" ")[:2]
+            if self.late:
+                self.transport.write(self.late)
+                self.late = b""
+            if method == b"HEAD" or target == b"/not-modified":
+                # The late "body" looks like a response.
+                self.late = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSECRET"
+                status = b"200 OK" if method == b"HEAD" else b"304 Not Modified"
+                self.transport.write(
+                    b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n" % (status, len(self.late))
+                )
+            else:
+                body = b"path=" + target
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+
+
+@pytest.mark.parametrize("first", [b"HEAD /page", b"GET /not-modified"])
+@pytest_twisted.ensureDeferred
+async def test_a_body_sent_after_a_bodiless_answer_never_reaches_the_next_client(
+    make_proxy: Any, first: bytes
+) -> None:
+    app = listen(Factory.forProtocol(_LateBodyAfterHead))
+    try:
+        proxy = make_proxy(upstream_timeout=3)
+        app_port = app.getHost().port
+        method, path = first.split(b" ")
+        await raw_request(
+            proxy.port,
+            b"%s /proxy/%d%s HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            % (method, app_port, path),
+        )
+        status, _, body = parse_response(
+            await raw_request(proxy.port, get(b"/proxy/%d/victim" % app_port))
+        )
+        assert (status, body) == (200, b"path=/victim")
+    finally:
+        await app.stopListening()

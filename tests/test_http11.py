@@ -75,9 +75,10 @@ def _head(
     [
         (b"GET", _head(200, (b"Content-Length", b"5")), (BodyKind.LENGTH, 5, True)),
         (b"GET", _head(200, (b"Content-Length", b"5, 5")), (BodyKind.LENGTH, 5, True)),
-        (b"HEAD", _head(200, (b"Content-Length", b"5")), (BodyKind.NONE, 0, True)),
+        (b"HEAD", _head(200, (b"Content-Length", b"5")), (BodyKind.NONE, 0, False)),
         (b"GET", _head(204), (BodyKind.NONE, 0, True)),
-        (b"GET", _head(304, (b"Content-Length", b"9")), (BodyKind.NONE, 0, True)),
+        (b"GET", _head(304), (BodyKind.NONE, 0, True)),
+        (b"GET", _head(304, (b"Content-Length", b"9")), (BodyKind.NONE, 0, False)),
         (
             b"GET",
             _head(200, (b"Transfer-Encoding", b"chunked")),
@@ -296,9 +297,11 @@ def test_repeated_content_length_is_passed_on_once(
         (b"HEAD", _head(204, (b"Content-Length", b"5")), False),
         (b"GET", _head(204, (b"Transfer-Encoding", b"chunked")), False),
         (b"GET", _head(304, (b"Transfer-Encoding", b"chunked")), False),
-        (b"GET", _head(304, (b"Content-Length", b"5")), True),
-        (b"HEAD", _head(200, (b"Transfer-Encoding", b"chunked")), True),
-        (b"HEAD", _head(200, (b"Content-Length", b"5")), True),
+        (b"GET", _head(304, (b"Content-Length", b"5")), False),
+        (b"GET", _head(304, (b"Content-Length", b"0")), True),
+        (b"HEAD", _head(200, (b"Transfer-Encoding", b"chunked")), False),
+        (b"HEAD", _head(200, (b"Content-Length", b"5")), False),
+        (b"HEAD", _head(200), False),
     ],
 )
 def test_bodiless_response_whose_framing_promises_a_body_is_not_reused(

@@ -174,17 +174,18 @@ def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool
         # races the next request on this connection: bytes in the same read as the
         # head revoke keep-alive (ResponseReader), bytes that come while the
         # connection is idle abort it, but bytes that come after the next request
-        # was written are read as its response. That race is inherent to HTTP/1.1
-        # proxies (nginx has it too), so where the fields themselves promise a body
-        # the status forbids, the connection is not reused at all: a 204 with a
-        # Content-Length other than 0 or any Transfer-Encoding (RFC 9110 8.6, RFC
-        # 9112 6.1), and a 304 with Transfer-Encoding (allowed, but suspect). A
-        # Content-Length on a HEAD or 304 response, or Transfer-Encoding on a HEAD
-        # response, describes the GET's body as the RFC intends and is trusted.
-        if code == 204:
+        # was written are read as its response, which may be another client's. So
+        # where a body may follow that the status forbids, the connection is not
+        # reused: after any HEAD (rare, and a HEAD answered like a GET is a common
+        # app bug, Python's do_HEAD = do_GET among them), a 204 with a Content-Length
+        # other than 0 or any Transfer-Encoding (RFC 9110 8.6, RFC 9112 6.1), and a
+        # 304 whose fields describe a body (allowed, but the body may come too).
+        if method == b"HEAD":
+            keep_alive = False
+        elif code == 204:
             if length > 0 or chunked or b"close" in lengths:
                 keep_alive = False
-        elif code == 304 and (chunked or b"close" in lengths):
+        elif code == 304 and (length > 0 or chunked or b"close" in lengths):
             keep_alive = False
         return BodyKind.NONE, 0, keep_alive
     if chunked:

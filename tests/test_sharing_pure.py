@@ -358,6 +358,15 @@ def test_only_a_scope_open_to_every_method_allows_a_websocket_upgrade() -> None:
         b"Bearer\tppt_" + b"a" * 43,
         b"Basic " + base64.b64encode(b"ppt_" + b"a" * 43 + b":"),  # curl -u "$T:"
         b"Basic " + base64.b64encode(b"ppt_" + b"a" * 42 + b":")[:-1],  # no padding
+        # What a lenient decoder would still read (last attacker pass):
+        b"Basic " + base64.urlsafe_b64encode(b"ci:ppt_" + b"a" * 40 + b"\xff\xfe"),
+        b"Basic " + base64.b64encode(b"ci:ppt_" + b"a" * 43) + b"=",
+        b"Basic x" + base64.b64encode(b"ci:ppt_" + b"a" * 43),
+        b"Basic "
+        + base64.b64encode(b"ci:ppt_" + b"a" * 43)[:12]
+        + b","
+        + base64.b64encode(b"ci:ppt_" + b"a" * 43)[12:],
+        b"Bearer ppt%5F" + b"a" * 43,
     ],
 )
 def test_a_token_in_authorization_is_recognised_for_removal(value: bytes) -> None:

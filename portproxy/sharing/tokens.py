@@ -105,20 +105,29 @@ def authorization_holds_token(authorization: Sequence[bytes] | None) -> bool:
 
 def _mentions_secret(value: bytes) -> bool:
     # Wider than what is accepted: a token in any scheme or position (`Token ppt_..`,
-    # `Bearer ppt_.., x`, the user name of Basic as in `curl -u "$TOKEN:"`) is still a
-    # secret the app must not see.
-    if _SECRET_BYTES.search(value):
+    # `Bearer ppt_.., x`, percent-encoded, the user name of Basic as in
+    # `curl -u "$TOKEN:"`, base64 that a lenient decoder would still read) is a secret
+    # the app must not see.
+    if _PPT in value.lower().replace(b"%5f", b"_"):
         return True
     for word in value.replace(b",", b" ").split():
-        if len(word) < 28:  # base64 of at least "ppt_" and 20 characters
+        if len(word) < 6:  # base64 of "ppt_" takes at least 6 characters
             continue
-        try:
-            decoded = base64.b64decode(word + b"=" * (-len(word) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        if _SECRET_BYTES.search(decoded):
-            return True
+        letters = _NOT_BASE64.sub(b"", word.translate(_URLSAFE))
+        for skip in range(4):  # a stray character may shift the alignment
+            chunk = letters[skip:]
+            chunk = chunk[: len(chunk) - len(chunk) % 4]
+            try:
+                if _PPT in base64.b64decode(chunk).lower():
+                    return True
+            except (binascii.Error, ValueError):
+                continue
     return False
+
+
+_PPT = TOKEN_PREFIX.encode("ascii")
+_URLSAFE = bytes.maketrans(b"-_", b"+/")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 
 
 def looks_like_secret(value: str) -> bool:

@@ -351,3 +351,42 @@ async def test_upstream_connection_close_is_not_reused(upstream, proxy) -> None:
         assert (status, body) == (200, b"bye")
         assert b"connection" not in headers or headers[b"connection"] == [b"close"]
     assert up.connections == 3
+
+
+def _read_to_the_end(port: int, request: bytes) -> tuple[bytes, str]:
+    """Send C{request}; read until the server ends the connection: how it ended."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            try:
+                piece = sock.recv(65536)
+            except ConnectionResetError:
+                return data, "reset"
+            if not piece:
+                return data, "clean"
+            data += piece
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broken_body_framed_by_the_connection_ends_in_a_reset(proxy) -> None:
+    # An HTTP/1.0 client of a compressed response (no Content-Length) can tell a
+    # complete body from a broken one only by how the connection ends.
+    from twisted.internet.threads import deferToThread
+
+    upstream = _raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/javascript\r\nContent-Length: 5000\r\n\r\n"
+        + b"let x = 1;\n" * 150
+    )
+    try:
+        request = (
+            b"GET /proxy/%d/app.js HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+            b"Accept-Encoding: gzip\r\n\r\n" % upstream.getHost().port
+        )
+        data, ending = await deferToThread(_read_to_the_end, proxy.port, request)
+    finally:
+        await upstream.stopListening()
+    assert b"content-encoding: gzip" in data.lower()
+    assert ending == "reset"

@@ -544,6 +544,12 @@ class _Exchange:
                 # reset (closing it would end it cleanly); HTTP/1.1 closes the socket.
                 self.state = _GONE
                 abort = getattr(request.channel, "abortConnection", None)
+                if abort is None and _ends_with_the_connection(request):
+                    # A body framed by the connection's end (an HTTP/1.0 client, a
+                    # compressed body without Content-Length) would look complete
+                    # after a FIN: reset the socket instead.
+                    transport = getattr(request.channel, "transport", None)
+                    abort = getattr(transport, "abortConnection", None)
                 if abort is not None:
                     abort()
                 else:
@@ -651,3 +657,10 @@ class _Exchange:
         if prefix is not None:
             values = [rewrite_set_cookie(v, prefix) for v in values]
         return values
+
+
+def _ends_with_the_connection(request: Request) -> bool:
+    """Whether the client can tell the response's end only by the connection closing."""
+    return request.clientproto != b"HTTP/1.1" and not request.responseHeaders.hasHeader(
+        b"content-length"
+    )

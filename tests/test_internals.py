@@ -165,6 +165,67 @@ def test_unparsed_line_bytes_are_a_head_line_not_yet_complete() -> None:
     )
 
 
+def test_at_request_boundary_only_where_a_new_request_line_would_start() -> None:
+    _, channel, _ = _http11()
+    assert internals.at_request_boundary(channel), "at_request_boundary: fresh channel"
+    _, partial, _ = _http11(b"GET /a HT")
+    assert not internals.at_request_boundary(partial), "a partial line is pending"
+    _, handling, _ = _http11(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert not internals.at_request_boundary(handling), "a request is in progress"
+    handling.requests[0].finish()
+    assert internals.at_request_boundary(handling), (
+        "at_request_boundary: HTTPChannel's state between kept-alive requests changed"
+    )
+    _, body, _ = _http11(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab")
+    assert not internals.at_request_boundary(body), "a body is being read"
+
+
+def _state(channel: HTTPChannel) -> tuple[object, ...]:
+    own: Any = channel
+    return (
+        own.line_mode,
+        own._handlingRequest,
+        own._HTTPChannel__first_line,
+        own._receivedHeaderCount,
+        own._receivedHeaderSize,
+        own.length,
+        own.persistent,
+    )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nhost: h:1\r\nX-A: 1\r\nx-a:  2 \r\nCookie: a=b\r\n"
+        b"Connection: close\r\nETag: x\r\nwww-authenticate: y\r\n\r\n",
+        b"DELETE /x HTTP/1.1\r\n\r\n",
+    ],
+)
+def test_begin_parsed_request_leaves_what_twisteds_line_parser_leaves(head: bytes) -> None:
+    _, by_lines, _ = _http11(head)
+    _, by_head, _ = _http11()
+    request_line, _, rest = head.partition(b"\r\n")
+    method, target, version = request_line.split(b" ")
+    fields = [
+        (name, value.strip(b" \t"))
+        for name, _, value in (f.partition(b":") for f in rest.split(b"\r\n") if f)
+    ]
+    internals.begin_parsed_request(by_head, method, target, version, fields)
+    (a,) = by_lines.requests
+    (b,) = by_head.requests
+    assert (b.method, b.uri, b.clientproto) == (a.method, a.uri, a.clientproto)
+    assert list(b.requestHeaders.getAllRawHeaders()) == list(
+        a.requestHeaders.getAllRawHeaders()
+    ), "begin_parsed_request: header names or order differ from HTTPChannel's"
+    assert _state(by_head) == _state(by_lines), (
+        "begin_parsed_request: HTTPChannel's state after a head changed"
+    )
+    a.finish()
+    b.finish()
+    assert _state(by_head) == _state(by_lines)
+
+
 def test_arm_abort_timer_aborts_once_after_the_channels_abort_timeout() -> None:
     clock = MemoryReactorClock()
     _, channel, transport = _http11()

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -224,6 +225,20 @@ def test_begin_parsed_request_leaves_what_twisteds_line_parser_leaves(head: byte
     a.finish()
     b.finish()
     assert _state(by_head) == _state(by_lines)
+
+
+@pytest.mark.parametrize(
+    "values", [[b"text/plain"], [b"a", b" b\t"], [b"a\r\nX-Evil: 1"], [b"ok", b"x\ny"]]
+)
+def test_set_header_values_stores_what_set_raw_headers_would(values: list[bytes]) -> None:
+    ours, twisteds = Headers(), Headers()
+    internals.set_header_values(ours, b"content-type", list(values))
+    twisteds.setRawHeaders(b"content-type", list(values))
+    assert list(ours.getAllRawHeaders()) == list(twisteds.getAllRawHeaders()), (
+        "set_header_values: Headers no longer keeps canonical names in _rawHeaders"
+    )
+    for _, stored in ours.getAllRawHeaders():
+        assert all(b"\r" not in v and b"\n" not in v for v in stored)
 
 
 def test_arm_abort_timer_aborts_once_after_the_channels_abort_timeout() -> None:

@@ -45,6 +45,7 @@ from portproxy.http.setcookie import allowed_set_cookies
 from portproxy.http.uploads import StreamingUpload
 from portproxy.http.upstream import TooManyUpstreams, UpstreamConnection, UpstreamPool
 from portproxy.http.wire import ProtocolError, ResponseHead, build_request_head
+from portproxy.net.internals import set_header_values
 from portproxy.net.reactor import IClientReactor
 
 with warnings.catch_warnings():
@@ -469,7 +470,7 @@ class _Exchange:
                 # home page, the API, other ports). Without it, the worker's scope
                 # stays under the app's own folder.
                 continue
-            out.setRawHeaders(name, values)
+            set_header_values(out, name, values)
         if head.code == 204:
             # RFC 9110 8.6: a 204 carries no Content-Length (twisted.web would send it).
             out.removeHeader(b"content-length")

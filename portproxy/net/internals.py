@@ -70,6 +70,7 @@ __all__ = [
     "pending_client_bytes",
     "port_address",
     "queued_write_bytes",
+    "set_header_values",
     "set_opening_request",
     "swap_class",
     "take_unparsed_bytes",
@@ -256,6 +257,21 @@ def begin_parsed_request(
     channel.allHeadersReceived()
     if own.length == 0:
         channel.allContentReceived()
+
+
+def set_header_values(headers: Headers, name: bytes, values: list[bytes]) -> None:
+    """C{headers.setRawHeaders(name, values)}, without its per-value copy when it is moot.
+
+    C{Headers.setRawHeaders} rewrites every value to replace CR and LF (so that no value
+    can end a line early); a proxied response's values have been checked for those by
+    the wire parser already. Values holding either still go through Twisted's own
+    method. The list is stored as given: the caller must not change it afterwards.
+    """
+    for value in values:
+        if b"\r" in value or b"\n" in value:
+            headers.setRawHeaders(name, values)
+            return
+    headers._rawHeaders[_nameEncoder.encode(name)] = values
 
 
 def arm_abort_timer(channel: HTTPChannel | H2Connection) -> None:

@@ -94,6 +94,8 @@ _LINE = re.compile(rb"\n([" + _TCHAR + rb"]++)" + _LINE_VALUE)
 _FRAMING_LINE = re.compile(
     rb"\n((?i:connection|content-length|transfer-encoding))" + _LINE_VALUE
 )
+#: Every byte but CR, LF and NUL, which could split a request head.
+_NOT_CR_LF_NUL = bytes(b for b in range(256) if b not in (0x00, 0x0A, 0x0D))
 _FRAMING_NAMES = frozenset((b"connection", b"content-length", b"transfer-encoding"))
 _CODES = {b"%d" % code: code for code in range(100, 600)}
 
@@ -288,15 +290,18 @@ def framing_from_fields(
     return BodyKind.CLOSE, 0, False
 
 
+#: ChunkedDecoder states.
+_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+
 class ChunkedDecoder:
     """Decode a chunked body incrementally; C{feed} returns the data chunks found."""
 
     __slots__ = ("_buffer", "_remaining", "_state", "done", "extra")
 
-    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
-
     def __init__(self) -> None:
-        self._state = self._SIZE
+        self._state = _SIZE
         self._remaining = 0
         self._buffer = b""
         self.done = False
@@ -308,52 +313,68 @@ class ChunkedDecoder:
         if self.done:
             self.extra += data
             return out
-        data = self._buffer + data
-        self._buffer = b""
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
         pos = 0
         end = len(data)
-        while pos < end:
-            state = self._state
-            if state == self._DATA:
-                take = min(self._remaining, end - pos)
-                out.append(data[pos : pos + take])
-                pos += take
-                self._remaining -= take
-                if not self._remaining:
-                    self._state = self._DATA_END
-                continue
-            eol = data.find(b"\r\n", pos)
-            if eol < 0:
-                rest = data[pos:]
-                if len(rest) > 4096:
-                    raise ProtocolError("chunk line too long")
-                self._buffer = rest
-                break
-            line = data[pos:eol]
-            pos = eol + 2
-            if state == self._SIZE:
-                match = _CHUNK_LINE.match(line)
-                if match is None:
-                    raise ProtocolError(f"bad chunk size {line[:20]!r}")
-                size = int(match.group(1), 16)
-                if size:
-                    self._remaining = size
-                    self._state = self._DATA
-                else:
-                    self._state = self._TRAILER
-            elif state == self._DATA_END:
-                if line:
-                    raise ProtocolError("missing CRLF after chunk data")
-                self._state = self._SIZE
-            elif not line:  # the blank line that ends the trailer section
-                self.done = True
-                self.extra = data[pos:]
-                break
-            elif _TRAILER_FIELD.match(line) is None and not (
-                line[:1] in (b" ", b"\t") and _VALUE.match(line) is not None
-            ):
-                raise ProtocolError(f"bad trailer line {line[:40]!r}")
-            # Trailer fields are dropped: twisted.web cannot send them on.
+        # The state lives in locals while the loop runs (attribute access is the cost).
+        state = self._state
+        remaining = self._remaining
+        try:
+            while pos < end:
+                if state == _DATA:
+                    take = end - pos
+                    if take > remaining:
+                        take = remaining
+                    out.append(data[pos : pos + take])
+                    pos += take
+                    remaining -= take
+                    if not remaining:
+                        state = _DATA_END
+                    continue
+                if state == _DATA_END and data.startswith(b"\r\n", pos):
+                    pos += 2
+                    state = _SIZE
+                    continue
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    rest = data[pos:]
+                    if len(rest) > 4096:
+                        raise ProtocolError("chunk line too long")
+                    self._buffer = rest
+                    break
+                line = data[pos:eol]
+                pos = eol + 2
+                if state == _SIZE:
+                    if 0 < len(line) <= 15 and not line.translate(None, _HEX_DIGITS):
+                        size = int(line, 16)  # bare hex digits, the usual size line
+                    else:
+                        match = _CHUNK_LINE.match(line)
+                        if match is None:
+                            raise ProtocolError(f"bad chunk size {line[:20]!r}")
+                        size = int(match.group(1), 16)
+                    if size:
+                        remaining = size
+                        state = _DATA
+                    else:
+                        state = _TRAILER
+                elif state == _DATA_END:
+                    if line:
+                        raise ProtocolError("missing CRLF after chunk data")
+                    state = _SIZE
+                elif not line:  # the blank line that ends the trailer section
+                    self.done = True
+                    self.extra = data[pos:]
+                    break
+                elif _TRAILER_FIELD.match(line) is None and not (
+                    line[:1] in (b" ", b"\t") and _VALUE.match(line) is not None
+                ):
+                    raise ProtocolError(f"bad trailer line {line[:40]!r}")
+                # Trailer fields are dropped: twisted.web cannot send them on.
+        finally:
+            self._state = state
+            self._remaining = remaining
         return out
 
 
@@ -381,17 +402,36 @@ def build_request_head(
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     has_host = False
     for name, values in headers:
-        if not has_host and name.lower() == b"host":
+        if not has_host and len(name) == 4 and name.lower() == b"host":
             has_host = True
+        if len(values) == 1:  # the usual field; no inner loop to set up
+            out += (name, b": ", values[0], b"\r\n")
+        else:
+            for value in values:
+                out += (name, b": ", value, b"\r\n")
+    #: The lines written: the request line, one per value, the blank line.
+    lines = len(out) // 4 + 1
+    if not has_host:
+        out += (b"Host: ", default_host, b"\r\n")
+        lines += 1
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+        lines += 1
+    elif body_length is not None:
+        out += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
+        lines += 1
+    out.append(b"\r\n")
+    head = b"".join(out)
+    # One scan of the whole head instead of three per value: when the CRs, LFs and
+    # NULs in it are just the line ends written above, no value holds one.
+    if len(head.translate(None, _NOT_CR_LF_NUL)) != 2 * lines:
+        _check_request_values(headers)
+    return head
+
+
+def _check_request_values(headers: Sequence[tuple[bytes, Sequence[bytes]]]) -> None:
+    """Raise L{ProtocolError} for a request header value that holds a CR, LF or NUL."""
+    for _name, values in headers:
         for value in values:
             if b"\r" in value or b"\n" in value or b"\x00" in value:
                 raise ProtocolError("control character in a request header")
-            out += (name, b": ", value, b"\r\n")
-    if not has_host:
-        out += (b"Host: ", default_host, b"\r\n")
-    if chunked:
-        out.append(b"Transfer-Encoding: chunked\r\n")
-    elif body_length is not None:
-        out += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)

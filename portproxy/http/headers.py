@@ -503,7 +503,7 @@ def _inbound_prefix(values: list[bytes]) -> bytes | None:
 
 def _ipv4_unmapped(peer: str) -> str:
     # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; apps expect a.b.c.d.
-    if peer[:7].lower() == "::ffff:" and "." in peer:
+    if peer[:1] == ":" and peer[:7].lower() == "::ffff:" and "." in peer:
         return peer[7:]
     return peer
 
@@ -666,9 +666,9 @@ def _merged_cookies(cookies: list[bytes], session_cookie: bytes | None) -> list[
 def _forwarded_for(inbound: list[bytes] | None, peer: str) -> list[bytes]:
     """X-Forwarded-For: the trusted inbound chain, then the direct peer; or none."""
     address = _ipv4_unmapped(peer).encode("ascii", "replace")
-    chain = (
-        b", ".join(e for e in (v.strip(b" \t") for v in inbound) if e) if inbound else b""
-    )
+    if not inbound:  # the direct client, as nearly always
+        return [address] if address else []
+    chain = b", ".join(e for e in (v.strip(b" \t") for v in inbound) if e)
     if address:
         chain = chain + b", " + address if chain else address
     return [chain] if chain else []

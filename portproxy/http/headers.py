@@ -465,7 +465,7 @@ def client_view(
     if trusted:
         fwd_host: bytes | None = None
         fwd_proto: bytes | None = None
-        for key, val in _forwarded_params(forwarded):
+        for key, val in _forwarded_params(forwarded) if forwarded else ():
             if key == b"host" and fwd_host is None:
                 fwd_host = val
             elif key == b"proto" and fwd_proto is None:
@@ -474,7 +474,7 @@ def client_view(
         scheme = _valid_proto(fwd_proto) or _valid_proto(xf_proto) or scheme
     if host is None:
         host = _valid_host(host_header)
-    return ClientView(peer=peer, trusted=trusted, scheme=scheme, host=host)
+    return ClientView(peer, trusted, scheme, host)
 
 
 def _connection_options(value: bytes, options: set[bytes]) -> None:

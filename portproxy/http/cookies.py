@@ -47,12 +47,22 @@ def strip_cookie(
 
     Returns C{None} when nothing is left, so that no empty C{Cookie} header is sent.
     """
-    if prefix is None:
-        kept = [pair for pair in _pairs(values) if _name(pair) != name]
-    else:
-        kept = [
-            pair
-            for pair in _pairs(values)
-            if (own := _name(pair)) != name and not own.startswith(prefix)
-        ]
+    # This runs on every request with cookies: one loop, and a pair's name is only cut
+    # out when the pair starts like C{name} or C{prefix} (its name is a prefix of the
+    # pair, which has no leading blank).
+    kept: list[bytes] = []
+    for value in values:
+        for pair in value.split(b";"):
+            pair = pair.strip(b" \t")
+            if not pair:
+                continue
+            if name is not None and pair.startswith(name) and _name(pair) == name:
+                continue
+            if (
+                prefix is not None
+                and pair.startswith(prefix)
+                and _name(pair).startswith(prefix)
+            ):
+                continue
+            kept.append(pair)
     return b"; ".join(kept) if kept else None

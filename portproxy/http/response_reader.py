@@ -20,8 +20,8 @@ from portproxy.http.wire import (
     ChunkedDecoder,
     ProtocolError,
     ResponseHead,
-    body_framing,
-    parse_response_head,
+    framing_from_fields,
+    read_response_head,
 )
 
 __all__ = ["DATA", "END", "HEAD", "Event", "ReaderState", "ResponseReader"]
@@ -129,17 +129,30 @@ class ResponseReader:
                 return []
             if end > MAX_HEAD_SIZE:
                 raise ProtocolError("response head too large")
-            head = parse_response_head(buffer[:end])
+            # The head with the CRLF of its last line, as read_response_head takes it.
+            head, fields = read_response_head(buffer[: end + 2])
             buffer = buffer[end + 4 :]
-            if head.code >= 200:
+            code = head.code
+            if code >= 200:
                 break
-            if head.code == 101:
+            if code == 101:
                 # Only the WebSocket relay asks for an upgrade; here it is a stray one.
                 raise ProtocolError("unrequested 101 Switching Protocols")
             # Interim responses (100, 103) are dropped: never taken for the final one.
-        kind, length, keep_alive = body_framing(self._method, head)
+        kind, length, keep_alive = framing_from_fields(self._method, head, fields)
         self._buffer = b""
         self._kind = kind
+        if kind is BodyKind.LENGTH and len(buffer) >= length:
+            # The usual small response, its whole body in the read with its head: the
+            # same events as _body and _end give, without the steps between.
+            self._remaining = 0
+            self.state = ReaderState.DONE
+            # Bytes after the body: the app pipelines or is confused.
+            self.keep_alive = keep_alive and len(buffer) == length
+            if not length:
+                return [(HEAD, head), (END, None)]
+            body = buffer[:length] if len(buffer) > length else buffer
+            return [(HEAD, head), (DATA, body), (END, None)]
         self._remaining = length
         self.keep_alive = keep_alive
         events: list[Event] = [(HEAD, head)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "MAX_HEAD_SIZE",
@@ -22,7 +22,9 @@ __all__ = [
     "ResponseHead",
     "body_framing",
     "build_request_head",
+    "framing_from_fields",
     "parse_response_head",
+    "read_response_head",
 ]
 
 #: Largest response head accepted from an upstream.
@@ -40,8 +42,13 @@ class BodyKind(enum.Enum):
     CLOSE = "close"  # delimited by the end of the connection
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
+class ResponseHead(NamedTuple):
+    """A parsed status line and its header fields.
+
+    A named tuple rather than a frozen dataclass: one is made per response, and a frozen
+    dataclass's C{__init__} costs more than the parsing it records.
+    """
+
     version: bytes
     code: int
     reason: bytes
@@ -49,17 +56,13 @@ class ResponseHead:
     headers: list[tuple[bytes, bytes]]
 
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: Builds a L{ResponseHead} from a 4-tuple in C, skipping the generated C{__new__}.
+_new_head = tuple.__new__
+
+_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_TOKEN = re.compile(rb"[" + _TCHAR + rb"]+\Z")
 # A field value holds visible bytes, spaces and tabs only (RFC 9110 5.5): no CR, LF,
 # NUL or other control byte, so no value can end a line early or hide one.
-_FIELD_SRC = (
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
-    rb"((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[ \t]*\r\n"
-)
-_FIELD = re.compile(_FIELD_SRC)
-_FIELDS = re.compile(
-    rb"(?:" + _FIELD_SRC.replace(b"(", b"(?:").replace(b"(?:?:", b"(?:") + rb")*"
-)
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
 #: reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (RFC 9112 4): a CR or LF in it
 #: would be copied into the client's status line and start a header there.
@@ -69,10 +72,69 @@ _REASON = _VALUE
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 #: chunk-size [ BWS ";" chunk-ext ] (RFC 9112 7.1), the extension free of control bytes.
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*)?\Z")
+#: A trailer field line (name, colon, value bytes); possessive, so linear in its length.
+_TRAILER_FIELD = re.compile(rb"[" + _TCHAR + rb"]++:[\t\x20-\x7e\x80-\xff]*+\Z")
+
+# The fast head parser checks a whole head with a few scans in C and leaves anything
+# unusual (folded lines, blanks at a value's end, any error) to the line-by-line parser,
+# which is the rule book; tests/test_wire_equivalence.py holds the two to one result.
+#
+#: Every byte a head may hold besides CR and LF: HTAB, SP, VCHAR, obs-text. Deleting
+#: them leaves the line ends and any control byte.
+_HEAD_BYTES = bytes(b for b in range(256) if b == 0x09 or 0x20 <= b <= 0x7E or b >= 0x80)
+#: The status line, up to its CR. Three digits 100-599 (RFC 9110 15).
+_STATUS = re.compile(rb"(HTTP/1\.[01]) ([1-5][0-9][0-9])(?: ([^\r]*+))?\r(?=\n)")
+#: ": value CRLF" with the blanks around the value left out. A value that ends in a
+#: blank does not match (the slow parser strips it). Possessive: linear time.
+_LINE_VALUE = rb":[ \t]*+([^\r]*+)(?<![ \t])\r(?=\n)"
+#: One field line, from the LF that ends the line before it: anchored, so a search
+#: cannot start inside a line (a "Bad Name: x" yields no "Name").
+_LINE = re.compile(rb"\n([" + _TCHAR + rb"]++)" + _LINE_VALUE)
+#: The fields that frame the body, found by the same anchors and value rule.
+_FRAMING_LINE = re.compile(
+    rb"\n((?i:connection|content-length|transfer-encoding))" + _LINE_VALUE
+)
+#: Every byte but CR, LF and NUL, which could split a request head.
+_NOT_CR_LF_NUL = bytes(b for b in range(256) if b not in (0x00, 0x0A, 0x0D))
+_FRAMING_NAMES = frozenset((b"connection", b"content-length", b"transfer-encoding"))
+_CODES = {b"%d" % code: code for code in range(100, 600)}
+
+
+def read_response_head(
+    data: bytes,
+) -> tuple[ResponseHead, list[tuple[bytes, bytes]]]:
+    """Parse a head given with the CRLF that ends its last line (but not the blank line).
+
+    Also returns the fields that frame the body (Connection, Content-Length,
+    Transfer-Encoding; names as sent) for L{framing_from_fields}, found in the same
+    go. Raises L{ProtocolError} as L{parse_response_head} does.
+    """
+    breaks = data.translate(None, _HEAD_BYTES)
+    # Only CR LF pairs are left when no control byte is there and every CR and LF is
+    # one of a pair (RFC 9112 2.2: a bare CR or LF is not a line end, so it is refused).
+    if len(breaks) == 2 * breaks.count(b"\r\n"):
+        status = _STATUS.match(data)
+        if status is not None:
+            start = status.end()
+            fields = _LINE.findall(data, start)
+            # Each match is one whole line: all lines are fields when the counts agree.
+            if len(fields) == len(breaks) // 2 - 1:
+                version, code, reason = status.group(1, 2, 3)
+                head: ResponseHead = _new_head(
+                    ResponseHead, (version, _CODES[code], reason or b"", fields)
+                )
+                return head, _FRAMING_LINE.findall(data, start)
+    head = _parse_lines(data[:-2])
+    return head, _framing_fields(head.headers)
 
 
 def parse_response_head(block: bytes) -> ResponseHead:
     """Parse a status line and header fields (C{block} ends before the blank line)."""
+    return read_response_head(block + b"\r\n")[0]
+
+
+def _parse_lines(block: bytes) -> ResponseHead:
+    """Parse a head line by line: the rules, for every head the fast parser passes up."""
     lines = block.split(b"\r\n")
     status = lines[0]
     parts = status.split(b" ", 2)
@@ -89,12 +151,6 @@ def parse_response_head(block: bytes) -> ResponseHead:
     reason = parts[2] if len(parts) == 3 else b""
     if reason and _REASON.match(reason) is None:
         raise ProtocolError(f"control character in the reason phrase {reason[:80]!r}")
-    rest = block[len(status) + 2 :]
-    if not rest and len(lines) == 1:
-        return ResponseHead(parts[0], code, reason, [])
-    if _FIELDS.fullmatch(rest + b"\r\n") is not None:
-        # The common case, checked and split in C: well-formed, unfolded fields.
-        return ResponseHead(parts[0], code, reason, _FIELD.findall(rest + b"\r\n"))
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
         if line[:1] in (b" ", b"\t"):
@@ -115,35 +171,75 @@ def parse_response_head(block: bytes) -> ResponseHead:
     return ResponseHead(parts[0], code, reason, headers)
 
 
+def _framing_fields(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in headers if name.lower() in _FRAMING_NAMES]
+
+
 def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool]:
     """How the response body is delimited: C{(kind, length, keep_alive)}.
 
     Raises L{ProtocolError} for an unusable Content-Length (RFC 9112 6.3: conflicting or
     malformed lengths must not be guessed at).
     """
-    keep_alive = head.version == b"HTTP/1.1"
+    return framing_from_fields(method, head, _framing_fields(head.headers))
+
+
+def framing_from_fields(
+    method: bytes, head: ResponseHead, fields: Sequence[tuple[bytes, bytes]]
+) -> tuple[BodyKind, int, bool]:
+    """L{body_framing} from C{head}'s framing fields, as L{read_response_head} gives them.
+
+    C{fields} are C{head}'s Connection, Content-Length and Transfer-Encoding fields in
+    order (names in any case), and no others.
+    """
+    version = head.version
+    keep_alive = version == b"HTTP/1.1"
     #: Set by anything that rules reuse out, whatever a later field says.
     close = False
     chunked = False
-    lengths: set[bytes] = set()
-    for name, value in head.headers:
-        lower = name.lower()
-        if lower == b"connection":
-            tokens = {t.strip().lower() for t in value.split(b",")}
-            if b"close" in tokens:
-                close = True
-            elif b"keep-alive" in tokens and head.version == b"HTTP/1.0":
-                keep_alive = True
-        elif lower == b"transfer-encoding":
-            codings = [t.strip().lower() for t in value.split(b",") if t.strip()]
-            if any(
-                _TOKEN.match(c.split(b";", 1)[0].rstrip(b" \t")) is None for c in codings
-            ):
-                raise ProtocolError(f"bad Transfer-Encoding {value[:40]!r}")
+    #: A transfer coding other than chunked last: the body runs to the end.
+    to_end = False
+    length_text: bytes | None = None
+    conflict = False
+    for name, value in fields:
+        # The name is one of three, which differ in length.
+        size = len(name)
+        if size == 14:  # Content-Length
+            if length_text is None and value.isdigit():
+                length_text = value  # the usual field: one number, nothing around it
+                continue
+            for item in value.split(b","):
+                item = item.strip()
+                if length_text is None:
+                    length_text = item
+                elif item != length_text:
+                    conflict = True
+        elif size == 10:  # Connection
+            lowered = value.lower()
+            if lowered == b"keep-alive":
+                if version == b"HTTP/1.0":
+                    keep_alive = True
+            elif b"close" in lowered or b"keep-alive" in lowered:
+                tokens = {t.strip() for t in lowered.split(b",")}
+                if b"close" in tokens:
+                    close = True
+                elif b"keep-alive" in tokens and version == b"HTTP/1.0":
+                    keep_alive = True
+        else:  # Transfer-Encoding
+            lowered = value.lower()
+            if lowered == b"chunked":
+                codings = [lowered]
+            else:
+                codings = [t.strip() for t in lowered.split(b",") if t.strip()]
+                if any(
+                    _TOKEN.match(c.split(b";", 1)[0].rstrip(b" \t")) is None
+                    for c in codings
+                ):
+                    raise ProtocolError(f"bad Transfer-Encoding {value[:40]!r}")
             if chunked or b"chunked" in codings[:-1]:
                 # Chunked applied twice, or not last: no framing to trust.
                 raise ProtocolError("chunked is not the last transfer coding")
-            if head.version != b"HTTP/1.1":
+            if version != b"HTTP/1.1":
                 # RFC 9112 6.1: Transfer-Encoding in a 1.0 message is faulty framing;
                 # decode it, but never read another response on this connection.
                 close = True
@@ -152,21 +248,16 @@ def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool
             else:
                 # Not chunked last: the body runs to the end of the connection.
                 close = True
-                lengths.add(b"close")
-        elif lower == b"content-length":
-            for item in value.split(b","):
-                lengths.add(item.strip())
+                to_end = True
     keep_alive = keep_alive and not close
     length = -1
-    numbers = lengths - {b"close"}
-    if numbers:
+    if length_text is not None:
         # Checked even where no body follows: the field still reaches the client.
-        if len(numbers) != 1:
+        if conflict:
             raise ProtocolError("conflicting Content-Length values")
-        (text,) = numbers
-        if not text.isdigit() or len(text) > 18:
-            raise ProtocolError(f"bad Content-Length {text[:20]!r}")
-        length = int(text)
+        if not length_text.isdigit() or len(length_text) > 18:
+            raise ProtocolError(f"bad Content-Length {length_text[:20]!r}")
+        length = int(length_text)
     code = head.code
     if method == b"HEAD" or code < 200 or code in (204, 304):
         # No body follows, whatever the framing fields say (RFC 9112 6.3). An app that
@@ -183,20 +274,25 @@ def body_framing(method: bytes, head: ResponseHead) -> tuple[BodyKind, int, bool
         if method == b"HEAD":
             keep_alive = False
         elif code == 204:
-            if length > 0 or chunked or b"close" in lengths:
+            if length > 0 or chunked or to_end:
                 keep_alive = False
-        elif code == 304 and (length > 0 or chunked or b"close" in lengths):
+        elif code == 304 and (length > 0 or chunked or to_end):
             keep_alive = False
         return BodyKind.NONE, 0, keep_alive
     if chunked:
         # Transfer-Encoding overrides Content-Length; such a message is suspect, so
         # the connection is not reused.
-        return BodyKind.CHUNKED, 0, keep_alive and not lengths
-    if b"close" in lengths:
+        return BodyKind.CHUNKED, 0, keep_alive and length < 0 and not to_end
+    if to_end:
         return BodyKind.CLOSE, 0, False
     if length >= 0:
         return BodyKind.LENGTH, length, keep_alive
     return BodyKind.CLOSE, 0, False
+
+
+#: ChunkedDecoder states.
+_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 class ChunkedDecoder:
@@ -204,10 +300,8 @@ class ChunkedDecoder:
 
     __slots__ = ("_buffer", "_remaining", "_state", "done", "extra")
 
-    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
-
     def __init__(self) -> None:
-        self._state = self._SIZE
+        self._state = _SIZE
         self._remaining = 0
         self._buffer = b""
         self.done = False
@@ -219,52 +313,68 @@ class ChunkedDecoder:
         if self.done:
             self.extra += data
             return out
-        data = self._buffer + data
-        self._buffer = b""
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
         pos = 0
         end = len(data)
-        while pos < end:
-            state = self._state
-            if state == self._DATA:
-                take = min(self._remaining, end - pos)
-                out.append(data[pos : pos + take])
-                pos += take
-                self._remaining -= take
-                if not self._remaining:
-                    self._state = self._DATA_END
-                continue
-            eol = data.find(b"\r\n", pos)
-            if eol < 0:
-                rest = data[pos:]
-                if len(rest) > 4096:
-                    raise ProtocolError("chunk line too long")
-                self._buffer = rest
-                break
-            line = data[pos:eol]
-            pos = eol + 2
-            if state == self._SIZE:
-                match = _CHUNK_LINE.match(line)
-                if match is None:
-                    raise ProtocolError(f"bad chunk size {line[:20]!r}")
-                size = int(match.group(1), 16)
-                if size:
-                    self._remaining = size
-                    self._state = self._DATA
-                else:
-                    self._state = self._TRAILER
-            elif state == self._DATA_END:
-                if line:
-                    raise ProtocolError("missing CRLF after chunk data")
-                self._state = self._SIZE
-            elif not line:  # the blank line that ends the trailer section
-                self.done = True
-                self.extra = data[pos:]
-                break
-            elif _FIELD.fullmatch(line + b"\r\n") is None and not (
-                line[:1] in (b" ", b"\t") and _VALUE.match(line) is not None
-            ):
-                raise ProtocolError(f"bad trailer line {line[:40]!r}")
-            # Trailer fields are dropped: twisted.web cannot send them on.
+        # The state lives in locals while the loop runs (attribute access is the cost).
+        state = self._state
+        remaining = self._remaining
+        try:
+            while pos < end:
+                if state == _DATA:
+                    take = end - pos
+                    if take > remaining:
+                        take = remaining
+                    out.append(data[pos : pos + take])
+                    pos += take
+                    remaining -= take
+                    if not remaining:
+                        state = _DATA_END
+                    continue
+                if state == _DATA_END and data.startswith(b"\r\n", pos):
+                    pos += 2
+                    state = _SIZE
+                    continue
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    rest = data[pos:]
+                    if len(rest) > 4096:
+                        raise ProtocolError("chunk line too long")
+                    self._buffer = rest
+                    break
+                line = data[pos:eol]
+                pos = eol + 2
+                if state == _SIZE:
+                    if 0 < len(line) <= 15 and not line.translate(None, _HEX_DIGITS):
+                        size = int(line, 16)  # bare hex digits, the usual size line
+                    else:
+                        match = _CHUNK_LINE.match(line)
+                        if match is None:
+                            raise ProtocolError(f"bad chunk size {line[:20]!r}")
+                        size = int(match.group(1), 16)
+                    if size:
+                        remaining = size
+                        state = _DATA
+                    else:
+                        state = _TRAILER
+                elif state == _DATA_END:
+                    if line:
+                        raise ProtocolError("missing CRLF after chunk data")
+                    state = _SIZE
+                elif not line:  # the blank line that ends the trailer section
+                    self.done = True
+                    self.extra = data[pos:]
+                    break
+                elif _TRAILER_FIELD.match(line) is None and not (
+                    line[:1] in (b" ", b"\t") and _VALUE.match(line) is not None
+                ):
+                    raise ProtocolError(f"bad trailer line {line[:40]!r}")
+                # Trailer fields are dropped: twisted.web cannot send them on.
+        finally:
+            self._state = state
+            self._remaining = remaining
         return out
 
 
@@ -292,17 +402,36 @@ def build_request_head(
     out = [method, b" ", target, b" HTTP/1.1\r\n"]
     has_host = False
     for name, values in headers:
-        if not has_host and name.lower() == b"host":
+        if not has_host and len(name) == 4 and name.lower() == b"host":
             has_host = True
+        if len(values) == 1:  # the usual field; no inner loop to set up
+            out += (name, b": ", values[0], b"\r\n")
+        else:
+            for value in values:
+                out += (name, b": ", value, b"\r\n")
+    #: The lines written: the request line, one per value, the blank line.
+    lines = len(out) // 4 + 1
+    if not has_host:
+        out += (b"Host: ", default_host, b"\r\n")
+        lines += 1
+    if chunked:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+        lines += 1
+    elif body_length is not None:
+        out += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
+        lines += 1
+    out.append(b"\r\n")
+    head = b"".join(out)
+    # One scan of the whole head instead of three per value: when the CRs, LFs and
+    # NULs in it are just the line ends written above, no value holds one.
+    if len(head.translate(None, _NOT_CR_LF_NUL)) != 2 * lines:
+        _check_request_values(headers)
+    return head
+
+
+def _check_request_values(headers: Sequence[tuple[bytes, Sequence[bytes]]]) -> None:
+    """Raise L{ProtocolError} for a request header value that holds a CR, LF or NUL."""
+    for _name, values in headers:
         for value in values:
             if b"\r" in value or b"\n" in value or b"\x00" in value:
                 raise ProtocolError("control character in a request header")
-            out += (name, b": ", value, b"\r\n")
-    if not has_host:
-        out += (b"Host: ", default_host, b"\r\n")
-    if chunked:
-        out.append(b"Transfer-Encoding: chunked\r\n")
-    elif body_length is not None:
-        out += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)

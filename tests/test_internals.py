@@ -325,18 +325,21 @@ def test_queued_writes_count_what_twisted_has_not_sent(
     )
 
 
-def test_an_eager_transport_sends_at_once(
+def test_an_eager_transport_sends_at_the_end_of_the_turn(
     sockets: tuple[socket.socket, socket.socket],
 ) -> None:
     from portproxy.net.eager import send_eagerly
 
-    transport = _server(sockets[0], MemoryReactorClock())
+    clock = MemoryReactorClock()
+    transport = _server(sockets[0], clock)
     assert send_eagerly(transport), "swap_class on tcp.Server"
     transport.write(b"xyz")
+    clock.advance(0)  # the turn's callLater(0) on the transport's reactor
     assert sockets[1].recv(10) == b"xyz"
     assert not internals.has_queued_writes(transport)
     # What the eager write reads besides the queues.
-    for name in ("producer", "streamingProducer", "disconnecting", "connected", "socket"):
+    names = ("producer", "streamingProducer", "disconnecting", "connected", "socket")
+    for name in (*names, "reactor"):
         assert hasattr(transport, name), f"portproxy.net.eager reads tcp.Server.{name}"
 
 

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from portproxy.http.response_reader import HEAD, ReaderState, ResponseReader
+from portproxy.http.response_reader import DATA, HEAD, ReaderState, ResponseReader
 from portproxy.http.wire import (
     MAX_HEAD_SIZE,
     BodyKind,
@@ -535,6 +535,31 @@ def test_the_reader_reads_a_head_as_the_reference_parts_do(
     if ref[0] == "head" and ref[2] == "length" and ref[3] == 0:
         ref = (*ref[:3], 0, ref[4])
     assert _reader(method, wire) == ref
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_a_response_read_a_byte_at_a_time_gives_the_events_of_one_read(
+    method: bytes,
+) -> None:
+    """The reader searches only the new bytes for the blank line; the head still ends
+    where it ends, wherever the reads split it (after an interim response too)."""
+    wire = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: a\r\n\r\nhello"
+    )
+    whole = ResponseReader()
+    whole.start(method)
+    expected = whole.feed(wire)
+    reader = ResponseReader()
+    reader.start(method)
+    events = []
+    for i in range(len(wire)):
+        events += reader.feed(wire[i : i + 1])
+    data = b"".join(v for k, v in events if k == DATA)  # type: ignore[misc]
+    assert [k for k, _ in events if k != DATA] == [k for k, _ in expected if k != DATA]
+    assert events[0] == expected[0]
+    assert data == b"".join(v for k, v in expected if k == DATA)  # type: ignore[misc]
+    assert (reader.state, reader.keep_alive) == (whole.state, whole.keep_alive)
 
 
 @st.composite

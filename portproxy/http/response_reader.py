@@ -130,9 +130,18 @@ class ResponseReader:
     # -- internals ----------------------------------------------------------------------
 
     def _head(self, data: bytes) -> list[Event]:
-        buffer = self._buffer + data if self._buffer else data
+        held = self._buffer
+        if held:
+            buffer = held + data
+            # The held bytes hold no blank line: search from the last three of them,
+            # so that a head trickling in is not searched from its start every time.
+            start = len(held) - 3 if len(held) > 3 else 0
+        else:
+            buffer = data
+            start = 0
         while True:
-            end = buffer.find(b"\r\n\r\n")
+            end = buffer.find(b"\r\n\r\n", start)
+            start = 0
             if end < 0:
                 if len(buffer) > MAX_HEAD_SIZE:
                     raise ProtocolError("response head too large")

@@ -8,13 +8,16 @@ answer, a Vite dev-server answer, a chunked one, and a browser's request.
 
     taskset -c 1 python benchmarks/micro_wire.py [--repeat 5] [--number 20000]
 
-The machine may be shared and noisy: pin it to one core, run it a few times and quote
-the best figure. Nothing here asserts a speed; it only measures.
+It times CPU (process time), but a shared machine is still noisy (caches, clock
+speed): pin it to one core, run it a few times and quote the best figure. Nothing here
+asserts a speed; it only measures. To compare with older code, put an older checkout's
+package first: C{PYTHONPATH=/tmp/old python benchmarks/micro_wire.py}.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 import timeit
 from collections.abc import Callable
 
@@ -150,7 +153,9 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=20000, help="calls per round")
     args = parser.parse_args()
     for name, call in cases():
-        best = min(timeit.repeat(call, number=args.number, repeat=args.repeat))
+        # CPU time, not wall time: another process on the core does not count.
+        timer = time.process_time
+        best = min(timeit.repeat(call, timer, number=args.number, repeat=args.repeat))
         print(f"{best / args.number * 1e6:8.2f} us  {name}")
 
 

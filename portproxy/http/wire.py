@@ -42,6 +42,16 @@ class BodyKind(enum.Enum):
     CLOSE = "close"  # delimited by the end of the connection
 
 
+# The members framing_from_fields returns, as module globals: on Python 3.11 reading an
+# enum member off its class costs about three times a global lookup.
+_NO_BODY, _BY_LENGTH, _BY_CHUNKS, _TO_END = (
+    BodyKind.NONE,
+    BodyKind.LENGTH,
+    BodyKind.CHUNKED,
+    BodyKind.CLOSE,
+)
+
+
 class ResponseHead(NamedTuple):
     """A parsed status line and its header fields.
 
@@ -75,24 +85,25 @@ _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[\t\x20-\x7e\x80-\xff]*
 #: A trailer field line (name, colon, value bytes); possessive, so linear in its length.
 _TRAILER_FIELD = re.compile(rb"[" + _TCHAR + rb"]++:[\t\x20-\x7e\x80-\xff]*+\Z")
 
-# The fast head parser checks a whole head with a few scans in C and leaves anything
+# The fast head parser checks a whole head with two scans in C and leaves anything
 # unusual (folded lines, blanks at a value's end, any error) to the line-by-line parser,
 # which is the rule book; tests/test_wire_equivalence.py holds the two to one result.
 #
-#: Every byte a head may hold besides CR and LF: HTAB, SP, VCHAR, obs-text. Deleting
-#: them leaves the line ends and any control byte.
-_HEAD_BYTES = bytes(b for b in range(256) if b == 0x09 or 0x20 <= b <= 0x7E or b >= 0x80)
-#: The status line, up to its CR. Three digits 100-599 (RFC 9110 15).
-_STATUS = re.compile(rb"(HTTP/1\.[01]) ([1-5][0-9][0-9])(?: ([^\r]*+))?\r(?=\n)")
-#: ": value CRLF" with the blanks around the value left out. A value that ends in a
-#: blank does not match (the slow parser strips it). Possessive: linear time.
-_LINE_VALUE = rb":[ \t]*+([^\r]*+)(?<![ \t])\r(?=\n)"
-#: One field line, from the LF that ends the line before it: anchored, so a search
-#: cannot start inside a line (a "Bad Name: x" yields no "Name").
-_LINE = re.compile(rb"\n([" + _TCHAR + rb"]++)" + _LINE_VALUE)
-#: The fields that frame the body, found by the same anchors and value rule.
+#: The status line without its CRLF: three digits 100-599 (RFC 9110 15), and a reason
+#: of HTAB, SP, VCHAR and obs-text (RFC 9112 4).
+_STATUS = re.compile(rb"(HTTP/1\.[01]) ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*+))?")
+#: One field line, from the LF that ends the line before it to its own CR: a token,
+#: a colon and a value of HTAB, SP, VCHAR and obs-text, the blanks around it left out.
+#: Anchored at the LF, so a search cannot start inside a line ("Bad Name: x" yields no
+#: "Name"); a value that ends in a blank does not match (the slow parser strips it).
+#: Possessive throughout: linear time, whatever the blanks.
+_LINE = re.compile(
+    rb"\n([" + _TCHAR + rb"]++):[ \t]*+([\t\x20-\x7e\x80-\xff]*+)(?<![ \t])\r(?=\n)"
+)
+#: The fields that frame the body, by the same anchors and value rule; only run on a
+#: head _LINE has passed, where the bytes up to a CR are the value's.
 _FRAMING_LINE = re.compile(
-    rb"\n((?i:connection|content-length|transfer-encoding))" + _LINE_VALUE
+    rb"\n((?i:connection|content-length|transfer-encoding)):[ \t]*+([^\r]*+)(?<![ \t])\r"
 )
 #: Every byte but CR, LF and NUL, which could split a request head.
 _NOT_CR_LF_NUL = bytes(b for b in range(256) if b not in (0x00, 0x0A, 0x0D))
@@ -109,16 +120,16 @@ def read_response_head(
     Transfer-Encoding; names as sent) for L{framing_from_fields}, found in the same
     go. Raises L{ProtocolError} as L{parse_response_head} does.
     """
-    breaks = data.translate(None, _HEAD_BYTES)
-    # Only CR LF pairs are left when no control byte is there and every CR and LF is
-    # one of a pair (RFC 9112 2.2: a bare CR or LF is not a line end, so it is refused).
-    if len(breaks) == 2 * breaks.count(b"\r\n"):
-        status = _STATUS.match(data)
+    status_end = data.find(b"\r\n")
+    if status_end > 0 and data[-1:] == b"\n":
+        status = _STATUS.fullmatch(data, 0, status_end)
         if status is not None:
-            start = status.end()
+            start = status_end + 1  # the status line's LF
             fields = _LINE.findall(data, start)
-            # Each match is one whole line: all lines are fields when the counts agree.
-            if len(fields) == len(breaks) // 2 - 1:
+            # A match runs from one LF to the CR before the next, with no CR, LF or
+            # control byte between: when every later LF ends one, every line is a
+            # field line and no lone CR or LF is anywhere (RFC 9112 2.2).
+            if len(fields) == data.count(b"\n", start + 1):
                 version, code, reason = status.group(1, 2, 3)
                 head: ResponseHead = _new_head(
                     ResponseHead, (version, _CODES[code], reason or b"", fields)
@@ -278,16 +289,16 @@ def framing_from_fields(
                 keep_alive = False
         elif code == 304 and (length > 0 or chunked or to_end):
             keep_alive = False
-        return BodyKind.NONE, 0, keep_alive
+        return _NO_BODY, 0, keep_alive
     if chunked:
         # Transfer-Encoding overrides Content-Length; such a message is suspect, so
         # the connection is not reused.
-        return BodyKind.CHUNKED, 0, keep_alive and length < 0 and not to_end
+        return _BY_CHUNKS, 0, keep_alive and length < 0 and not to_end
     if to_end:
-        return BodyKind.CLOSE, 0, False
+        return _TO_END, 0, False
     if length >= 0:
-        return BodyKind.LENGTH, length, keep_alive
-    return BodyKind.CLOSE, 0, False
+        return _BY_LENGTH, length, keep_alive
+    return _TO_END, 0, False
 
 
 #: ChunkedDecoder states.

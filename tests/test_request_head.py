@@ -84,6 +84,8 @@ def test_a_browser_head_is_split_into_its_line_and_fields() -> None:
         b"GET / HTTP/1.1\nHost: h\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: h\nX: 1\r\n\r\n",
         b"GET / HTTP/1.1\r\nX-A: a\x00b\r\nHost: h\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\rX\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX-A: 1\r2\r\nHost: h\r\n\r\n",
         b"GET / HTTP/1.1\r\nX-A: a\x01b\r\nHost: h\r\n\r\n",
         b"GET / HTTP/1.1\r\nX A: 1\r\nHost: h\r\n\r\n",
         b"GET / HTTP/1.1\r\n: 1\r\nHost: h\r\n\r\n",
@@ -122,7 +124,7 @@ _NAMES = st.sampled_from(
     ]
 )
 _VALUES = st.binary(max_size=12) | st.sampled_from(
-    [b"", b" 1 ", b"\t2\t", b"a\r\nb", b"a\nb", b"a\x00", b"chunked", b"0", b"close"]
+    [b"", b" 1 ", b"\t2\t", b"a\r\nb", b"a\nb", b"a\rb", b"a\r", b"a\x00", b"chunked", b"0", b"close"]
 )
 _LINES = st.sampled_from(
     [

@@ -26,14 +26,15 @@ _MAX_FIELDS = 100
 # request-line = method SP request-target SP HTTP-version (RFC 9112 3), with the
 # target of visible ASCII only, as twisted.web's _parseRequestLine accepts it.
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1\r\n")
-# A field: token ":" OWS value OWS CRLF, the value of visible bytes, spaces and tabs only
-# (stricter than twisted.web, which only refuses NUL, CR and LF: the rest falls back).
-_FIELD = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
-    rb"((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[ \t]*\r\n"
+# A field line from the LF before it to its CR: token ":" OWS value OWS, the value of
+# visible bytes, spaces and tabs only (stricter than twisted.web, which only refuses
+# NUL, CR and LF: the rest falls back), and the CR followed by its LF.
+_FIELD_LINE = re.compile(
+    rb"\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
+    rb"((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[ \t]*\r(?=\n)"
 )
 # Fields whose handling needs twisted.web's own parser: a body's framing, 100-continue.
-_NEEDS_PARSER = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+_NEEDS_PARSER = re.compile(rb"\n(?:content-length|transfer-encoding|expect):", re.I)
 
 
 class ParsedHead(NamedTuple):
@@ -57,18 +58,15 @@ def split_request_head(data: bytes) -> ParsedHead | None:
     line = _REQUEST_LINE.match(data)
     if line is None:
         return None
-    start = line.end()
-    end = len(data) - 2  # the blank line's CRLF is not a field
-    fields: list[tuple[bytes, bytes]] = []
-    position = start
-    for match in _FIELD.finditer(data, start, end):
-        if match.start() != position:
-            return None  # bytes between fields that are not a field
-        position = match.end()
-        fields.append((match.group(1), match.group(2)))
-    if position != end or len(fields) > _MAX_FIELDS:
+    # From the request line's LF to the last field's CR. A match runs from one LF to
+    # the CR before the next LF, with no CR, LF or control byte between: when every
+    # LF in that stretch begins a match, every line is a field line.
+    # (The LF that ends the last field line begins the blank line: not counted.)
+    start = line.end() - 1
+    end = len(data) - 2
+    fields: list[tuple[bytes, bytes]] = _FIELD_LINE.findall(data, start, end)
+    if len(fields) != data.count(b"\n", start, end - 1) or len(fields) > _MAX_FIELDS:
         return None
-    for name, _ in fields:
-        if name.lower() in _NEEDS_PARSER:
-            return None
+    if _NEEDS_PARSER.search(data, start, end) is not None:
+        return None
     return ParsedHead(line.group(1), line.group(2), b"HTTP/1.1", fields)

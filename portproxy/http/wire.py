@@ -293,7 +293,7 @@ def framing_from_fields(
     if chunked:
         # Transfer-Encoding overrides Content-Length; such a message is suspect, so
         # the connection is not reused.
-        return _BY_CHUNKS, 0, keep_alive and length < 0 and not to_end
+        return _BY_CHUNKS, 0, keep_alive and length_text is None
     if to_end:
         return _TO_END, 0, False
     if length >= 0:

@@ -124,7 +124,19 @@ _NAMES = st.sampled_from(
     ]
 )
 _VALUES = st.binary(max_size=12) | st.sampled_from(
-    [b"", b" 1 ", b"\t2\t", b"a\r\nb", b"a\nb", b"a\rb", b"a\r", b"a\x00", b"chunked", b"0", b"close"]
+    [
+        b"",
+        b" 1 ",
+        b"\t2\t",
+        b"a\r\nb",
+        b"a\nb",
+        b"a\rb",
+        b"a\r",
+        b"a\x00",
+        b"chunked",
+        b"0",
+        b"close",
+    ]
 )
 _LINES = st.sampled_from(
     [

@@ -456,20 +456,29 @@ class _Exchange:
         for name, values in response_header_pairs(head.headers):
             lower = name.lower()
             if lower == b"location":
-                values = [
-                    rewrite_location(v, prefix=prefix, public_url=self.resource.public_url)
-                    for v in values
-                ]
-            elif lower == b"set-cookie":
+                # Rewritten values are built here: Twisted's setRawHeaders checks them.
+                out.setRawHeaders(
+                    name,
+                    [
+                        rewrite_location(
+                            v, prefix=prefix, public_url=self.resource.public_url
+                        )
+                        for v in values
+                    ],
+                )
+                continue
+            if lower == b"set-cookie":
                 values = self._cookies(values, prefix)
-                if not values:
-                    continue
-            elif lower == b"service-worker-allowed" and self.resource.main_origin:
+                if values:
+                    out.setRawHeaders(name, values)
+                continue
+            if lower == b"service-worker-allowed" and self.resource.main_origin:
                 # On a path route the app shares the main host's origin: this header
                 # would let its service worker control every path of it (sign-in, the
                 # home page, the API, other ports). Without it, the worker's scope
                 # stays under the app's own folder.
                 continue
+            # As read off the wire: already checked free of CR and LF.
             set_header_values(out, name, values)
         if head.code == 204:
             # RFC 9110 8.6: a 204 carries no Content-Length (twisted.web would send it).

@@ -56,12 +56,19 @@ class _TurnSender:
 
 
 _SENDERS: WeakKeyDictionary[IReactorTime, _TurnSender] = WeakKeyDictionary()
+#: The last reactor asked for and its sender: a process runs one reactor.
+_last: tuple[IReactorTime | None, _TurnSender | None] = (None, None)
 
 
 def _turn_sender(clock: IReactorTime) -> _TurnSender:
+    global _last
+    last_clock, sender = _last
+    if last_clock is clock and sender is not None:
+        return sender
     sender = _SENDERS.get(clock)
     if sender is None:
         sender = _SENDERS[clock] = _TurnSender(clock)
+    _last = (clock, sender)
     return sender
 
 
@@ -100,9 +107,8 @@ class _EagerWrites:
         if held is not None:
             held.append(data)  # after what this turn wrote already
             return
-        if self._queue_instead():
-            super().write(data)  # type: ignore[misc]
-            return
+        # Whether Twisted's queue must take them instead is decided when they leave
+        # (send_held): bytes queued before these still go first.
         self._held = [data]
         # Any: a mixin; what it reads is the tcp.Connection's it is mixed into.
         own: Any = self

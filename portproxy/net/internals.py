@@ -260,17 +260,14 @@ def begin_parsed_request(
 
 
 def set_header_values(headers: Headers, name: bytes, values: list[bytes]) -> None:
-    """C{headers.setRawHeaders(name, values)}, without its per-value copy when it is moot.
+    """C{headers.setRawHeaders(name, values)} for values known to hold no CR or LF.
 
     C{Headers.setRawHeaders} rewrites every value to replace CR and LF (so that no value
-    can end a line early); a proxied response's values have been checked for those by
-    the wire parser already. Values holding either still go through Twisted's own
-    method. The list is stored as given: the caller must not change it afterwards.
+    can end a line early); values the wire parser read off an app's response have been
+    checked for both already (L{portproxy.http.wire}), so the copy is skipped. Anything
+    else (a value portproxy built or rewrote) must go through C{setRawHeaders}. The list
+    is stored as given: the caller must not change it afterwards.
     """
-    for value in values:
-        if b"\r" in value or b"\n" in value:
-            headers.setRawHeaders(name, values)
-            return
     headers._rawHeaders[_nameEncoder.encode(name)] = values
 
 

@@ -39,6 +39,78 @@ async def _pair(expected: int) -> tuple[Any, Collect, Any]:
     return client.transport, received[0], port
 
 
+async def _turn() -> None:
+    from twisted.internet.task import deferLater
+
+    await deferLater(get_reactor(), 0, lambda: None)
+
+
+class _CountingSocket:
+    """Stands in for a transport's socket, counting the send() calls."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.sends: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        self.sends.append(bytes(data))
+        return int(self.sock.send(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_writes_of_one_turn_leave_in_one_send_at_its_end() -> None:
+    transport, peer, port = await _pair(11)
+    try:
+        send_eagerly(transport)
+        counting = transport.socket = _CountingSocket(transport.socket)
+        transport.write(b"head ")
+        transport.writeSequence([b"bo", b"dy"])
+        transport.write(b"!!")
+        assert counting.sends == []  # held until the turn's events are handled
+        await _turn()
+        assert counting.sends == [b"head body!!"]
+        assert await peer.done == b"head body!!"
+    finally:
+        transport.socket = counting.sock
+        transport.loseConnection()
+        peer.transport.loseConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_right_after_a_write_still_delivers_it() -> None:
+    for close in ("loseConnection", "loseWriteConnection"):
+        transport, peer, port = await _pair(6)
+        try:
+            send_eagerly(transport)
+            transport.write(b"bye")
+            transport.write(b"-now")
+            getattr(transport, close)()
+            assert await peer.done == b"bye-now", close
+        finally:
+            transport.loseConnection()
+            peer.transport.loseConnection()
+            await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_aborted_connection_drops_what_it_held() -> None:
+    transport, peer, port = await _pair(1)
+    try:
+        send_eagerly(transport)
+        transport.write(b"never")
+        transport.abortConnection()
+        await _turn()
+        await _turn()
+        assert peer.data == b""
+    finally:
+        peer.transport.loseConnection()
+        await port.stopListening()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_small_write_leaves_without_queueing() -> None:
     transport, peer, port = await _pair(5)
@@ -61,6 +133,7 @@ async def test_what_the_kernel_does_not_take_is_queued_and_order_is_kept() -> No
         send_eagerly(transport)
         transport.write(big)
         transport.writeSequence([b"E", b"ND"])
+        await _turn()
         assert transport.dataBuffer or transport._tempDataBuffer  # the rest waits
         eager_writer(transport)(b"-after")
         data = await peer.done

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -165,6 +166,77 @@ def test_unparsed_line_bytes_are_a_head_line_not_yet_complete() -> None:
     )
 
 
+def test_at_request_boundary_only_where_a_new_request_line_would_start() -> None:
+    _, channel, _ = _http11()
+    assert internals.at_request_boundary(channel), "at_request_boundary: fresh channel"
+    _, partial, _ = _http11(b"GET /a HT")
+    assert not internals.at_request_boundary(partial), "a partial line is pending"
+    _, handling, _ = _http11(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert not internals.at_request_boundary(handling), "a request is in progress"
+    handling.requests[0].finish()
+    assert internals.at_request_boundary(handling), (
+        "at_request_boundary: HTTPChannel's state between kept-alive requests changed"
+    )
+    _, body, _ = _http11(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab")
+    assert not internals.at_request_boundary(body), "a body is being read"
+
+
+def _state(channel: HTTPChannel) -> tuple[object, ...]:
+    own: Any = channel
+    return (
+        own.line_mode,
+        own._handlingRequest,
+        own._HTTPChannel__first_line,
+        own._receivedHeaderCount,
+        own._receivedHeaderSize,
+        own.length,
+        own.persistent,
+    )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nhost: h:1\r\nX-A: 1\r\nx-a:  2 \r\nCookie: a=b\r\n"
+        b"Connection: close\r\nETag: x\r\nwww-authenticate: y\r\n\r\n",
+        b"DELETE /x HTTP/1.1\r\n\r\n",
+    ],
+)
+def test_begin_parsed_request_leaves_what_twisteds_line_parser_leaves(head: bytes) -> None:
+    _, by_lines, _ = _http11(head)
+    _, by_head, _ = _http11()
+    request_line, _, rest = head.partition(b"\r\n")
+    method, target, version = request_line.split(b" ")
+    fields = [
+        (name, value.strip(b" \t"))
+        for name, _, value in (f.partition(b":") for f in rest.split(b"\r\n") if f)
+    ]
+    internals.begin_parsed_request(by_head, method, target, version, fields)
+    (a,) = by_lines.requests
+    (b,) = by_head.requests
+    assert (b.method, b.uri, b.clientproto) == (a.method, a.uri, a.clientproto)
+    assert list(b.requestHeaders.getAllRawHeaders()) == list(
+        a.requestHeaders.getAllRawHeaders()
+    ), "begin_parsed_request: header names or order differ from HTTPChannel's"
+    assert _state(by_head) == _state(by_lines), (
+        "begin_parsed_request: HTTPChannel's state after a head changed"
+    )
+    a.finish()
+    b.finish()
+    assert _state(by_head) == _state(by_lines)
+
+
+@pytest.mark.parametrize("values", [[b"text/plain"], [b"a", b" b\t"], [b"x" * 300]])
+def test_set_header_values_stores_what_set_raw_headers_would(values: list[bytes]) -> None:
+    ours, twisteds = Headers(), Headers()
+    internals.set_header_values(ours, b"content-type", list(values))
+    twisteds.setRawHeaders(b"content-type", list(values))
+    assert list(ours.getAllRawHeaders()) == list(twisteds.getAllRawHeaders()), (
+        "set_header_values: Headers no longer keeps canonical names in _rawHeaders"
+    )
+
+
 def test_arm_abort_timer_aborts_once_after_the_channels_abort_timeout() -> None:
     clock = MemoryReactorClock()
     _, channel, transport = _http11()
@@ -249,18 +321,21 @@ def test_queued_writes_count_what_twisted_has_not_sent(
     )
 
 
-def test_an_eager_transport_sends_at_once(
+def test_an_eager_transport_sends_at_the_end_of_the_turn(
     sockets: tuple[socket.socket, socket.socket],
 ) -> None:
     from portproxy.net.eager import send_eagerly
 
-    transport = _server(sockets[0], MemoryReactorClock())
+    clock = MemoryReactorClock()
+    transport = _server(sockets[0], clock)
     assert send_eagerly(transport), "swap_class on tcp.Server"
     transport.write(b"xyz")
+    clock.advance(0)  # the turn's callLater(0) on the transport's reactor
     assert sockets[1].recv(10) == b"xyz"
     assert not internals.has_queued_writes(transport)
     # What the eager write reads besides the queues.
-    for name in ("producer", "streamingProducer", "disconnecting", "connected", "socket"):
+    names = ("producer", "streamingProducer", "disconnecting", "connected", "socket")
+    for name in (*names, "reactor"):
         assert hasattr(transport, name), f"portproxy.net.eager reads tcp.Server.{name}"
 
 

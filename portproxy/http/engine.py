@@ -19,7 +19,6 @@ from typing import IO, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -45,6 +44,8 @@ from portproxy.http.setcookie import allowed_set_cookies
 from portproxy.http.uploads import StreamingUpload
 from portproxy.http.upstream import TooManyUpstreams, UpstreamConnection, UpstreamPool
 from portproxy.http.wire import ProtocolError, ResponseHead, build_request_head
+from portproxy.net.deadlines import Deadlines
+from portproxy.net.internals import set_header_values
 from portproxy.net.reactor import IClientReactor
 
 with warnings.catch_warnings():
@@ -124,6 +125,8 @@ class ProxyEngine:
         #: (see hostrewrite); C{None} without the option.
         self.rewrite_host = rewrite_host
         self.on_request = on_request
+        #: Each exchange's wait for the app's answer (one timer for all of them).
+        self.deadlines = Deadlines(reactor, upstream_timeout, _answer_timed_out)
         self.pool = UpstreamPool(reactor)
         self.in_flight = 0
         self._drained: list[Deferred[None]] = []
@@ -322,7 +325,6 @@ class _Exchange:
         "resource",
         "retried",
         "state",
-        "timer",
     )
 
     def __init__(
@@ -346,7 +348,6 @@ class _Exchange:
         self.retried = False
         self.connection: UpstreamConnection | None = None
         self.connecting: Deferred[UpstreamConnection] | None = None
-        self.timer: IDelayedCall | None = None
         #: Response events that came while PENDING (see L{_defer}).
         self.queued: list[Callable[[], None]] = []
         #: Whether the upstream socket is paused until the request is attached.
@@ -379,9 +380,9 @@ class _Exchange:
             finished.addBoth(self.resource.engine._ended)
         if self.state is _PENDING:
             self.state = _WAITING
-        if not self.queued and self.state is not _GONE and self.timer is None:
-            engine = self.resource.engine
-            self.timer = engine.reactor.callLater(engine.upstream_timeout, self.timed_out)
+        deadlines = self.resource.engine.deadlines
+        if not self.queued and self.state is not _GONE and self not in deadlines:
+            deadlines.watch(self)
         queued, self.queued = self.queued, []
         for event in queued:
             if self.state is _GONE:
@@ -411,7 +412,7 @@ class _Exchange:
         engine = self.resource.engine
         if self.state is not _PENDING:
             # An upload's wait for the answer starts when its last byte is in (attach).
-            self.timer = engine.reactor.callLater(engine.upstream_timeout, self.timed_out)
+            engine.deadlines.watch(self)
         connection = engine.pool.take(self.resource.port)
         if connection is not None:
             self.send(connection)
@@ -455,21 +456,30 @@ class _Exchange:
         for name, values in response_header_pairs(head.headers):
             lower = name.lower()
             if lower == b"location":
-                values = [
-                    rewrite_location(v, prefix=prefix, public_url=self.resource.public_url)
-                    for v in values
-                ]
-            elif lower == b"set-cookie":
+                # Rewritten values are built here: Twisted's setRawHeaders checks them.
+                out.setRawHeaders(
+                    name,
+                    [
+                        rewrite_location(
+                            v, prefix=prefix, public_url=self.resource.public_url
+                        )
+                        for v in values
+                    ],
+                )
+                continue
+            if lower == b"set-cookie":
                 values = self._cookies(values, prefix)
-                if not values:
-                    continue
-            elif lower == b"service-worker-allowed" and self.resource.main_origin:
+                if values:
+                    out.setRawHeaders(name, values)
+                continue
+            if lower == b"service-worker-allowed" and self.resource.main_origin:
                 # On a path route the app shares the main host's origin: this header
                 # would let its service worker control every path of it (sign-in, the
                 # home page, the API, other ports). Without it, the worker's scope
                 # stays under the app's own folder.
                 continue
-            out.setRawHeaders(name, values)
+            # As read off the wire: already checked free of CR and LF.
+            set_header_values(out, name, values)
         if head.code == 204:
             # RFC 9110 8.6: a 204 carries no Content-Length (twisted.web would send it).
             out.removeHeader(b"content-length")
@@ -602,7 +612,6 @@ class _Exchange:
             self._answer(502, f"Could not connect to port {port}")
 
     def timed_out(self) -> None:
-        self.timer = None
         if self.state is _PENDING:
             self._defer(self.timed_out)
             return
@@ -646,10 +655,7 @@ class _Exchange:
         request.finish()
 
     def _stop_timer(self) -> None:
-        if self.timer is not None:
-            if self.timer.active():
-                self.timer.cancel()
-            self.timer = None
+        self.resource.engine.deadlines.cancel(self)
 
     def _cookies(self, values: list[bytes], prefix: bytes | None) -> list[bytes]:
         # An app must not plant or shadow portproxy's own session cookie.
@@ -657,6 +663,12 @@ class _Exchange:
         if prefix is not None:
             values = [rewrite_set_cookie(v, prefix) for v in values]
         return values
+
+
+def _answer_timed_out(exchange: object) -> None:
+    """The app did not answer an exchange in time (L{ProxyEngine.deadlines})."""
+    if isinstance(exchange, _Exchange):
+        exchange.timed_out()
 
 
 def _ends_with_the_connection(request: Request) -> bool:

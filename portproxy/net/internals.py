@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred
 # have no public names. twisted.web.http imports both already, so this costs nothing.
 from twisted.web._http2 import H2Connection, H2Stream
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http_headers import Headers, _nameEncoder
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,6 +49,8 @@ __all__ = [
     "H2Stream",
     "PrivateHook",
     "arm_abort_timer",
+    "at_request_boundary",
+    "begin_parsed_request",
     "channel_network_producer",
     "channel_request_line",
     "current_channel",
@@ -67,6 +70,7 @@ __all__ = [
     "pending_client_bytes",
     "port_address",
     "queued_write_bytes",
+    "set_header_values",
     "set_opening_request",
     "swap_class",
     "take_unparsed_bytes",
@@ -192,6 +196,79 @@ def unparsed_line_bytes(channel: HTTPChannel) -> bytes:
     head has started arriving (its deadline starts now, not when it is idle).
     """
     return channel._buffer  # type: ignore[attr-defined,no-any-return]
+
+
+def at_request_boundary(channel: HTTPChannel) -> bool:
+    """Whether C{channel} would read the next bytes as the first line of a new request.
+
+    Nothing of a request is pending: no partial line (C{LineReceiver._buffer}), no
+    request in progress or queued, the line parser at a request's start
+    (C{_HTTPChannel__first_line == 1}, no header line held), no body decoder, and the
+    connection kept alive. Only then may L{begin_parsed_request} stand in for the
+    line parser.
+    """
+    own: Any = channel
+    return (
+        own.line_mode == 1
+        and not own._buffer
+        and not own._handlingRequest
+        and not own.requests
+        and own._HTTPChannel__first_line == 1
+        and not own._HTTPChannel__header
+        and own._transferDecoder is None
+        and own.length == 0
+        and own._receivedHeaderCount == 0
+        and own._receivedHeaderSize == 0
+        and bool(own.persistent)
+    )
+
+
+def begin_parsed_request(
+    channel: HTTPChannel,
+    method: bytes,
+    target: bytes,
+    version: bytes,
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    """Hand C{channel} a whole request head parsed elsewhere, as its line parser would.
+
+    What C{HTTPChannel.lineReceived} and C{headerReceived} do for a head without a body,
+    in one step: make the request, store the request line in C{_command}, C{_path},
+    C{_version}, add each field under its canonical name (the values are already
+    checked free of control bytes, so Twisted's per-value sanitising is skipped), then
+    call C{allHeadersReceived} and C{allContentReceived}, which run unchanged. Only for
+    a channel L{at_request_boundary}.
+    """
+    own: Any = channel
+    request = own.requestFactory(channel, len(own.requests))
+    own.requests.append(request)
+    own._HTTPChannel__first_line = 0
+    own._command, own._path, own._version = method, target, version
+    headers: Headers = request.requestHeaders
+    raw: dict[bytes, list[bytes]] = headers._rawHeaders
+    encode = _nameEncoder.encode
+    for name, value in fields:
+        key = encode(name)
+        values = raw.get(key)
+        if values is None:
+            raw[key] = [value]
+        else:
+            values.append(value)
+    channel.allHeadersReceived()
+    if own.length == 0:
+        channel.allContentReceived()
+
+
+def set_header_values(headers: Headers, name: bytes, values: list[bytes]) -> None:
+    """C{headers.setRawHeaders(name, values)} for values known to hold no CR or LF.
+
+    C{Headers.setRawHeaders} rewrites every value to replace CR and LF (so that no value
+    can end a line early); values the wire parser read off an app's response have been
+    checked for both already (L{portproxy.http.wire}), so the copy is skipped. Anything
+    else (a value portproxy built or rewrote) must go through C{setRawHeaders}. The list
+    is stored as given: the caller must not change it afterwards.
+    """
+    headers._rawHeaders[_nameEncoder.encode(name)] = values
 
 
 def arm_abort_timer(channel: HTTPChannel | H2Connection) -> None:

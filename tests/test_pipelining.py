@@ -231,3 +231,29 @@ async def test_pipelined_gets_behind_a_response_the_client_reads_late_are_all_an
     raw = await closed_within(client, 20)
     bodies = [answer for _, answer in _split_responses(raw)]
     assert bodies == [big] + [b"ok /r%d" % i for i in range(20)]
+
+
+def test_a_kept_alive_channel_asks_its_socket_for_addresses_once() -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from portproxy.web.channel import _CachingChannel
+
+    calls: list[str] = []
+
+    class Counting(StringTransport):
+        def getPeer(self) -> IPv4Address:
+            calls.append("peer")
+            return IPv4Address("TCP", "10.0.0.1", 4321)
+
+        def getHost(self) -> IPv4Address:
+            calls.append("host")
+            return IPv4Address("TCP", "127.0.0.1", 8080)
+
+    channel = _CachingChannel()
+    channel.makeConnection(Counting())
+    calls.clear()
+    for _ in range(3):
+        assert channel.getPeer() == IPv4Address("TCP", "10.0.0.1", 4321)
+        assert channel.getHost() == IPv4Address("TCP", "127.0.0.1", 8080)
+    assert sorted(calls) == ["host", "peer"]

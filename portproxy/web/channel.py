@@ -316,16 +316,23 @@ def channel_protocol(factory: object) -> _ChannelProtocol:
 
 
 class _CachingChannel(ProxyChannel):
-    """An HTTP/1.1 channel that asks its socket for its own address once.
+    """An HTTP/1.1 channel that asks its socket for its addresses once.
 
-    http.Request asks the channel for its local address and whether it is TLS on every
-    request: a getsockname() system call and an interface check each time, for answers
-    that never change. (The class is swapped in on the first request, so an idle
-    connection costs nothing extra.)
+    http.Request asks the channel for its local and peer addresses and whether it is
+    TLS on every request: a getsockname() system call, a new address object and an
+    interface check each time, for answers that never change. (The class is swapped in
+    on the first request, so an idle connection costs nothing extra.)
     """
 
     _local: IAddress | None = None
+    _peer: IAddress | None = None
     _secure: bool | None = None
+
+    def getPeer(self) -> IAddress:
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
 
     def getHost(self) -> IAddress:
         local = self._local

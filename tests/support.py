@@ -108,18 +108,27 @@ def get(path: bytes, host: bytes = b"127.0.0.1", headers: bytes = b"") -> bytes:
     )
 
 
+_PROBE_AGENT = b"portproxy-probe"  # portproxy.ports.probe.USER_AGENT
+
+
 @dataclass
 class Recorder(Resource):
     """An upstream leaf that records each request and answers with a handler."""
 
     handler: Callable[[Any], bytes | int] | None = None
     requests: list[Any] = field(default_factory=list)
+    #: Record the ports panel's probes too. Off by default: a port watcher of any
+    #: running proxy may probe the test's app port at any moment (its own GET, with
+    #: its own User-Agent), which is not a request the test's proxy forwarded.
+    record_probes: bool = False
     isLeaf = True
 
     def __post_init__(self) -> None:
         Resource.__init__(self)
 
     def render(self, request: Any) -> bytes | int:
+        if not self.record_probes and request.getHeader(b"user-agent") == _PROBE_AGENT:
+            return b"probe"
         body = request.content.read() if request.content is not None else b""
         self.requests.append(
             {

@@ -269,7 +269,7 @@ async def test_the_probe_says_who_it_is_sends_no_cookie_and_reads_the_title(
         request.setHeader(b"content-type", b"text/html")
         return b"<!doctype html><title>My &amp; app</title>"
 
-    recorder = Recorder(page)
+    recorder = Recorder(page, record_probes=True)
     site = upstream(recorder)
     result = await HttpProbe(get_reactor()).probe(site.port)
     assert result == ProbeResult(True, "My & app")

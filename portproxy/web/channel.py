@@ -102,20 +102,24 @@ class ProxyChannel(HTTPChannel):
         return limits
 
     def dataReceived(self, data: bytes) -> None:
+        head = None
+        if data[-4:] == b"\r\n\r\n" and at_request_boundary(self):
+            # The common case: one read holds one whole head without a body. It is
+            # split in one pass instead of line by line (portproxy.http.request_head).
+            head = split_request_head(data)
         if self._phase == _IDLE:
             self._phase = _HEAD
             limits = self._limits
             assert limits is not None
             limits.idle_ended(self)
-            limits.head_started(self)
-        if data[-4:] == b"\r\n\r\n" and at_request_boundary(self):
-            # The common case: one read holds one whole head without a body. Split
-            # it in one pass instead of line by line (see portproxy.http.request_head).
-            head = split_request_head(data)
-            if head is not None:
-                self.resetTimeout()
-                begin_parsed_request(self, *head)
-                return
+            if head is None:
+                # A head deadline only for a head that is still to come: a whole one
+                # is done before any timer could matter.
+                limits.head_started(self)
+        if head is not None:
+            self.resetTimeout()
+            begin_parsed_request(self, *head)
+            return
         super().dataReceived(data)
 
     def rawDataReceived(self, data: bytes) -> None:

@@ -26,12 +26,15 @@ _MAX_FIELDS = 100
 # request-line = method SP request-target SP HTTP-version (RFC 9112 3), with the
 # target of visible ASCII only, as twisted.web's _parseRequestLine accepts it.
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1\r\n")
-# A field line from the LF before it to its CR: token ":" OWS value OWS, the value of
+# A field line from the LF before it to its CR: token ":" OWS value, the value of
 # visible bytes, spaces and tabs only (stricter than twisted.web, which only refuses
-# NUL, CR and LF: the rest falls back), and the CR followed by its LF.
+# NUL, CR and LF: the rest falls back), not ending in a blank (twisted.web strips those:
+# such a line falls back too), and the CR followed by its LF. Possessive throughout, so
+# the scan is linear whatever the blanks: a run of blanks before a bad byte would
+# otherwise be tried at every split (0.3 s of CPU for one 8 KiB head, before sign-in).
 _FIELD_LINE = re.compile(
-    rb"\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*"
-    rb"((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[ \t]*\r(?=\n)"
+    rb"\n([!#$%&'*+\-.^_`|~0-9A-Za-z]++):[ \t]*+"
+    rb"([\t\x20-\x7e\x80-\xff]*+)(?<![ \t])\r(?=\n)"
 )
 # Fields whose handling needs twisted.web's own parser: a body's framing, 100-continue.
 _NEEDS_PARSER = re.compile(rb"\n(?:content-length|transfer-encoding|expect):", re.I)

@@ -204,8 +204,8 @@ def at_request_boundary(channel: HTTPChannel) -> bool:
     Nothing of a request is pending: no partial line (C{LineReceiver._buffer}), no
     request in progress or queued, the line parser at a request's start
     (C{_HTTPChannel__first_line == 1}, no header line held), no body decoder, and the
-    connection kept alive. Only then may L{begin_parsed_request} stand in for the
-    line parser.
+    connection kept alive and not closing. Only then may L{begin_parsed_request} stand
+    in for the line parser.
     """
     own: Any = channel
     return (
@@ -220,6 +220,8 @@ def at_request_boundary(channel: HTTPChannel) -> bool:
         and own._receivedHeaderCount == 0
         and own._receivedHeaderSize == 0
         and bool(own.persistent)
+        and own.transport is not None
+        and not own.transport.disconnecting
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -99,6 +99,7 @@ class ProxyChannel(HTTPChannel):
         self._phase = _BUSY
         if limits is not None:
             limits.forget(self)
+        self._stop_idle_timer()  # nor the idle timeout: it is not HTTP/1.1 any more
         return limits
 
     def dataReceived(self, data: bytes) -> None:
@@ -240,6 +241,7 @@ class ProxyChannel(HTTPChannel):
         self._forget_limits()
         transport = cast(ITCPConnection, self.transport)  # a head is being read on it
         transport.write(_close_with(status, message))
+        self._stop_reading_requests()
         self.loseConnection()
 
     def trust(self) -> None:
@@ -255,6 +257,7 @@ class ProxyChannel(HTTPChannel):
             return
         message = b"Request took too long" if body else b"Request head took too long"
         transport.write(_close_with(b"408 Request Timeout", message))
+        self._stop_reading_requests()
         self.loseConnection()
         # A client that does not read even the 408 is dropped (as Twisted's timeout does).
         arm_abort_timer(self)
@@ -263,7 +266,14 @@ class ProxyChannel(HTTPChannel):
         """Close this idle kept-alive connection: a new one needs its place."""
         self._phase = _BUSY
         if self.transport is not None:
-            self.loseConnection()
+            self._stop_reading_requests()
+        self.loseConnection()
+
+    def _stop_reading_requests(self) -> None:
+        # Closing: whatever the client sends from now on is not a request. (TLS keeps
+        # handing the channel data until the client's own close; HTTPChannel reads no
+        # request on a connection that is not persistent.)
+        self.persistent = False
 
     def send_timed_out(self) -> None:
         """The client took no byte of the response for --send-timeout: disconnect."""
@@ -290,6 +300,63 @@ class ProxyChannel(HTTPChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._forget_limits()
         super().connectionLost(reason)
+        self._stop_idle_timer()
+
+    # -- the idle timeout, on one timer per connection ---------------------------------
+    #
+    # twisted.web's channel (TimeoutMixin) cancels its idle timer when a request is
+    # complete and makes a new one when the response is done: a DelayedCall, a heap
+    # push and a cancelled call to clean up, per request. Here the timer is made once
+    # and the deadline it checks moves instead; the semantics are Twisted's: the time
+    # counts from the last byte read, and not at all while a request is handled.
+
+    #: When the connection times out (the clock's seconds), or C{None}: it may not now.
+    _idle_until: float | None = None
+    _idle_call: IDelayedCall | None = None
+
+    def _idle_clock(self) -> IReactorTime | None:
+        return getattr(getattr(self, "site", None), "reactor", None)
+
+    def setTimeout(self, period: float | None) -> float | None:
+        clock = self._idle_clock()
+        if clock is None:
+            return super().setTimeout(period)  # type: ignore[no-any-return]
+        previous: float | None = self.timeOut
+        self.timeOut = period  # type: ignore[assignment]  # Twisted types it as int
+        if period is None:
+            self._idle_until = None
+            return previous
+        self._idle_until = clock.seconds() + period
+        if self._idle_call is None:
+            self._idle_call = clock.callLater(period, self._idle_check)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self._idle_until is None:
+            super().resetTimeout()  # a no-op unless Twisted's own timer runs
+            return
+        clock = self._idle_clock()
+        if clock is not None and self.timeOut is not None:
+            self._idle_until = clock.seconds() + self.timeOut
+
+    def _stop_idle_timer(self) -> None:
+        self._idle_until = None
+        call, self._idle_call = self._idle_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _idle_check(self) -> None:
+        self._idle_call = None
+        until = self._idle_until
+        clock = self._idle_clock()
+        if until is None or clock is None:
+            return  # a request is being handled: setTimeout arms the timer again
+        left = until - clock.seconds()
+        if left > 0:
+            self._idle_call = clock.callLater(left, self._idle_check)
+            return
+        self._idle_until = None
+        self.timeoutConnection()
 
     def _forget_limits(self) -> None:
         self._phase = _BUSY

@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from portproxy.http.compress import (
     Encoder,
+    Header,
     acceptable,
     brotli_available,
     eligible,
@@ -453,57 +454,60 @@ class _Exchange:
         # the upstream's (or none) pass through.
         out = request.responseHeaders
         prefix = self.resource.prefix
+        #: The head as it goes out, by lower-case name: what compression asks about
+        #: (a dict lookup, not a name encoding per question).
+        sent: dict[bytes, list[bytes]] = {}
         for name, values in response_header_pairs(head.headers):
             lower = name.lower()
             if lower == b"location":
                 # Rewritten values are built here: Twisted's setRawHeaders checks them.
-                out.setRawHeaders(
-                    name,
-                    [
-                        rewrite_location(
-                            v, prefix=prefix, public_url=self.resource.public_url
-                        )
-                        for v in values
-                    ],
-                )
-                continue
-            if lower == b"set-cookie":
+                public_url = self.resource.public_url
+                values = [
+                    rewrite_location(v, prefix=prefix, public_url=public_url)
+                    for v in values
+                ]
+                out.setRawHeaders(name, values)
+            elif lower == b"set-cookie":
                 values = self._cookies(values, prefix)
-                if values:
-                    out.setRawHeaders(name, values)
-                continue
-            if lower == b"service-worker-allowed" and self.resource.main_origin:
+                if not values:
+                    continue
+                out.setRawHeaders(name, values)
+            elif lower == b"service-worker-allowed" and self.resource.main_origin:
                 # On a path route the app shares the main host's origin: this header
                 # would let its service worker control every path of it (sign-in, the
                 # home page, the API, other ports). Without it, the worker's scope
                 # stays under the app's own folder.
                 continue
-            # As read off the wire: already checked free of CR and LF.
-            set_header_values(out, name, values)
+            else:
+                # As read off the wire: already checked free of CR and LF.
+                set_header_values(out, name, values)
+            sent[lower] = values
         if head.code == 204:
             # RFC 9110 8.6: a 204 carries no Content-Length (twisted.web would send it).
             out.removeHeader(b"content-length")
+            sent.pop(b"content-length", None)
         engine = self.resource.engine
-        if engine.compress and eligible(head.code, out.getRawHeaders):
-            self._compress(request, engine.brotli)
+        if engine.compress and eligible(head.code, sent.get):
+            self._compress(request, engine.brotli, sent.get)
         self.state = _STREAMING
         # A slow client pauses the upstream socket (and a vanished one stops it).
         request.registerProducer(connection.transport, True)
 
-    def _compress(self, request: Request, brotli: bool) -> None:
+    def _compress(self, request: Request, brotli: bool, header: Header) -> None:
         """Pick the coding for an eligible response and edit its head to match.
 
-        Without Content-Length, twisted.web frames the body as chunked (HTTP/1.1)
-        or by the stream's end (HTTP/2, or an HTTP/1.0 client's closed connection).
+        C{header} reads the response head as it stands (lower-case names). Without
+        Content-Length, twisted.web frames the body as chunked (HTTP/1.1) or by the
+        stream's end (HTTP/2, or an HTTP/1.0 client's closed connection).
         """
         out = request.responseHeaders
         coding = acceptable(
             request.requestHeaders.getRawHeaders(b"accept-encoding"),
             request.method,
-            out.getRawHeaders,
+            header,
             brotli=brotli,
         )
-        for name, values in header_edits(coding, out.getRawHeaders):
+        for name, values in header_edits(coding, header):
             if values is None:
                 out.removeHeader(name)
             else:

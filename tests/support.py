@@ -15,7 +15,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 
 def get_reactor() -> Any:
@@ -106,6 +106,20 @@ def get(path: bytes, host: bytes = b"127.0.0.1", headers: bytes = b"") -> bytes:
         host,
         headers,
     )
+
+
+class HeldResource(Resource):
+    """A leaf that keeps every request it gets unanswered, until the test answers it."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.waiting.append(request)
+        return NOT_DONE_YET
 
 
 _PROBE_AGENT = b"portproxy-probe"  # portproxy.ports.probe.USER_AGENT

@@ -6,33 +6,18 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from portproxy.web.site import ProxySite
-
-
-class _Held(Resource):
-    """Answers only when the test says so."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting: list[Any] = []
-
-    def render(self, request: Any) -> Any:
-        self.waiting.append(request)
-        return NOT_DONE_YET
+from tests.support import HeldResource
 
 
 class _Transport(StringTransport):
     protocol: Any
 
 
-def _connect(timeout: float) -> tuple[MemoryReactorClock, _Held, _Transport]:
+def _connect(timeout: float) -> tuple[MemoryReactorClock, HeldResource, _Transport]:
     clock = MemoryReactorClock()
-    resource = _Held()
+    resource = HeldResource()
     site = ProxySite(resource, reactor=clock, access_log="off")
     site.timeOut = timeout
     protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))

@@ -18,11 +18,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import Request, Site
 
 from portproxy.http.request_head import MAX_FAST_HEAD, split_request_head
 from portproxy.web.site import ProxySite
-from tests.support import Recorder, get_reactor, parse_response, raw_request
+from tests.support import HeldResource, Recorder, get_reactor, parse_response, raw_request
 
 
 class _Held(Request):
@@ -249,18 +249,6 @@ for tail in (b"\\x7f", b"\\x01", b"a\\x01", b"\\x00"):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=20)
 
 
-class _HeldResource(Resource):
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiting: list[Any] = []
-
-    def render(self, request: Any) -> Any:
-        self.waiting.append(request)
-        return NOT_DONE_YET
-
-
 @pytest.mark.parametrize("refusal", ["reclaim", "head_timed_out", "414"])
 def test_no_request_is_read_once_portproxy_has_closed_the_connection(refusal: str) -> None:
     """After a 408, a 414 or a reclaim, a whole head in one read reaches no app.
@@ -268,7 +256,7 @@ def test_no_request_is_read_once_portproxy_has_closed_the_connection(refusal: st
     Over TLS the channel keeps getting the client's bytes until the client closes too
     (review finding: a request still reached the app after the 414).
     """
-    resource = _HeldResource()
+    resource = HeldResource()
     site = ProxySite(resource, reactor=MemoryReactorClock(), access_log="off")
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
     transport = StringTransport()

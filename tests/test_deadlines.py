@@ -9,7 +9,9 @@ from twisted.internet.testing import MemoryReactorClock
 from portproxy.net.deadlines import Deadlines
 
 
-def _deadlines(timeout: float = 10) -> tuple[MemoryReactorClock, Deadlines, list[Hashable]]:
+def _deadlines(
+    timeout: float = 10,
+) -> tuple[MemoryReactorClock, Deadlines[Hashable], list[Hashable]]:
     clock = MemoryReactorClock()
     expired: list[Hashable] = []
     return clock, Deadlines(clock, timeout, expired.append), expired
@@ -64,7 +66,7 @@ def test_watching_again_restarts_the_deadline() -> None:
 def test_a_key_watched_while_others_expire_gets_its_full_time() -> None:
     clock = MemoryReactorClock()
     expired: list[Hashable] = []
-    deadlines: Deadlines
+    deadlines: Deadlines[Hashable]
 
     def on_expired(key: Hashable) -> None:
         expired.append(key)
@@ -83,14 +85,6 @@ def test_a_key_watched_while_others_expire_gets_its_full_time() -> None:
     assert expired == ["a", "b"]
     clock.advance(0.01)
     assert expired == ["a", "b", "late"]
-
-
-def test_stop_forgets_everything() -> None:
-    clock, deadlines, expired = _deadlines()
-    deadlines.watch("a")
-    deadlines.stop()
-    clock.advance(20)
-    assert expired == [] and clock.getDelayedCalls() == []
 
 
 def test_no_timer_is_left_once_every_key_is_cancelled() -> None:

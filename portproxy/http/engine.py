@@ -127,7 +127,9 @@ class ProxyEngine:
         self.rewrite_host = rewrite_host
         self.on_request = on_request
         #: Each exchange's wait for the app's answer (one timer for all of them).
-        self.deadlines = Deadlines(reactor, upstream_timeout, _answer_timed_out)
+        self.deadlines: Deadlines[_Exchange] = Deadlines(
+            reactor, upstream_timeout, _Exchange.timed_out
+        )
         self.pool = UpstreamPool(reactor)
         self.in_flight = 0
         self._drained: list[Deferred[None]] = []
@@ -667,12 +669,6 @@ class _Exchange:
         if prefix is not None:
             values = [rewrite_set_cookie(v, prefix) for v in values]
         return values
-
-
-def _answer_timed_out(exchange: object) -> None:
-    """The app did not answer an exchange in time (L{ProxyEngine.deadlines})."""
-    if isinstance(exchange, _Exchange):
-        exchange.timed_out()
 
 
 def _ends_with_the_connection(request: Request) -> bool:

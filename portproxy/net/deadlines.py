@@ -12,27 +12,30 @@ set for the earliest, serves them all. Used for the wait for an app's answer
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 __all__ = ["Deadlines"]
 
+K = TypeVar("K", bound=Hashable)
 
-class Deadlines:
+
+class Deadlines(Generic[K]):
     """Call C{expired(key)} for each key still watched C{timeout} seconds after L{watch}."""
 
     def __init__(
-        self, clock: IReactorTime, timeout: float, expired: Callable[[Hashable], None]
+        self, clock: IReactorTime, timeout: float, expired: Callable[[K], None]
     ) -> None:
         self._clock = clock
         self.timeout = timeout
         self._expired = expired
         #: Key -> when it expires, in the order watched (so, of expiry).
-        self._due: dict[Hashable, float] = {}
+        self._due: dict[K, float] = {}
         self._timer: IDelayedCall | None = None
         self._firing = False
 
-    def watch(self, key: Hashable) -> None:
+    def watch(self, key: K) -> None:
         """Start C{key}'s deadline now (again, if it was watched already)."""
         due = self._due
         due.pop(key, None)
@@ -40,7 +43,7 @@ class Deadlines:
         if self._timer is None and not self._firing:
             self._timer = self._clock.callLater(self.timeout, self._fire)
 
-    def cancel(self, key: Hashable) -> None:
+    def cancel(self, key: K) -> None:
         """Stop watching C{key} (nothing happens if it was not watched).
 
         The timer stays for the keys left (it may fire early, and then waits again);
@@ -53,11 +56,8 @@ class Deadlines:
                 self._timer = None
                 timer.cancel()
 
-    def __contains__(self, key: Hashable) -> bool:
+    def __contains__(self, key: object) -> bool:
         return key in self._due
-
-    def __len__(self) -> int:
-        return len(self._due)
 
     def _fire(self) -> None:
         self._timer = None
@@ -78,10 +78,3 @@ class Deadlines:
             self._timer = self._clock.callLater(
                 max(0.0, first - self._clock.seconds()), self._fire
             )
-
-    def stop(self) -> None:
-        """Forget every deadline and the timer (at shutdown)."""
-        self._due.clear()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None

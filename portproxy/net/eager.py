@@ -75,34 +75,15 @@ def _turn_sender(clock: IReactorTime) -> _TurnSender:
 class _EagerWrites:
     """C{write}/C{writeSequence} that send once per reactor turn (mixed into tcp classes).
 
-    L{cork} holds the writes that follow until L{uncork} writes them as one.
+    A response's head and first body bytes, written apart by twisted.web, so leave in
+    one C{send()} too.
     """
 
-    #: The writes held by L{cork}, or C{None} (a class default: no per-connection cost).
-    _corked: list[bytes] | None = None
     #: The bytes written during this turn, sent at its end by L{send_held}; C{None}
     #: when there are none (a class default).
     _held: list[bytes] | None = None
 
-    def cork(self) -> None:
-        """Hold writes until L{uncork}."""
-        if self._corked is None:
-            self._corked = []
-
-    def uncork(self) -> None:
-        """Send what L{cork} held, in one write."""
-        held = self._corked
-        if held is None:
-            return
-        del self._corked
-        if held:
-            self.write(held[0] if len(held) == 1 else b"".join(held))
-
     def write(self, data: bytes) -> None:
-        corked = self._corked
-        if corked is not None:
-            corked.append(data)
-            return
         held = self._held
         if held is not None:
             held.append(data)  # after what this turn wrote already
@@ -153,10 +134,6 @@ class _EagerWrites:
             super().write(data[sent:])  # type: ignore[misc]
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
-        corked = self._corked
-        if corked is not None:
-            corked.extend(data)
-            return
         self.write(b"".join(data))
 
     def loseConnection(self, *args: Any) -> None:

@@ -267,7 +267,7 @@ class ProxyChannel(HTTPChannel):
         self._phase = _BUSY
         if self.transport is not None:
             self._stop_reading_requests()
-        self.loseConnection()
+            self.loseConnection()
 
     def _stop_reading_requests(self) -> None:
         # Closing: whatever the client sends from now on is not a request. (TLS keeps

@@ -99,27 +99,6 @@ class ProxyRequest(Request):
     #: Over the body limit on HTTP/2: answered with 413 once the body has ended.
     _too_large = False
 
-    def write(self, data: bytes) -> None:
-        """Write body bytes; the first write sends the head with them, in one C{send()}.
-
-        twisted.web writes the head and the first bytes with two transport writes; an
-        eager transport (L{portproxy.net.eager}) would send each at once, so it is
-        corked around them.
-        """
-        if self.startedWriting or not data:
-            Request.write(self, data)
-            return
-        transport = getattr(self.channel, "transport", None)
-        cork = getattr(transport, "cork", None)
-        if cork is None:
-            Request.write(self, data)
-            return
-        cork()
-        try:
-            Request.write(self, data)
-        finally:
-            transport.uncork()  # type: ignore[union-attr]
-
     #: The body on its way to the app, when it streams (see L{_route_body}).
     _upload: StreamingUpload | None = None
     _upload_target: UploadTarget | None = None

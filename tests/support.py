@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -207,3 +208,46 @@ def fake_clock_limits(clock: Any, **kw: Any) -> Any:
     kw.setdefault("header_timeout", 30.0)
     kw.setdefault("send_timeout", 60.0)
     return ConnectionLimits(clock, **kw)
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+def nginx_under_prefix(root: Path, backend: int) -> tuple[int, list[str]]:
+    """Write an nginx config in C{root} that mounts C{127.0.0.1:backend} under C{/pp/}.
+
+    No X-Forwarded-Prefix is sent: only relative URLs keep a browser under C{/pp/}.
+    Returns the port it will listen on and the command line that runs it in the
+    foreground.
+    """
+    root.mkdir()
+    port = free_port()
+    temp = " ".join(
+        f"{kind}_temp_path {root}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (root / "nginx.conf").write_text(
+        f"""
+worker_processes 1;
+error_log {root}/error.log;
+pid {root}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    {temp}
+    server {{
+        listen 127.0.0.1:{port};
+        location /pp/ {{ proxy_pass http://127.0.0.1:{backend}/; }}
+    }}
+}}
+"""
+    )
+    return port, [
+        NGINX,
+        "-p",
+        str(root),
+        "-c",
+        str(root / "nginx.conf"),
+        "-g",
+        "daemon off;",
+    ]

@@ -30,12 +30,18 @@ from portproxy.auth.redirects import (
     mounted_location,
     safe_redirect_target,
 )
-from tests.support import Recorder, free_port, get, parse_response, raw_request
+from tests.support import (
+    NGINX,
+    Recorder,
+    get,
+    nginx_under_prefix,
+    parse_response,
+    raw_request,
+)
 
 PASSWORD = "correct horse battery staple"
 HTML = b"Accept: text/html,application/xhtml+xml\r\n"
 FRONT = "http://front.test"
-NGINX = "/usr/sbin/nginx"
 
 
 def _post(path: bytes, fields: dict[str, str], extra: bytes = b"") -> bytes:
@@ -298,33 +304,8 @@ def nginx(tmp_path: Path) -> Iterator[Any]:
 
     def start(backend: int) -> int:
         root = tmp_path / "nginx"
-        root.mkdir()
-        port = free_port()
-        temp = " ".join(
-            f"{kind}_temp_path {root}/{kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        (root / "nginx.conf").write_text(
-            f"""
-worker_processes 1;
-error_log {root}/error.log;
-pid {root}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    {temp}
-    server {{
-        listen 127.0.0.1:{port};
-        location /pp/ {{ proxy_pass http://127.0.0.1:{backend}/; }}
-    }}
-}}
-"""
-        )
-        proc = subprocess.Popen(
-            [NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        port, argv = nginx_under_prefix(root, backend)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(proc)
         _wait_listening(port, proc, root / "error.log")
         return port

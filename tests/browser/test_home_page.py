@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.browser.harness import Process, Processes, save_screenshot
-from tests.support import free_port
+from tests.support import NGINX, free_port, nginx_under_prefix
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, ConsoleMessage, Page
@@ -313,38 +313,12 @@ def test_the_copy_button_falls_back_outside_a_secure_context(
     assert reader.evaluate("navigator.clipboard.readText()") == f"{home}proxy/{app.port}/"
 
 
-NGINX = "/usr/sbin/nginx"
-
-
 def _nginx_under_prefix(processes: Processes, backend: int) -> Process:
     """nginx on a free port mounting portproxy under /pp/ without telling it (no
     X-Forwarded-Prefix): only relative URLs keep the browser under /pp/."""
     if not os.access(NGINX, os.X_OK):
         pytest.skip("this test needs nginx (apt-get install nginx)")
-    root = processes.workdir / "nginx"
-    root.mkdir()
-    port = free_port()
-    temp = " ".join(
-        f"{kind}_temp_path {root}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (root / "nginx.conf").write_text(
-        f"""
-worker_processes 1;
-error_log {root}/error.log;
-pid {root}/nginx.pid;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    {temp}
-    server {{
-        listen 127.0.0.1:{port};
-        location /pp/ {{ proxy_pass http://127.0.0.1:{backend}/; }}
-    }}
-}}
-"""
-    )
-    argv = [NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"]
+    port, argv = nginx_under_prefix(processes.workdir / "nginx", backend)
     return processes.start("nginx", argv, port=port)
 
 

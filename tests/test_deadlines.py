@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from portproxy.net.deadlines import Deadlines
@@ -98,3 +99,22 @@ def test_no_timer_is_left_once_every_key_is_cancelled() -> None:
     deadlines.watch("c")
     clock.advance(10)
     assert expired == ["c"]
+
+
+def test_an_expiry_that_raises_leaves_the_later_deadlines_on_time() -> None:
+    clock = MemoryReactorClock()
+    expired: list[Hashable] = []
+
+    def on_expired(key: Hashable) -> None:
+        expired.append(key)
+        if key == "bad":
+            raise RuntimeError("an expiry failed")
+
+    deadlines: Deadlines[Hashable] = Deadlines(clock, 10, on_expired)
+    deadlines.watch("bad")
+    clock.advance(4)
+    deadlines.watch("next")
+    with pytest.raises(RuntimeError):
+        clock.advance(6)
+    clock.advance(4)
+    assert expired == ["bad", "next"]

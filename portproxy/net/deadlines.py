@@ -72,9 +72,10 @@ class Deadlines(Generic[K]):
                 del due[key]
                 self._expired(key)
         finally:
+            # Also when an expiry raised: the deadlines left still need their timer.
             self._firing = False
-        if due and self._timer is None:
-            first = due[next(iter(due))]
-            self._timer = self._clock.callLater(
-                max(0.0, first - self._clock.seconds()), self._fire
-            )
+            if due and self._timer is None:
+                first = due[next(iter(due))]
+                self._timer = self._clock.callLater(
+                    max(0.0, first - self._clock.seconds()), self._fire
+                )
